@@ -1,0 +1,3 @@
+from knowngood.cli import main
+
+raise SystemExit(main())

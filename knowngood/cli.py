@@ -1,0 +1,166 @@
+"""Command line: run | plan | serve | chains | lock | db upgrade|check. Each body delegates."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from knowngood.settings import Settings
+from matrix.spec import SpecError
+from runner.errors import KnowngoodError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {"database_url": args.db} if getattr(args, "db", None) else {}
+    if getattr(args, "jobs", None):
+        overrides["jobs"] = args.jobs
+    return Settings(**overrides)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, total = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 1/4, got {text!r}") from None
+    if not 1 <= index <= total:
+        raise argparse.ArgumentTypeError(f"expected 1 <= I <= N, got {text!r}")
+    return index, total
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from knowngood.migrate import upgrade
+    from runner.run import run
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    summary = run(args.spec, settings, force=args.force, shard=args.shard)
+    print(json.dumps({"run": summary.run_id, "environments": dict(summary.environments),
+                      "cases": dict(summary.cases), "skipped_recorded": summary.skipped_recorded,
+                      "installs": summary.installs, "seconds": round(summary.seconds, 1)}))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from matrix import expand, spec
+    from runner import uv
+
+    plan = expand.plan(spec.load(args.spec), index=uv.index_settings())
+    envs = [{"id": env.id, "hash": env.hash, "python": env.python, "requirements": list(env.requirements),
+             "cases": [c.key for c in cases]} for env, cases in plan.items]
+    if args.format == "json":
+        print(json.dumps({"spec": plan.spec.name, "corpus_version": plan.corpus_version,
+                          "environments": envs, "cases": plan.case_count}, indent=2))
+    else:
+        for env in envs:
+            print(f"{env['id']}  ({len(env['cases'])} cases)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from knowngood.migrate import upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    print(f"serving http://{args.host}:{args.port}/  (API under /api/v1, docs at /docs)", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_chains(args: argparse.Namespace) -> int:
+    from api import queries
+    from knowngood.db import make_engine, make_sessionmaker
+
+    engine = make_engine(_settings(args).database_url)
+    with make_sessionmaker(engine)() as session:
+        chains = queries.known_good_chains(session, queries.ChainQuery.parse(args.models, args.route))
+    for chain in chains:
+        print(json.dumps(chain.model_dump(mode="json")))
+    return 0 if chains else 1
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from api import lockfile, queries
+    from knowngood.db import make_engine, make_sessionmaker
+
+    engine = make_engine(_settings(args).database_url)
+    with make_sessionmaker(engine)() as session:
+        query = queries.ChainQuery.parse(args.models, args.route)
+        chains = queries.known_good_chains(session, query)
+        if not chains:
+            print("no known-good chain for that query", file=sys.stderr)
+            return 1
+        sys.stdout.write(lockfile.render(session, chains[0], args.format))
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from knowngood import migrate
+
+    url = _settings(args).database_url
+    if args.action == "upgrade":
+        migrate.upgrade(url)
+    else:
+        migrate.check(url)
+    print(f"database {args.action}: ok")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="knowngood", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log uv and worker commands")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_db(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--db", help="database URL (default: KNOWNGOOD_DATABASE_URL or sqlite:///knowngood.db)")
+        return sp
+
+    sp = with_db(sub.add_parser("run", help="resolve, install, execute and record a spec"))
+    sp.add_argument("spec")
+    sp.add_argument("--jobs", type=int)
+    sp.add_argument("--shard", type=_shard, help="run only shard I of N, e.g. 2/4")
+    sp.add_argument("--force", action="store_true", help="re-run cases that are already recorded")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("plan", help="list environments and cases without running them")
+    sp.add_argument("spec")
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp.set_defaults(func=cmd_plan)
+
+    sp = with_db(sub.add_parser("serve", help="serve the API and dashboard"))
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.set_defaults(func=cmd_serve)
+
+    for name, func, helptext in (("chains", cmd_chains, "known-good chains as JSON lines"),
+                                 ("lock", cmd_lock, "the lockfile of the best chain")):
+        sp = with_db(sub.add_parser(name, help=helptext))
+        sp.add_argument("--models", required=True, help="comma-separated model names")
+        sp.add_argument("--route", required=True)
+        if name == "lock":
+            sp.add_argument("--format", default="requirements", choices=["requirements", "constraints"])
+        sp.set_defaults(func=func)
+
+    sp = with_db(sub.add_parser("db", help="database schema (Alembic)"))
+    sp.add_argument("action", choices=["upgrade", "check"])
+    sp.set_defaults(func=cmd_db)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KnowngoodError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code

@@ -1,0 +1,139 @@
+"""Tables, named after the vocabulary: Run, Environment, Package, Case, Step."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from knowngood.db import Base, utcnow
+
+intpk = Annotated[int, mapped_column(primary_key=True)]
+name64 = Annotated[str, mapped_column(String(64))]
+name200 = Annotated[str, mapped_column(String(200))]
+created = Annotated[dt.datetime, mapped_column(default=utcnow)]
+
+
+class Run(Base):
+    """One invocation of the runner over a spec."""
+
+    __tablename__ = "run"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, comment="uuid4, stable across ingest")
+    spec_name: Mapped[name200]
+    spec_hash: Mapped[name64]
+    runner_version: Mapped[name64]
+    corpus_version: Mapped[name64]
+    host: Mapped[name200]
+    cutoff: Mapped[str | None] = mapped_column(String(40), comment="uv --exclude-newer for every resolution")
+    started_at: Mapped[created]
+    finished_at: Mapped[dt.datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="running", comment="running | finished")
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    cases: Mapped[list[Case]] = relationship(back_populates="run")
+
+
+class Environment(Base):
+    """A python version plus top-level requirements, resolved by uv into a pinned package set."""
+
+    __tablename__ = "environment"
+    __table_args__ = (UniqueConstraint("hash", "lock_hash"),)
+
+    id: Mapped[intpk]
+    hash: Mapped[str] = mapped_column(String(64), index=True, comment="sha256 of the request")
+    name: Mapped[str] = mapped_column(String(300), comment="readable id, e.g. py3.11-torch2.0.1-onnx1.14.0")
+    python: Mapped[str] = mapped_column(String(16))
+    python_full: Mapped[str | None] = mapped_column(String(32))
+    requirements: Mapped[list[str]]
+    excludes: Mapped[list[str]] = mapped_column(default=list)
+    index_url: Mapped[str] = mapped_column(String(500))
+    cutoff: Mapped[str | None] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(
+        String(24), comment="resolved | conflict | no-interpreter | install-failed | installed"
+    )
+    lock_hash: Mapped[str | None] = mapped_column(String(64), index=True, comment="sha256 of the resolved set")
+    lock_text: Mapped[str | None] = mapped_column(Text, comment="uv pip compile output, hashes included")
+    error: Mapped[str | None] = mapped_column(Text)
+    signature: Mapped[str | None] = mapped_column(String(300))
+    resolved_at: Mapped[created]
+    memory: Mapped[dict[str, Any]] = mapped_column(default=dict, comment="import RSS figures in bytes")
+
+    packages: Mapped[list[Package]] = relationship(
+        back_populates="environment", cascade="all, delete-orphan", order_by="Package.name"
+    )
+    cases: Mapped[list[Case]] = relationship(back_populates="environment")
+
+
+class Package(Base):
+    """One pinned distribution of an environment's lock."""
+
+    __tablename__ = "package"
+    __table_args__ = (UniqueConstraint("environment_id", "name"),)
+
+    id: Mapped[intpk]
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environment.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200), index=True, comment="PEP 503 normalised")
+    version: Mapped[str] = mapped_column(String(100))
+    hashes: Mapped[list[str]] = mapped_column(default=list)
+
+    environment: Mapped[Environment] = relationship(back_populates="packages")
+
+
+class Case(Base):
+    """One model through one route with one exporter and opset, in one environment."""
+
+    __tablename__ = "case"
+    __table_args__ = (
+        UniqueConstraint(
+            "environment_id", "model", "route", "exporter", "opset", "model_hash", "runner_version",
+            name="uq_case_identity",
+        ),
+        Index("ix_case_model_route", "model", "route"),
+    )
+
+    id: Mapped[intpk]
+    run_id: Mapped[str] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"))
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environment.id", ondelete="CASCADE"))
+    model: Mapped[name200]
+    route: Mapped[name64]
+    exporter: Mapped[name64]
+    opset: Mapped[int] = mapped_column(comment="opset asked for")
+    opset_emitted: Mapped[int | None] = mapped_column(comment="opset read back from the exported file")
+    model_hash: Mapped[name64]
+    corpus_version: Mapped[name64]
+    runner_version: Mapped[name64]
+    status: Mapped[str] = mapped_column(String(16), comment="pass, or the status of the first step that was not ok")
+    signature: Mapped[str | None] = mapped_column(String(300), index=True)
+    max_abs_diff: Mapped[float | None] = mapped_column(Float)
+    recorded_at: Mapped[created]
+
+    run: Mapped[Run] = relationship(back_populates="cases")
+    environment: Mapped[Environment] = relationship(back_populates="cases")
+    steps: Mapped[list[Step]] = relationship(
+        back_populates="case", cascade="all, delete-orphan", order_by="Step.ordinal"
+    )
+
+
+class Step(Base):
+    """One stage of a case with its status, time, memory and (on failure) signature."""
+
+    __tablename__ = "step"
+    __table_args__ = (UniqueConstraint("case_id", "ordinal"),)
+
+    id: Mapped[intpk]
+    case_id: Mapped[int] = mapped_column(ForeignKey("case.id", ondelete="CASCADE"), index=True)
+    ordinal: Mapped[int]
+    name: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    seconds: Mapped[float | None] = mapped_column(Float)
+    peak_rss: Mapped[int | None] = mapped_column(BigInteger, comment="bytes, high-water mark during the step")
+    error_type: Mapped[str | None] = mapped_column(String(200))
+    message: Mapped[str | None] = mapped_column(Text)
+    signature: Mapped[str | None] = mapped_column(String(300))
+    max_abs_diff: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    case: Mapped[Case] = relationship(back_populates="steps")

@@ -1,0 +1,37 @@
+"""Settings: defaults here, then KNOWNGOOD_* environment variables, then CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+class Settings(BaseSettings):
+    """Everything a run or the service can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="KNOWNGOOD_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///knowngood.db",
+        description="SQLAlchemy URL; SQLite file in the working directory by default.",
+    )
+    env_root: Path = Field(
+        default_factory=lambda: _cache_home() / "knowngood" / "envs",
+        description="Where environments (uv venvs) live, one folder per environment hash.",
+    )
+    work_root: Path = Field(
+        default_factory=lambda: _cache_home() / "knowngood" / "work",
+        description="Scratch folders for worker runs (exported models, step logs).",
+    )
+    jobs: int = Field(default=1, ge=1)
+    step_timeout: float = Field(default=900.0, gt=0, description="Seconds one step may take.")
+    memory_limit_mb: int = Field(default=12_000, gt=0, description="Peak RSS of a worker before it is killed.")
+    ingest_token: str | None = Field(default=None, description="Bearer token for POST /api/v1/runs.")
+    keep_workdirs: bool = False

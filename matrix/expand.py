@@ -1,0 +1,187 @@
+"""Spec → environments × cases: readable ids, identity hashes, include/exclude patterns."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from matrix.spec import LatestMinors, Spec
+
+CORPUS_DIR = Path(__file__).parent / "corpus"
+
+# Short names keep environment ids readable, as cibuildwheel's cp311-manylinux_x86_64 does.
+SHORT = {
+    "torch": "torch",
+    "onnx": "onnx",
+    "onnxruntime": "ort",
+    "tensorflow": "tf",
+    "tensorflow-cpu": "tfcpu",
+    "onnx2tf": "onnx2tf",
+    "onnx-tf": "onnxtf",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Environment:
+    """One concrete combination to resolve and install."""
+
+    python: str
+    requirements: tuple[str, ...]
+    excludes: tuple[str, ...] = ()
+    index: tuple[tuple[str, str], ...] = ()
+    cutoff: str | None = None
+
+    @property
+    def id(self) -> str:
+        parts = [f"py{self.python}"]
+        for req in self.requirements:
+            name, spec = split_requirement(req)
+            short = SHORT.get(name, name)
+            if spec.startswith("==") and "," not in spec:
+                parts.append(short + spec[2:])
+            elif spec:
+                parts.append(f"{short}[{spec}]")
+            else:
+                parts.append(short)
+        return "-".join(parts)
+
+    @property
+    def hash(self) -> str:
+        payload = {
+            "python": self.python,
+            "requirements": sorted(self.requirements),
+            "excludes": sorted(self.excludes),
+            "index": list(self.index),
+            "cutoff": self.cutoff,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def index_url(self) -> str:
+        settings = dict(self.index)
+        return settings.get("UV_DEFAULT_INDEX") or settings.get("UV_INDEX_URL") or "https://pypi.org/simple"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Case:
+    """One model through one route, with one exporter and opset."""
+
+    model: str
+    route: str
+    exporter: str
+    opset: int
+    model_hash: str = field(default="", compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}.{self.route}.{self.exporter}.op{self.opset}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: Spec
+    corpus_path: Path
+    corpus_version: str
+    items: tuple[tuple[Environment, tuple[Case, ...]], ...]
+
+    @property
+    def environments(self) -> list[Environment]:
+        return [env for env, _ in self.items]
+
+    @property
+    def case_count(self) -> int:
+        return sum(len(cases) for _, cases in self.items)
+
+
+def split_requirement(req: str) -> tuple[str, str]:
+    m = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(.*)$", req)
+    if not m:
+        raise ValueError(f"not a requirement: {req!r}")
+    return canonicalize_name(m.group(1)), m.group(2).strip()
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`py3.{10,11}-*` → [`py3.10-*`, `py3.11-*`]."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    return [x for option in m.group(1).split(",") for x in expand_braces(head + option + tail)]
+
+
+def matches(patterns: Iterable[str], env_id: str) -> bool:
+    return any(fnmatch.fnmatchcase(env_id, p) for pat in patterns for p in expand_braces(pat))
+
+
+def corpus_hashes(corpus_path: Path, models: Iterable[str]) -> tuple[str, dict[str, str]]:
+    """The corpus version (hash of all its source) and each model's hash (its family file)."""
+    files = sorted(corpus_path.glob("*.py")) if corpus_path.is_dir() else [corpus_path]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    version = digest.hexdigest()[:16]
+    per_model: dict[str, str] = {}
+    if corpus_path.is_dir() and corpus_path == CORPUS_DIR:
+        from matrix import corpus
+
+        for name in models:
+            per_model[name] = hashlib.sha256(Path(corpus.model_file(name)).read_bytes()).hexdigest()[:16]
+    else:
+        for name in models:
+            per_model[name] = version
+    return version, per_model
+
+
+def plan(
+    spec: Spec,
+    index: Mapping[str, str] | None = None,
+    selectors: Mapping[str, list[str]] | None = None,
+) -> Plan:
+    """Expand a spec; `selectors` maps axis → concrete specifiers where `latest-minors` was resolved."""
+    corpus_path = Path(spec.corpus).resolve() if spec.corpus else CORPUS_DIR
+    version, model_hashes = corpus_hashes(corpus_path, spec.models)
+    cases = tuple(
+        Case(model=m, route=r, exporter=e, opset=o, model_hash=model_hashes[m])
+        for m in spec.models
+        for r in spec.routes
+        for e in spec.exporters
+        for o in spec.opsets
+    )
+    axes: dict[str, list[str]] = {}
+    for name, values in spec.axes.items():
+        resolved: list[str] = []
+        for value in values:
+            if isinstance(value, LatestMinors):
+                if not selectors or name not in selectors:
+                    raise ValueError(f"axis {name!r}: latest-minors must be resolved against the index first")
+                resolved.extend(selectors[name])
+            else:
+                resolved.append(value)
+        axes[name] = list(dict.fromkeys(resolved))
+    index_items = tuple(sorted((index or {}).items()))
+    packages = [n for n in axes if n != "python"]
+    items = []
+    for python in axes["python"]:
+        for combo in itertools.product(*(axes[p] for p in packages)):
+            reqs = tuple(p if s == "*" else f"{p}{s}" for p, s in zip(packages, combo, strict=True))
+            env = Environment(
+                python=python,
+                requirements=reqs,
+                excludes=tuple(spec.excludes),
+                index=index_items,
+                cutoff=spec.exclude_newer,
+            )
+            if spec.include and not matches(spec.include, env.id):
+                continue
+            if spec.exclude and matches(spec.exclude, env.id):
+                continue
+            items.append((env, cases))
+    return Plan(spec=spec, corpus_path=corpus_path, corpus_version=version, items=tuple(items))

@@ -1,0 +1,254 @@
+"""TOML → Spec. Errors name the file, the line, the field, what was expected and what was found."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runner.worker.routes import EXPORTERS, ROUTES
+
+SPECS_DIR = Path(__file__).parent / "specs"
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used, with a message that says where and why."""
+
+
+class LatestMinors(BaseModel):
+    """`{latest-minors = 3}`: the newest patch of each of the newest N minor releases."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    latest_minors: int = Field(alias="latest-minors", ge=1, le=50)
+    within: str | None = Field(default=None, description="PEP 440 range the minors must fall in")
+
+    @field_validator("within")
+    @classmethod
+    def _specifier(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_specifier(v)
+        return v
+
+
+Selector = str | LatestMinors
+
+
+def _check_specifier(value: str) -> str:
+    value = value.strip()
+    if value in ("*", ""):
+        return "*"
+    try:
+        SpecifierSet(value)
+    except InvalidSpecifier:
+        raise ValueError(
+            f"expected a PEP 440 version specifier such as '==2.0.1' or '>=2.3,<2.5', or '*', got {value!r}"
+        ) from None
+    return value
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    step_timeout: float = Field(default=900.0, gt=0, alias="step-timeout", description="seconds")
+    memory_limit_mb: int = Field(default=12_000, gt=0, alias="memory-limit-mb")
+
+
+class Spec(BaseModel):
+    """A matrix definition: axes of versions, models, routes, exporters and opsets."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    models: list[str] = Field(min_length=1)
+    routes: list[str] = Field(min_length=1)
+    exporters: list[Literal["torchscript", "dynamo"]] = Field(default_factory=lambda: ["torchscript"])
+    opsets: list[int] = Field(default_factory=lambda: [17], min_length=1)
+    exclude_newer: str | None = Field(default=None, alias="exclude-newer")
+    excludes: list[str] = Field(default_factory=list, description="packages kept out of resolution")
+    include: list[str] = Field(default_factory=list, description="environment-id patterns to keep")
+    exclude: list[str] = Field(default_factory=list, description="environment-id patterns to drop")
+    corpus: str | None = None
+    axes: dict[str, list[Selector]]
+    limits: Limits = Field(default_factory=Limits)
+
+    path: Path | None = Field(default=None, exclude=True)
+    source_hash: str = Field(default="", exclude=True)
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, v: list[str]) -> list[str]:
+        for r in v:
+            if r not in ROUTES:
+                raise ValueError(f"expected one of {sorted(ROUTES)}, got {r!r}")
+        return v
+
+    @field_validator("exporters")
+    @classmethod
+    def _exporters(cls, v: list[str]) -> list[str]:
+        assert set(v) <= set(EXPORTERS)
+        return v
+
+    @field_validator("opsets")
+    @classmethod
+    def _opsets(cls, v: list[int]) -> list[int]:
+        for o in v:
+            if not 7 <= o <= 30:
+                raise ValueError(f"expected an ONNX opset between 7 and 30, got {o}")
+        return v
+
+    @field_validator("exclude_newer")
+    @classmethod
+    def _cutoff(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?", v):
+            raise ValueError(f"expected a date like '2025-08-01' or '2025-08-01T00:00:00Z', got {v!r}")
+        return v
+
+    @field_validator("excludes")
+    @classmethod
+    def _excludes(cls, v: list[str]) -> list[str]:
+        return [canonicalize_name(x) for x in v]
+
+    @field_validator("axes", mode="before")
+    @classmethod
+    def _axes(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out: dict[str, Any] = {}
+        for key, values in v.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(
+                    f"axis {key!r}: expected a non-empty list of version selectors, got {values!r}"
+                )
+            name = "python" if key == "python" else canonicalize_name(key)
+            checked: list[Any] = []
+            for item in values:
+                if isinstance(item, str):
+                    if name == "python":
+                        if not re.fullmatch(r"3\.\d{1,2}", item):
+                            raise ValueError(f"axis 'python': expected a version like '3.11', got {item!r}")
+                        checked.append(item)
+                    else:
+                        checked.append(_check_specifier(item))
+                elif isinstance(item, dict):
+                    checked.append(item)
+                else:
+                    raise ValueError(
+                        f"axis {key!r}: expected a specifier string or {{latest-minors = N}}, got {item!r}"
+                    )
+            out[name] = checked
+        return out
+
+    @model_validator(mode="after")
+    def _needs(self) -> Spec:
+        if "python" not in self.axes:
+            raise ValueError("axes: expected a 'python' axis, e.g. python = [\"3.11\"]")
+        if "torch" not in self.axes:
+            raise ValueError("axes: expected a 'torch' axis, e.g. torch = [\"==2.0.1\"]")
+        return self
+
+    @property
+    def step_timeout(self) -> float:
+        return self.limits.step_timeout
+
+
+def load(path: str | Path) -> Spec:
+    """Read and validate a spec file."""
+    path = Path(path)
+    try:
+        raw_text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    try:
+        data = tomllib.loads(raw_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_describe(path, raw_text, exc)) from None
+    _check_models(path, raw_text, spec)
+    spec.path = path
+    spec.source_hash = hashlib.sha256(raw_text.encode()).hexdigest()
+    return spec
+
+
+def _check_models(path: Path, raw_text: str, spec: Spec) -> None:
+    if spec.corpus is not None:
+        return  # a user corpus is checked by the worker, which can import it
+    from matrix import corpus
+
+    for name in spec.models:
+        if name not in corpus.REGISTRY:
+            line = _line_of(raw_text, ("models",))
+            raise SpecError(
+                f"{path}:{line}: models: expected one of {sorted(corpus.REGISTRY)}, got {name!r}"
+            )
+
+
+def _describe(path: Path, raw_text: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
+        # pydantic reports union members (str / LatestMinors) as extra path parts; keep the field path.
+        loc = tuple(p for p in loc if p not in ("str", "LatestMinors", "function-after[_specifier(), str]"))
+        field = ".".join(loc) or "(top level)"
+        line = _line_of(raw_text, loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key {loc[-1]!r}; expected one of {_known_keys(loc[:-1])}"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
+            msg = f"{msg}, got {err['input']!r}"
+        lines.append(f"{path}:{line}: {field}: {msg}")
+    return "\n".join(lines)
+
+
+def _known_keys(loc: tuple[str, ...]) -> str:
+    model: type[BaseModel] = Spec
+    if loc and loc[0] == "limits":
+        model = Limits
+    elif loc and loc[0] == "axes":
+        model = LatestMinors
+    names = [f.alias or n for n, f in model.model_fields.items() if n not in ("path", "source_hash")]
+    return ", ".join(sorted(names))
+
+
+def _line_of(raw_text: str, loc: tuple[str, ...]) -> int:
+    """Best line for a field path: the key's own line inside its table, else the table header, else 1."""
+    table: tuple[str, ...] = ()
+    header_line: dict[tuple[str, ...], int] = {}
+    found: int | None = None
+    for number, line in enumerate(raw_text.splitlines(), start=1):
+        stripped = line.strip()
+        m = re.fullmatch(r"\[\s*([^\]]+?)\s*\]", stripped)
+        if m:
+            table = tuple(part.strip().strip('"') for part in m.group(1).split("."))
+            header_line.setdefault(table, number)
+            continue
+        m = re.match(r"([A-Za-z0-9_\-\"]+)\s*=", stripped)
+        if not m:
+            continue
+        key = m.group(1).strip('"')
+        full = (*table, key)
+        if _same(full, loc):
+            return number
+        if found is None and len(loc) >= 1 and _same(full, loc[:-1]):
+            found = number
+    if found is not None:
+        return found
+    for depth in range(len(loc), 0, -1):
+        if loc[:depth] in header_line:
+            return header_line[loc[:depth]]
+    return 1
+
+
+def _same(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    norm = lambda t: tuple(x.replace("_", "-").lower() for x in t)  # noqa: E731
+    return bool(b) and norm(a) == norm(b)

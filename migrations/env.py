@@ -1,0 +1,49 @@
+"""Alembic environment: URL from Settings, batch mode on SQLite, advisory lock on PostgreSQL."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import text
+
+from knowngood import models  # noqa: F401  (registers the tables on Base.metadata)
+from knowngood.db import Base, make_engine
+from knowngood.settings import Settings
+
+# Any constant works; it only has to be the same for every process migrating this database.
+MIGRATION_LOCK_ID = 0x6B6E6F776E
+
+
+def run_migrations() -> None:
+    url = context.config.get_main_option("sqlalchemy.url") or Settings().database_url
+    connectable = context.config.attributes.get("connection")
+    if connectable is None:
+        engine = make_engine(url)
+        with engine.connect() as connection:
+            _migrate(connection)
+        engine.dispose()
+    else:
+        _migrate(connectable)
+
+
+def _migrate(connection) -> None:  # type: ignore[no-untyped-def]
+    is_pg = connection.dialect.name == "postgresql"
+    if is_pg:
+        # Shards and the API may all start at once: one migrates, the others wait, then find head.
+        connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+        connection.commit()
+    try:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        if is_pg:
+            connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+            connection.commit()
+
+
+run_migrations()

@@ -1,0 +1,66 @@
+"""An environment's life: locate python → resolve → install (or reuse by marker) → remove."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from matrix.expand import Environment
+from runner import pythons, uv
+from runner.errors import InterpreterNotFound
+
+MARKER = ".knowngood-lock"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    env: Environment
+    python_exe: Path | None
+    python_full: str | None
+    lock: uv.Lock | None
+    conflict: uv.Conflict | None = None
+    missing_python: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.missing_python:
+            return "no-interpreter"
+        return "conflict" if self.conflict else "resolved"
+
+
+def resolve(env: Environment) -> Resolved:
+    """Compile the environment's lock; a missing interpreter or a conflict is a result."""
+    try:
+        exe, full = pythons.find(env.python)
+    except InterpreterNotFound as exc:
+        return Resolved(env, None, None, None, missing_python=str(exc))
+    result = uv.compile(exe, env.requirements, excludes=env.excludes, cutoff=env.cutoff)
+    if isinstance(result, uv.Conflict):
+        return Resolved(env, exe, full, None, conflict=result)
+    return Resolved(env, exe, full, result)
+
+
+def venv_path(env_root: Path, resolved: Resolved) -> Path:
+    assert resolved.lock is not None
+    return env_root / f"{resolved.env.python}-{resolved.lock.hash[:16]}"
+
+
+def install(env_root: Path, resolved: Resolved) -> tuple[Path, bool]:
+    """Create the venv for a lock, or reuse it when its marker names the same lock. Returns (path, built)."""
+    assert resolved.lock is not None and resolved.python_exe is not None
+    path = venv_path(env_root, resolved)
+    marker = path / MARKER
+    if marker.is_file() and marker.read_text().strip() == resolved.lock.hash:
+        return path, False
+    if path.exists():
+        shutil.rmtree(path)  # a half-built venv from an interrupted run
+    path.parent.mkdir(parents=True, exist_ok=True)
+    uv.venv(path, resolved.python_exe)
+    uv.sync(path, resolved.lock)
+    marker.write_text(resolved.lock.hash + "\n")  # written last: its presence means complete
+    return path, True
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

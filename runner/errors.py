@@ -1,0 +1,29 @@
+"""Errors a user can act on; the CLI maps each to its own exit code."""
+
+from __future__ import annotations
+
+
+class KnowngoodError(Exception):
+    exit_code = 1
+
+
+class InterpreterNotFound(KnowngoodError):
+    exit_code = 3
+
+    def __init__(self, version: str, looked: list[str]) -> None:
+        super().__init__(
+            f"no Python {version} interpreter found; looked in: {', '.join(looked)}. "
+            f"Install it (e.g. `pyenv install {version}` or `uv python install {version}`)."
+        )
+        self.version = version
+
+
+class UvNotFound(KnowngoodError):
+    exit_code = 4
+
+    def __init__(self) -> None:
+        super().__init__("uv is not on PATH; install it with `pip install uv` (or set KNOWNGOOD_UV)")
+
+
+class UvFailed(KnowngoodError):
+    exit_code = 5

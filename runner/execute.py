@@ -1,0 +1,271 @@
+"""The only module that spawns the worker: one process per environment, watched for time and memory.
+
+A crash, a step over its timeout or a worker over its memory limit is recorded against the step that was
+running (the worker wrote its `start` line first), and a new worker takes the cases that are left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.results import StepResult, parse_lines
+from runner.worker.routes import ROUTES
+
+log = logging.getLogger(__name__)
+
+WORKER = Path(__file__).parent / "worker" / "main.py"
+POLL_SECONDS = 0.2
+GRACE_SECONDS = 5.0
+_PASSED_THROUGH = ("HOME", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
+                   "MKL_NUM_THREADS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A case as the worker receives it."""
+
+    key: str
+    model: str
+    route: str
+    exporter: str
+    opset: int
+
+
+@dataclass
+class Outcome:
+    """What came back for one environment: step results per case key, and the worker's figures."""
+
+    steps: dict[str, list[StepResult]] = field(default_factory=dict)
+    worker: dict[str, object] = field(default_factory=dict)
+    attempts: int = 0
+    peak_rss: int = 0
+
+
+def worker_env(venv: Path, tmp: Path) -> dict[str, str]:
+    """A minimal environment, as if the venv were activated: its bin first on PATH."""
+    env = {k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ}
+    env.update(
+        PATH=os.pathsep.join([str(venv / "bin"), "/usr/local/bin", "/usr/bin", "/bin"]),
+        VIRTUAL_ENV=str(venv),
+        TMPDIR=str(tmp),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONHASHSEED="0",
+        PYTHONUNBUFFERED="1",
+    )
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
+def _session_rss(sid: int) -> int:
+    """Resident memory of every process in the worker's session (converters spawn children)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            if int(fields[3]) != sid:  # fields after ")": state ppid pgrp session ...
+                continue
+            with open(f"/proc/{entry.name}/statm", "rb") as fh:
+                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the whole process group, wait a grace period, then SIGKILL it."""
+    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, 30.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # Stragglers that left the group but kept the session (daemonised converters).
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def execute(
+    venv: Path,
+    jobs: Sequence[Job],
+    *,
+    corpus: Path,
+    workdir: Path,
+    step_timeout: float,
+    memory_limit: int,
+    on_case: Callable[[str, list[StepResult]], None] | None = None,
+) -> Outcome:
+    """Run every job in the venv; restart the worker after a crash until each job has its steps."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tmp").mkdir(exist_ok=True)
+    outcome = Outcome()
+    remaining = list(jobs)
+    by_key = {j.key: j for j in jobs}
+    while remaining:
+        outcome.attempts += 1
+        attempt = outcome.attempts
+        cases_file = workdir / f"cases-{attempt}.json"
+        out_file = workdir / f"steps-{attempt}.jsonl"
+        log_file = workdir / f"worker-{attempt}.log"
+        cases_file.write_text(json.dumps({
+            "corpus": str(corpus),
+            "workdir": str(workdir / "cases"),
+            "cases": [j.__dict__ for j in remaining],
+        }))
+        out_file.touch()
+        argv = [str(venv / "bin" / "python"), "-I", str(WORKER), "--cases", str(cases_file), "--out", str(out_file)]
+        log.debug("+ %s", shlex.join(argv))
+        with open(log_file, "wb") as log_fh:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
+                env=worker_env(venv, workdir / "tmp"), cwd=workdir, start_new_session=True,
+            )
+            killed_for = _watch(proc, out_file, step_timeout, memory_limit, outcome)
+        records = parse_lines(out_file.read_text(encoding="utf-8", errors="replace").splitlines())
+        tail = log_file.read_text(errors="replace")[-3000:]
+        progressed = _collect(records, by_key, outcome, on_case)
+        started = _interrupted(records, by_key, outcome)
+        if started is not None:
+            key, step_name, ordinal = started
+            status, message = _death(proc.returncode, killed_for, step_timeout, memory_limit)
+            steps = outcome.steps.setdefault(key, [])
+            steps.append(StepResult(
+                case=key, step=step_name, ordinal=ordinal, status=status, error_type=status.title(),
+                message=message, details={"worker_log_tail": tail},
+            ))
+            for later, name in enumerate(ROUTES[by_key[key].route][ordinal + 1 :], start=ordinal + 1):
+                steps.append(StepResult(case=key, step=name, ordinal=later, status="skip",
+                                        message=f"{step_name}: {status}"))
+            if on_case:
+                on_case(key, steps)
+            progressed = True
+        remaining = [j for j in remaining if j.key not in outcome.steps]
+        if remaining and not progressed:
+            # The worker died before any case started (e.g. the corpus does not import): say so once.
+            reason = f"worker exited with code {proc.returncode} before starting a case:\n{tail}"
+            for job in remaining:
+                outcome.steps[job.key] = [StepResult(
+                    case=job.key, step=ROUTES[job.route][0], ordinal=0, status="error",
+                    error_type="WorkerFailed", message=reason,
+                )]
+                if on_case:
+                    on_case(job.key, outcome.steps[job.key])
+            remaining = []
+    return outcome
+
+
+def _watch(
+    proc: subprocess.Popen[bytes], out_file: Path, step_timeout: float, memory_limit: int, outcome: Outcome
+) -> str | None:
+    """Poll until the worker exits; kill it on a step timeout or past the memory limit."""
+    current_start: float | None = None
+    offset = 0
+    buffer = b""
+    while proc.poll() is None:
+        time.sleep(POLL_SECONDS)
+        with open(out_file, "rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+        offset += len(chunk)
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            event = json.loads(line).get("event") if line.strip() else None
+            if event == "start":
+                current_start = time.monotonic()
+            elif event in ("end", "case_end"):
+                current_start = None
+        rss = _session_rss(proc.pid)
+        outcome.peak_rss = max(outcome.peak_rss, rss)
+        if rss > memory_limit:
+            stop(proc)
+            return "memory"
+        if current_start is not None and time.monotonic() - current_start > step_timeout:
+            stop(proc)
+            return "timeout"
+    stop(proc)  # reap children the worker left behind
+    return None
+
+
+def _collect(
+    records: list[dict[str, object]],
+    by_key: dict[str, Job],
+    outcome: Outcome,
+    on_case: Callable[[str, list[StepResult]], None] | None,
+) -> bool:
+    progressed = False
+    pending: dict[str, list[StepResult]] = {}
+    for rec in records:
+        event = rec.get("event")
+        if event == "worker":
+            outcome.worker = rec
+        elif event == "end":
+            result = StepResult.model_validate(rec)
+            pending.setdefault(result.case, []).append(result)
+        elif event == "case_end":
+            key = str(rec["case"])
+            if key in by_key:
+                outcome.steps[key] = pending.pop(key, [])
+                if on_case:
+                    on_case(key, outcome.steps[key])
+                progressed = True
+    for key, steps in pending.items():  # the case that was running when the worker died
+        outcome.steps.setdefault(key, []).extend(steps)
+    return progressed
+
+
+def _interrupted(
+    records: list[dict[str, object]], by_key: dict[str, Job], outcome: Outcome
+) -> tuple[str, str, int] | None:
+    """The (case, step, ordinal) the worker was in when it died: an open start line, or the step
+    after the last one it finished when it died between two steps of a case."""
+    open_step: tuple[str, str, int] | None = None
+    last_case: str | None = None
+    for rec in records:
+        if rec.get("event") == "start":
+            open_step = (str(rec["case"]), str(rec["step"]), int(rec["ordinal"]))  # type: ignore[call-overload]
+            last_case = open_step[0]
+        elif rec.get("event") == "end" and open_step and rec.get("case") == open_step[0] \
+                and rec.get("step") == open_step[1]:
+            open_step = None
+        elif rec.get("event") == "case_end":
+            last_case = None
+    if open_step is not None:
+        return open_step
+    if last_case is not None and last_case in by_key:
+        done = len(outcome.steps.get(last_case, []))
+        names = ROUTES[by_key[last_case].route]
+        if done < len(names):
+            return last_case, names[done], done
+    return None
+
+
+def _death(returncode: int | None, killed_for: str | None, step_timeout: float, memory_limit: int) -> tuple[str, str]:
+    if killed_for == "timeout":
+        return "timeout", f"step exceeded {step_timeout:g} s; process group stopped"
+    if killed_for == "memory":
+        return "oom", f"worker RSS passed the limit of {memory_limit // 2**20} MiB; process group killed"
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name
+        if name == "SIGKILL":
+            return "oom", "worker killed by SIGKILL (likely the kernel's OOM killer)"
+        return "crash", f"worker died from {name}"
+    return "crash", f"worker exited with code {returncode} in the middle of the step"

@@ -1,0 +1,152 @@
+"""Results → database: one transaction per case, idempotent on the natural keys."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from knowngood.db import utcnow
+from knowngood.models import Case, Environment, Package, Run, Step
+from matrix.expand import Case as PlannedCase
+from matrix.expand import Plan
+from runner import RUNNER_VERSION, signatures
+from runner.environments import Resolved
+from runner.results import StepResult, case_status
+
+
+def start_run(session: Session, plan: Plan) -> Run:
+    run = Run(
+        id=str(uuid.uuid4()),
+        spec_name=plan.spec.name,
+        spec_hash=plan.spec.source_hash,
+        runner_version=RUNNER_VERSION,
+        corpus_version=plan.corpus_version,
+        host=socket.gethostname(),
+        cutoff=plan.spec.exclude_newer,
+        counts={"environments": len(plan.items), "cases": plan.case_count},
+    )
+    session.add(run)
+    session.commit()
+    return run
+
+
+def finish_run(session: Session, run: Run, counts: dict[str, Any]) -> None:
+    run.finished_at = utcnow()
+    run.status = "finished"
+    run.counts = {**run.counts, **counts}
+    session.commit()
+
+
+def stored_lock(session: Session, env_hash: str) -> Environment | None:
+    """The newest stored resolution of this request (reused only when a cutoff makes it final)."""
+    return session.scalars(
+        select(Environment).where(Environment.hash == env_hash).order_by(Environment.id.desc()).limit(1)
+    ).first()
+
+
+def save_environment(session: Session, resolved: Resolved) -> Environment:
+    """Insert or find the environment row for (request, lock)."""
+    env = resolved.env
+    lock_hash = resolved.lock.hash if resolved.lock else None
+    query = select(Environment).where(Environment.hash == env.hash)
+    query = query.where(Environment.lock_hash == lock_hash if lock_hash else Environment.lock_hash.is_(None))
+    row = session.scalars(query).first()
+    if row is None:
+        row = Environment(
+            hash=env.hash,
+            name=env.id,
+            python=env.python,
+            requirements=list(env.requirements),
+            excludes=list(env.excludes),
+            index_url=env.index_url,
+            cutoff=env.cutoff,
+            status=resolved.status,
+            lock_hash=lock_hash,
+            memory={},
+        )
+        if resolved.lock:
+            row.lock_text = resolved.lock.text
+            row.packages = [Package(name=p.name, version=p.version, hashes=list(p.hashes))
+                            for p in resolved.lock.pins]
+        session.add(row)
+    row.python_full = resolved.python_full or row.python_full
+    if resolved.conflict:
+        row.error = resolved.conflict.reason
+        row.signature = signatures.normalise("ResolutionConflict", resolved.conflict.reason)
+    elif resolved.missing_python:
+        row.error = resolved.missing_python
+        row.signature = f"InterpreterNotFound({env.python})"
+    try:
+        session.commit()
+    except IntegrityError:  # another shard stored the same row first
+        session.rollback()
+        row = session.scalars(query).one()
+    return row
+
+
+def recorded(session: Session, env_row: Environment) -> set[tuple[str, str, str, int, str]]:
+    """Natural keys of the cases already stored for this environment and runner version."""
+    rows = session.execute(
+        select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash).where(
+            Case.environment_id == env_row.id, Case.runner_version == RUNNER_VERSION
+        )
+    )
+    return {tuple(r) for r in rows}  # type: ignore[misc]
+
+
+def natural_key(case: PlannedCase) -> tuple[str, str, str, int, str]:
+    return (case.model, case.route, case.exporter, case.opset, case.model_hash)
+
+
+def save_case(
+    session: Session, run: Run, env_row: Environment, case: PlannedCase, corpus_version: str,
+    steps: list[StepResult],
+) -> Case | None:
+    """Store one case and its steps; returns None if it was already stored (idempotent)."""
+    row = Case(
+        run_id=run.id,
+        environment_id=env_row.id,
+        model=case.model,
+        route=case.route,
+        exporter=case.exporter,
+        opset=case.opset,
+        model_hash=case.model_hash,
+        corpus_version=corpus_version,
+        runner_version=RUNNER_VERSION,
+        status=case_status(steps),
+    )
+    for result in sorted(steps, key=lambda s: s.ordinal):
+        signature = None
+        if result.status not in ("ok", "skip"):
+            signature = signatures.normalise(
+                result.error_type, result.message, step=result.step, details=result.details
+            )
+            row.signature = row.signature or signature
+        if result.step == "export":
+            row.opset_emitted = result.details.get("opset_emitted")
+        if result.step == "parity":
+            row.max_abs_diff = result.max_abs_diff
+        row.steps.append(Step(
+            ordinal=result.ordinal,
+            name=result.step,
+            status=str(result.status),
+            seconds=result.seconds,
+            peak_rss=result.peak_rss,
+            error_type=result.error_type,
+            message=result.message,
+            signature=signature,
+            max_abs_diff=result.max_abs_diff,
+            details=result.details,
+        ))
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return None
+    return row

@@ -1,0 +1,49 @@
+"""Raw error → signature: versions, paths, addresses and numbers stripped so equal causes group."""
+
+from __future__ import annotations
+
+import re
+
+_RULES: list[tuple[re.Pattern[str], str]] = [
+    # torch.onnx (TorchScript): "Exporting the operator 'aten::grid_sampler' to ONNX opset version 15 is not supported"
+    (re.compile(r"Exporting the operator '?([\w:.]+)'? to ONNX opset version \d+ is not supported"),
+     "UnsupportedOperator({0})"),
+    (re.compile(r"Unsupported operator '?([\w:.]+)'?", re.I), "UnsupportedOperator({0})"),
+    (re.compile(r"No decompositions? (?:registered|found|for) .*?\b(aten::\w+|[\w]+::[\w]+)", re.I),
+     "UnsupportedOperator({0})"),
+    (re.compile(r"Unsupported FX nodes?:?\s*\{?'?(?:call_function)?'?:?\s*\[?'?([\w:.]+)"),
+     "UnsupportedOperator({0})"),
+    (re.compile(r"(?:Could not find an implementation|NOT_IMPLEMENTED).*?(?:for|node with name)\s+'?(\w+)'?",
+                re.I), "RuntimeNotImplemented({0})"),
+    (re.compile(r"Unsupported model IR version: \d+, max supported IR version: \d+"), "IRVersionTooNew"),
+    (re.compile(r"onnx\.ModelProto exceeds maximum protobuf size"), "ProtobufTooLarge"),
+    (re.compile(r"Descriptors cannot be created directly"), "ProtobufIncompatible"),
+    (re.compile(r"Because .*?\b(protobuf|numpy|onnx|onnxruntime|tensorflow(?:-cpu)?|torch|keras|ml-dtypes)\b"),
+     "ResolutionConflict({0})"),
+    (re.compile(r"Because (?:there is no version of |only )?([A-Za-z0-9_.-]+)"), "ResolutionConflict({0})"),
+    (re.compile(r"No module named '([\w.]+)'"), "ModuleNotFound({0})"),
+]
+
+
+def _clean(text: str) -> str:
+    text = re.sub(r"(/[\w.+-]+)+/?", "<path>", text)
+    text = re.sub(r"0x[0-9a-fA-F]+", "<addr>", text)
+    text = re.sub(r"\b\d+(\.\d+)*\b", "<n>", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def normalise(error_type: str | None, message: str | None, *, step: str = "", details: dict | None = None) -> str:
+    """A short stable signature for a failed step, e.g. `ParityExceeded(input=1)`."""
+    details = details or {}
+    message = message or ""
+    if error_type == "ParityExceeded":
+        return f"ParityExceeded(input={details.get('failed_input', '?')})"
+    if error_type in ("Timeout", "Crash", "Oom"):
+        sig = re.search(r"\b(SIG[A-Z]+)\b", message)
+        return f"{error_type}({step}{',' + sig.group(1) if sig else ''})"
+    for pattern, template in _RULES:
+        m = pattern.search(message)
+        if m:
+            return template.format(*(g.strip("'\"") for g in m.groups()))
+    first = next((ln for ln in message.splitlines() if ln.strip()), "")
+    return f"{error_type or 'Error'}({step}: {_clean(first)[:120]})"

@@ -1,0 +1,166 @@
+"""The only module that spawns uv: compile → Lock | Conflict, venv, sync, freeze."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from runner.errors import UvFailed, UvNotFound
+
+log = logging.getLogger(__name__)
+
+# Dropped so that nothing of the caller's own environment leaks into uv's choice of interpreter or venv.
+_DROPPED = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_PYTHON", "CONDA_PREFIX", "UV_PROJECT_ENVIRONMENT")
+# These decide what a resolution can return, so they are part of an environment's identity.
+INDEX_VARIABLES = (
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_FIND_LINKS",
+    "UV_NO_INDEX",
+    "UV_INDEX_STRATEGY",
+    "UV_PRERELEASE",
+)
+
+
+def uv_binary() -> str:
+    exe = os.environ.get("KNOWNGOOD_UV") or shutil.which("uv")
+    if not exe:
+        raise UvNotFound()
+    return exe
+
+
+def uv_env() -> dict[str, str]:
+    """uv's environment: UV_* index, mirror and cache settings pass through untouched."""
+    env = {k: v for k, v in os.environ.items() if k not in _DROPPED}
+    env["UV_NO_CONFIG"] = "1"  # a stray uv.toml must not change what we measure
+    env["UV_PYTHON_DOWNLOADS"] = "never"  # we pass interpreters by absolute path
+    env.setdefault("UV_HTTP_TIMEOUT", "300")
+    return env
+
+
+def index_settings() -> dict[str, str]:
+    return {k: os.environ[k] for k in INDEX_VARIABLES if os.environ.get(k)}
+
+
+def _run(args: Sequence[str], *, input: str | None = None, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    cmd = [uv_binary(), *args]
+    log.debug("+ %s", shlex.join(cmd))
+    return subprocess.run(
+        cmd, input=input, capture_output=True, text=True, env=uv_env(), timeout=timeout, check=False
+    )
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    hashes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A resolved, pinned package set and the exact text uv wrote for it."""
+
+    text: str
+    pins: tuple[Pin, ...]
+
+    @property
+    def hash(self) -> str:
+        lines = sorted(f"{p.name}=={p.version}" for p in self.pins)
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    def version(self, name: str) -> str | None:
+        name = canonicalize_name(name)
+        return next((p.version for p in self.pins if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """uv could not resolve the request; `reason` is uv's own explanation."""
+
+    reason: str
+
+
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+_HASH = re.compile(r"--hash=(\S+)")
+
+
+def parse_lock(text: str) -> tuple[Pin, ...]:
+    """Read `name==version --hash=...` entries from a compiled requirements file."""
+    logical = re.sub(r"\\\n", " ", text)
+    pins = []
+    for line in logical.splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            continue
+        m = _PIN.match(line)
+        if m:
+            pins.append(Pin(canonicalize_name(m.group(1)), m.group(2), tuple(_HASH.findall(line))))
+    return tuple(sorted(pins, key=lambda p: p.name))
+
+
+def compile(
+    python: Path,
+    requirements: Sequence[str],
+    *,
+    excludes: Sequence[str] = (),
+    cutoff: str | None = None,
+) -> Lock | Conflict:
+    """Resolve `requirements` for `python`; a conflict is a result, not an exception."""
+    with tempfile.TemporaryDirectory(prefix="knowngood-compile-") as tmp:
+        args = [
+            "pip", "compile", "-", "--python", str(python), "--generate-hashes",
+            "--no-header", "--no-annotate", "--quiet", "--color", "never",
+        ]
+        if excludes:
+            exclude_file = Path(tmp) / "excludes.txt"
+            exclude_file.write_text("\n".join(excludes) + "\n")
+            args += ["--excludes", str(exclude_file)]
+        if cutoff:
+            args += ["--exclude-newer", cutoff]
+        proc = _run(args, input="\n".join(requirements) + "\n")
+    if proc.returncode != 0:
+        reason = proc.stderr.strip()
+        if "No solution found" in reason or "unsatisfiable" in reason or "not found in the package registry" in reason:
+            return Conflict(reason)
+        raise UvFailed(f"uv pip compile failed (exit {proc.returncode}):\n{reason}")
+    return Lock(text=proc.stdout, pins=parse_lock(proc.stdout))
+
+
+def venv(path: Path, python: Path) -> None:
+    proc = _run(["venv", "--quiet", "--python", str(python), "--no-project", "--allow-existing", str(path)])
+    if proc.returncode != 0:
+        raise UvFailed(f"uv venv {path} failed:\n{proc.stderr.strip()}")
+
+
+def sync(path: Path, lock: Lock) -> None:
+    """Install exactly the lock into the venv at `path`, hashes checked, from uv's shared cache."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="knowngood-lock-", delete=False) as fh:
+        fh.write(lock.text)
+    try:
+        proc = _run(["pip", "sync", fh.name, "--python", str(path / "bin" / "python"), "--require-hashes",
+                     "--quiet", "--color", "never"])
+    finally:
+        os.unlink(fh.name)
+    if proc.returncode != 0:
+        raise UvFailed(f"uv pip sync into {path} failed:\n{proc.stderr.strip()}")
+
+
+def freeze(path: Path) -> dict[str, str]:
+    proc = _run(["pip", "freeze", "--python", str(path / "bin" / "python")])
+    if proc.returncode != 0:
+        raise UvFailed(f"uv pip freeze failed:\n{proc.stderr.strip()}")
+    return {canonicalize_name(a): b for a, _, b in (ln.partition("==") for ln in proc.stdout.split()) if b}

@@ -1,0 +1,127 @@
+"""The worker: runs cases inside one environment and appends one JSON line per step event.
+
+Run by path under the environment's interpreter: `python -I runner/worker/main.py --cases F --out F`.
+It imports only the standard library, the frameworks of its environment and the corpus, and writes a
+`start` line before every step, so whatever kills it is pinned on the step that was running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import steps as steps_mod  # noqa: E402
+from routes import ROUTES  # noqa: E402
+
+FRAMEWORKS = ("torch", "onnx", "onnxruntime", "tensorflow", "tensorflow-cpu", "onnx2tf", "onnx-tf", "numpy")
+
+
+class Out:
+    """Line-buffered JSON lines; each write reaches the kernel before the step it announces runs."""
+
+    def __init__(self, path: str) -> None:
+        self.fh = open(path, "a", buffering=1, encoding="utf-8")
+
+    def emit(self, **record: object) -> None:
+        self.fh.write(json.dumps(record, default=str) + "\n")
+        self.fh.flush()
+
+
+def load_corpus(path: str):  # type: ignore[no-untyped-def]
+    """Import the corpus: a package folder (with __init__.py) or a single user file."""
+    if os.path.isdir(path):
+        init = os.path.join(path, "__init__.py")
+        spec = importlib.util.spec_from_file_location(
+            "knowngood_corpus", init, submodule_search_locations=[path]
+        )
+    else:
+        spec = importlib.util.spec_from_file_location("knowngood_user_corpus", path)
+    if spec is None or spec.loader is None:
+        raise ImportError("cannot import corpus from %s" % path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    found = {}
+    for name in FRAMEWORKS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cases", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    with open(args.cases, encoding="utf-8") as fh:
+        job = json.load(fh)
+    out = Out(args.out)
+    out.emit(
+        event="worker",
+        pid=os.getpid(),
+        python=platform.python_version(),
+        versions=versions(),
+        t=time.time(),
+    )
+    corpus = load_corpus(job["corpus"])
+    workdir = job["workdir"]
+    for case in job["cases"]:
+        run_case(out, corpus, workdir, case)
+    out.emit(event="done", t=time.time())
+    return 0
+
+
+def run_case(out: Out, corpus, workdir: str, case: dict) -> None:  # type: ignore[no-untyped-def]
+    key = case["key"]
+    names = ROUTES[case["route"]]
+    ctx = steps_mod.Context(corpus=corpus, case=case, workdir=workdir)
+    blocked = None  # (status, message) once a step did not pass: the rest are skipped
+    for ordinal, name in enumerate(names):
+        if blocked is not None:
+            out.emit(event="end", case=key, step=name, ordinal=ordinal, status="skip",
+                     seconds=0.0, peak_rss=None, message=blocked)
+            continue
+        out.emit(event="start", case=key, step=name, ordinal=ordinal, t=time.time())
+        steps_mod.reset_peak_rss()
+        started = time.perf_counter()
+        result = {"status": "ok"}
+        try:
+            result.update(getattr(steps_mod, "step_" + name)(ctx) or {})
+        except steps_mod.Skip as exc:
+            result = {"status": "skip", "message": str(exc)}
+        except steps_mod.StepFailed as exc:
+            result = {"status": "fail", "error_type": exc.error_type, "message": str(exc),
+                      "details": exc.details, "max_abs_diff": exc.details.get("max_abs_diff")}
+        except Exception as exc:  # noqa: BLE001  any framework error is a result, recorded verbatim
+            status = "error" if name == "reference" else "fail"
+            result = {"status": status, "error_type": type(exc).__name__,
+                      "message": steps_mod.clip(str(exc) or repr(exc)),
+                      "details": {"traceback": steps_mod.clip(traceback.format_exc(), 6000)}}
+        result["seconds"] = round(time.perf_counter() - started, 4)
+        result["peak_rss"] = steps_mod.peak_rss()
+        out.emit(event="end", case=key, step=name, ordinal=ordinal, **result)
+        if result["status"] != "ok":
+            blocked = "%s: %s" % (name, result["status"])
+    ctx.close()
+    out.emit(event="case_end", case=key, t=time.time())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

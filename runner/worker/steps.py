@@ -1,0 +1,319 @@
+"""The steps of a case: export, check, reference, runtime, convert, tf_run, parity."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import resource
+import shutil
+
+
+class Skip(Exception):
+    """The step cannot apply here (e.g. the torch release cannot express the model)."""
+
+
+class StepFailed(Exception):
+    """The step ran and its result is wrong, with a type name the signature can group on."""
+
+    def __init__(self, error_type: str, message: str, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.details = details or {}
+
+
+def clip(text: str, limit: int = 4000) -> str:
+    return text if len(text) <= limit else text[: limit // 2] + "\n…\n" + text[-limit // 2 :]
+
+
+def reset_peak_rss() -> None:
+    # Writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so each step gets its own high-water mark.
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def to_numpy_list(outputs) -> list:  # type: ignore[no-untyped-def]
+    """Flatten a model's output (tensor, tuple, list, dict) into a list of numpy arrays."""
+    import numpy as np
+
+    flat: list = []
+
+    def walk(obj) -> None:  # type: ignore[no-untyped-def]
+        if obj is None:
+            return
+        if isinstance(obj, (list, tuple)):
+            for item in obj:
+                walk(item)
+        elif isinstance(obj, dict):
+            for k in sorted(obj):
+                walk(obj[k])
+        elif hasattr(obj, "detach"):
+            flat.append(obj.detach().cpu().numpy())
+        elif hasattr(obj, "numpy"):
+            flat.append(np.asarray(obj.numpy()))
+        else:
+            flat.append(np.asarray(obj))
+
+    walk(outputs)
+    return flat
+
+
+class Context:
+    """What the steps of one case share: the model, the exported file, and each side's outputs."""
+
+    def __init__(self, corpus, case: dict, workdir: str) -> None:  # type: ignore[no-untyped-def]
+        self.corpus = corpus
+        self.case = case
+        self.dir = os.path.join(workdir, case["key"])
+        os.makedirs(self.dir, exist_ok=True)
+        self.onnx_path = os.path.join(self.dir, "model.onnx")
+        self.spec = None
+        self.examples: list = []
+        self.reference: list = []
+        self.candidate: list = []
+        self.candidate_from = ""
+        self.tf_model = None
+
+    def model_spec(self):  # type: ignore[no-untyped-def]
+        if self.spec is None:
+            self.spec = self.corpus.load(self.case["model"])
+        return self.spec
+
+    def close(self) -> None:
+        self.tf_model = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _accepts(func, name: str) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        return name in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def step_export(ctx: Context) -> dict:
+    import torch
+
+    spec = ctx.model_spec()
+    reason = spec.unavailable()
+    if reason:
+        raise Skip(reason)
+    module = spec.build()
+    ctx.examples = spec.examples()
+    args = tuple(ctx.examples[0].args)
+    exporter, opset = ctx.case["exporter"], int(ctx.case["opset"])
+    kwargs = dict(spec.export_kwargs(exporter, opset) or {})
+    names = ["input_%d" % i for i in range(len(args))]
+    export = torch.onnx.export
+    how = ""
+    if exporter == "torchscript":
+        if _accepts(export, "dynamo"):
+            kwargs["dynamo"] = False  # torch >= 2.9 defaults to dynamo
+        export(module, args, ctx.onnx_path, opset_version=opset, input_names=names, **kwargs)
+        how = "torch.onnx.export(dynamo=False)"
+    elif _accepts(export, "dynamo"):
+        export(module, args, ctx.onnx_path, opset_version=opset, input_names=names, dynamo=True, **kwargs)
+        how = "torch.onnx.export(dynamo=True)"
+    elif hasattr(torch.onnx, "dynamo_export"):
+        # The releases before dynamo=True have only dynamo_export, which takes no opset.
+        torch.onnx.dynamo_export(module, *args).save(ctx.onnx_path)
+        how = "torch.onnx.dynamo_export"
+    else:
+        raise Skip("this torch has no dynamo exporter")
+    if not os.path.exists(ctx.onnx_path):
+        raise StepFailed("NoOutputFile", "the exporter returned but wrote no file")
+    return {"details": {"exporter_call": how, "opset_emitted": emitted_opset(ctx.onnx_path),
+                        "bytes": os.path.getsize(ctx.onnx_path)}}
+
+
+def emitted_opset(path: str) -> int | None:
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return None
+
+
+def step_check(ctx: Context) -> dict:
+    import onnx
+
+    model = onnx.load(ctx.onnx_path)
+    onnx.checker.check_model(model, full_check=True)
+    return {"details": {"ir_version": int(model.ir_version), "nodes": len(model.graph.node)}}
+
+
+def step_reference(ctx: Context) -> dict:
+    import torch
+
+    spec = ctx.model_spec()
+    module = spec.build()  # a fresh build: the export must not leak state (e.g. BN stats) into the reference
+    expected = getattr(spec, "expected", None)
+    notes = []
+    with torch.no_grad():
+        for example in ctx.examples:
+            ctx.reference.append(to_numpy_list(module(*example.args)))
+            note = {"note": example.note}
+            if expected is not None:
+                note["takes"] = expected(tuple(example.args))
+            notes.append(note)
+    return {"details": {"inputs": notes}}
+
+
+def _feeds(input_names: list, example) -> dict:  # type: ignore[no-untyped-def]
+    arrays = [a.detach().cpu().numpy() for a in example.args]
+    if len(input_names) != len(arrays):
+        raise StepFailed(
+            "InputCountMismatch",
+            "the exported graph takes %d inputs, the model %d" % (len(input_names), len(arrays)),
+        )
+    return dict(zip(input_names, arrays))
+
+
+def step_runtime(ctx: Context) -> dict:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(ctx.onnx_path, options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    ctx.candidate = [session.run(None, _feeds(names, ex)) for ex in ctx.examples]
+    ctx.candidate_from = "onnxruntime"
+    return {}
+
+
+ONNX2TF_OPTIONS = {
+    # Only what tf_run reads: the in-memory Keras model. No SavedModel, no .tflite files, no h5.
+    "disable_model_save": True,
+    "non_verbose": True,
+}
+
+
+def step_convert(ctx: Context) -> dict:
+    route = ctx.case["route"]
+    if route == "onnx2tf":
+        import onnx2tf
+
+        out_dir = os.path.join(ctx.dir, "tf")
+        names = ["input_%d" % i for i in range(len(ctx.examples[0].args))]
+        kwargs = dict(
+            input_onnx_file_path=ctx.onnx_path,
+            output_folder_path=out_dir,
+            # Keep torch's NCHW inputs as they are, so the same arrays feed every runtime.
+            keep_shape_absolutely_input_names=names,
+        )
+        for key, value in ONNX2TF_OPTIONS.items():
+            if _accepts(onnx2tf.convert, key):
+                kwargs[key] = value
+        ctx.tf_model = onnx2tf.convert(**kwargs)
+        if ctx.tf_model is None:
+            raise StepFailed("NoModel", "onnx2tf.convert returned no model")
+        return {"details": {"options": sorted(k for k in kwargs if k in ONNX2TF_OPTIONS)}}
+    if route == "onnx-tf":
+        import onnx
+        from onnx_tf.backend import prepare
+
+        ctx.tf_model = prepare(onnx.load(ctx.onnx_path))
+        return {}
+    raise Skip("route %s has no convert step" % route)
+
+
+def step_tf_run(ctx: Context) -> dict:
+    route = ctx.case["route"]
+    results = []
+    for example in ctx.examples:
+        arrays = [a.detach().cpu().numpy() for a in example.args]
+        if route == "onnx2tf":
+            out = ctx.tf_model(arrays if len(arrays) > 1 else arrays[0], training=False)
+        else:
+            out = ctx.tf_model.run(arrays if len(arrays) > 1 else arrays[0])
+            out = [out[k] for k in out._fields] if hasattr(out, "_fields") else out
+        results.append(to_numpy_list(out))
+    ctx.candidate = results
+    ctx.candidate_from = route
+    return {}
+
+
+def _align(ref, got):  # type: ignore[no-untyped-def]
+    """onnx2tf emits channels-last tensors: put them back to torch's layout before comparing."""
+    import numpy as np
+
+    if got.shape == ref.shape:
+        return got, None
+    for perm in ((0, 3, 1, 2), (0, 2, 1), (0, 4, 1, 2, 3)):
+        if got.ndim == len(perm):
+            moved = np.transpose(got, perm)
+            if moved.shape == ref.shape:
+                return moved, list(perm)
+    if got.size == ref.size and got.squeeze().shape == ref.squeeze().shape:
+        return got.reshape(ref.shape), "reshape"
+    raise StepFailed(
+        "ShapeMismatch", "output shape %s, PyTorch gives %s" % (list(got.shape), list(ref.shape))
+    )
+
+
+def step_parity(ctx: Context) -> dict:
+    import numpy as np
+
+    spec = ctx.model_spec()
+    atol, rtol = float(spec.atol), float(spec.rtol)
+    per_input = []
+    worst = 0.0
+    first_bad = None
+    for index, (ref_outs, got_outs) in enumerate(zip(ctx.reference, ctx.candidate)):
+        if len(ref_outs) != len(got_outs):
+            raise StepFailed(
+                "OutputCountMismatch",
+                "input %d: %d outputs, PyTorch gives %d" % (index, len(got_outs), len(ref_outs)),
+            )
+        max_abs = 0.0
+        max_rel = 0.0
+        ok = True
+        layout = None
+        for ref, got in zip(ref_outs, got_outs):
+            got, moved = _align(np.asarray(ref), np.asarray(got))
+            layout = layout or moved
+            ref64 = np.asarray(ref, dtype=np.float64)
+            got64 = np.asarray(got, dtype=np.float64)
+            if ref64.size == 0:
+                continue
+            diff = np.abs(ref64 - got64)
+            if not np.all(np.isfinite(got64) == np.isfinite(ref64)):
+                ok = False
+                max_abs = float("inf")
+                continue
+            diff = np.where(np.isfinite(diff), diff, 0.0)
+            max_abs = max(max_abs, float(diff.max()))
+            max_rel = max(max_rel, float((diff / (np.abs(ref64) + 1e-12)).max()))
+            ok = ok and bool(np.all(diff <= atol + rtol * np.abs(ref64)))
+        worst = max(worst, max_abs)
+        entry = {"input": index, "note": ctx.examples[index].note, "max_abs": max_abs,
+                 "max_rel": max_rel, "ok": ok}
+        if layout is not None:
+            entry["layout"] = layout
+        per_input.append(entry)
+        if not ok and first_bad is None:
+            first_bad = index
+    details = {"inputs": per_input, "atol": atol, "rtol": rtol, "against": ctx.candidate_from}
+    if first_bad is not None:
+        raise StepFailed(
+            "ParityExceeded",
+            "input %d (%s): max abs diff %.3g exceeds atol %.3g + rtol %.3g"
+            % (first_bad, per_input[first_bad]["note"], per_input[first_bad]["max_abs"], atol, rtol),
+            dict(details, max_abs_diff=worst, failed_input=first_bad),
+        )
+    return {"max_abs_diff": worst, "details": details}
