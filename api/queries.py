@@ -104,7 +104,7 @@ def known_good_chains(session: Session, query: ChainQuery) -> list[ChainOut]:
     evidence: dict[int, list[tuple[Case, Run]]] = defaultdict(list)
     for case, run in session.execute(
         select(Case, Run).join(Run, Run.id == Case.run_id).where(Case.environment_id.in_(envs), *conditions)
-    ).tuples():
+    ):
         evidence[case.environment_id].append((case, run))
     chains = []
     for env_id, env in envs.items():

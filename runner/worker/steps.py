@@ -89,7 +89,8 @@ class Context:
 
     def model_spec(self):  # type: ignore[no-untyped-def]
         if self.spec is None:
-            self.spec = self.corpus.load(self.case["model"])
+            load = getattr(self.corpus, "load", None)
+            self.spec = load(self.case["model"]) if load else self.corpus.MODELS[self.case["model"]]
         return self.spec
 
     def close(self) -> None:
@@ -105,14 +106,13 @@ def _accepts(func, name: str) -> bool:  # type: ignore[no-untyped-def]
 
 
 def step_export(ctx: Context) -> dict:
-    import torch
-
     spec = ctx.model_spec()
     reason = spec.unavailable()
     if reason:
         raise Skip(reason)
     module = spec.build()
     ctx.examples = spec.examples()
+    import torch
     args = tuple(ctx.examples[0].args)
     exporter, opset = ctx.case["exporter"], int(ctx.case["opset"])
     kwargs = dict(spec.export_kwargs(exporter, opset) or {})

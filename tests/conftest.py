@@ -1,0 +1,153 @@
+"""Fixtures: a throwaway PostgreSQL cluster (initdb/pg_ctl) and SQLite, both migrated, plus factories."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from knowngood import migrate
+from knowngood.db import make_engine, make_sessionmaker, utcnow
+from knowngood.models import Case, Environment, Package, Run, Step
+
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """Start a PostgreSQL cluster of our own on a loopback port; as root, run it as `postgres`."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+    base = Path(tempfile.mkdtemp(prefix="knowngood-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(base, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = base / "data", _free_port()
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+                   check=True, capture_output=True)
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(base / "log"), "-w", "-o", opts, "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_template(postgres_server: str) -> str:
+    """A database migrated once; each test copies it (CREATE DATABASE … TEMPLATE)."""
+    admin = make_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("CREATE DATABASE kg_template"))
+    admin.dispose()
+    migrate.upgrade(f"{postgres_server}/kg_template")
+    return "kg_template"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database of each kind."""
+    if request.param == "sqlite":
+        template = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "kg.db"
+        shutil.copy(template, path)
+        yield f"sqlite:///{path}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    template = request.getfixturevalue("pg_template")
+    name = f"kg_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE {template}'))
+    yield f"{server}/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def session(db_url: str) -> Iterator[Session]:
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as s:
+        yield s
+    engine.dispose()
+
+
+MakeEnv = Callable[..., Environment]
+
+
+@pytest.fixture
+def make_run(session: Session) -> Callable[..., Run]:
+    def make(**kw: object) -> Run:
+        run = Run(id=str(uuid.uuid4()), spec_name=kw.pop("spec_name", "test"), spec_hash="0" * 64,
+                  runner_version="test", corpus_version="c1", host="test", counts={}, **kw)
+        session.add(run)
+        session.commit()
+        return run
+    return make
+
+
+@pytest.fixture
+def make_environment(session: Session) -> MakeEnv:
+    """An installed environment whose lock pins `versions` (plus numpy/protobuf)."""
+    def make(versions: dict[str, str], python: str = "3.11") -> Environment:
+        pins = {"numpy": "1.26.4", "protobuf": "4.25.5", **versions}
+        lock_lines = [f"{n}=={v} \\\n    --hash=sha256:{uuid.uuid4().hex * 2}" for n, v in sorted(pins.items())]
+        name = f"py{python}-" + "-".join(f"{n}{v}" for n, v in versions.items())
+        env = Environment(
+            hash=uuid.uuid4().hex * 2, name=name, python=python, python_full=f"{python}.7",
+            requirements=[f"{n}=={v}" for n, v in versions.items()], excludes=[], index_url="https://pypi.org/simple",
+            cutoff="2026-11-01", status="installed", lock_hash=uuid.uuid4().hex * 2,
+            lock_text="\n".join(lock_lines) + "\n", memory={},
+            packages=[Package(name=n, version=v, hashes=[]) for n, v in sorted(pins.items())],
+        )
+        session.add(env)
+        session.commit()
+        return env
+    return make
+
+
+@pytest.fixture
+def make_case(session: Session) -> Callable[..., Case]:
+    def make(run: Run, env: Environment, model: str, route: str, status: str = "pass",
+             max_abs_diff: float | None = 1e-6, exporter: str = "torchscript", opset: int = 17,
+             signature: str | None = None) -> Case:
+        case = Case(run_id=run.id, environment_id=env.id, model=model, route=route, exporter=exporter, opset=opset,
+                    opset_emitted=opset, model_hash="m1", corpus_version="c1", runner_version="test",
+                    status=status, signature=signature, max_abs_diff=max_abs_diff, recorded_at=utcnow())
+        case.steps = [Step(ordinal=0, name="export", status="ok" if status == "pass" else status, seconds=0.1,
+                           peak_rss=1, details={}, signature=signature)]
+        session.add(case)
+        session.commit()
+        return case
+    return make
