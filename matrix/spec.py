@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from runner.worker.routes import EXPORTERS, ROUTES
 
@@ -68,7 +68,7 @@ class Spec(BaseModel):
     models: list[str] = Field(min_length=1)
     routes: list[str] = Field(min_length=1)
     exporters: list[Literal["torchscript", "dynamo"]] = Field(default_factory=lambda: ["torchscript"])
-    opsets: list[int] = Field(default_factory=lambda: [17], min_length=1)
+    opsets: list[StrictInt] = Field(default_factory=lambda: [17], min_length=1)
     exclude_newer: str | None = Field(default=None, alias="exclude-newer")
     excludes: list[str] = Field(default_factory=list, description="packages kept out of resolution")
     include: list[str] = Field(default_factory=list, description="environment-id patterns to keep")
@@ -134,7 +134,10 @@ class Spec(BaseModel):
                             raise ValueError(f"axis 'python': expected a version like '3.11', got {item!r}")
                         checked.append(item)
                     else:
-                        checked.append(_check_specifier(item))
+                        try:
+                            checked.append(_check_specifier(item))
+                        except ValueError as exc:
+                            raise ValueError(f"axis {key!r}: {exc}") from None
                 elif isinstance(item, dict):
                     checked.append(item)
                 else:
@@ -193,13 +196,18 @@ def _check_models(path: Path, raw_text: str, spec: Spec) -> None:
 
 def _describe(path: Path, raw_text: str, exc: ValidationError) -> str:
     lines = []
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors:
+        if err["type"] == "string_type" and err["loc"][:1] == ("axes",) and len(errors) > 1:
+            continue  # the `str` branch of a selector union: the table branch's error says more
         loc = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
+        msg = err["msg"].removeprefix("Value error, ")
+        if (m := re.match(r"axis '([^']+)': ", msg)) and loc == ("axes",):
+            loc = ("axes", m.group(1))
         # pydantic reports union members (str / LatestMinors) as extra path parts; keep the field path.
         loc = tuple(p for p in loc if p not in ("str", "LatestMinors", "function-after[_specifier(), str]"))
         field = ".".join(loc) or "(top level)"
         line = _line_of(raw_text, loc)
-        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {loc[-1]!r}; expected one of {_known_keys(loc[:-1])}"
         elif err["type"] == "missing":

@@ -18,8 +18,8 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"Unsupported model IR version: \d+, max supported IR version: \d+"), "IRVersionTooNew"),
     (re.compile(r"onnx\.ModelProto exceeds maximum protobuf size"), "ProtobufTooLarge"),
     (re.compile(r"Descriptors cannot be created directly"), "ProtobufIncompatible"),
-    (re.compile(r"Because .*?\b(protobuf|numpy|onnx|onnxruntime|tensorflow(?:-cpu)?|torch|keras|ml-dtypes)\b"),
-     "ResolutionConflict({0})"),
+    # uv: "Because onnx==1.17.0 depends on protobuf>=3.20.2 and you require protobuf==3.20.1, ..."
+    (re.compile(r"Because .*?depends on ([A-Za-z0-9_.-]+?)(?:[<>=!~;\[ ]|$)"), "ResolutionConflict({0})"),
     (re.compile(r"Because (?:there is no version of |only )?([A-Za-z0-9_.-]+)"), "ResolutionConflict({0})"),
     (re.compile(r"No module named '([\w.]+)'"), "ModuleNotFound({0})"),
 ]

@@ -1,0 +1,43 @@
+"""Raw messages → signatures, on messages of the kinds real runs produce."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.signatures import normalise
+
+CASES = [
+    ("UnsupportedOperatorError",
+     "Exporting the operator 'aten::grid_sampler' to ONNX opset version 15 is not supported. Please feel free to "
+     "request support or submit a pull request on PyTorch GitHub: https://github.com/pytorch/pytorch/issues.",
+     "export", {}, "UnsupportedOperator(aten::grid_sampler)"),
+    ("RuntimeError", "ONNX export failed: Unsupported operator 'aten::grid_sampler_2d'", "export", {},
+     "UnsupportedOperator(aten::grid_sampler_2d)"),
+    ("InvalidGraph",
+     "[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model from /tmp/x/model.onnx failed:"
+     "/onnxruntime_src/onnxruntime/core/graph/model.cc:180 onnxruntime::Model::Model(...) "
+     "Unsupported model IR version: 10, max supported IR version: 9", "runtime", {}, "IRVersionTooNew"),
+    ("ResolutionConflict",
+     "  × No solution found when resolving dependencies:\n  ╰─▶ Because onnx==1.17.0 depends on protobuf>=3.20.2 and "
+     "you require protobuf==3.20.1, we can conclude that your requirements and onnx==1.17.0 are incompatible.",
+     "", {}, "ResolutionConflict(protobuf)"),
+    ("ParityExceeded", "input 1 (branch=else): max abs diff 6.4 exceeds atol 1e-05", "parity", {"failed_input": 1},
+     "ParityExceeded(input=1)"),
+    ("Crash", "worker died from SIGSEGV", "convert", {}, "Crash(convert,SIGSEGV)"),
+    ("Timeout", "step exceeded 600 s; process group stopped", "convert", {}, "Timeout(convert)"),
+    ("ModuleNotFoundError", "No module named 'onnxscript'", "export", {}, "ModuleNotFound(onnxscript)"),
+    ("ValueError", "shape (1, 3, 224, 224) at /tmp/abc/def.py:12 is wrong at 0x7fff1234", "convert", {},
+     "ValueError(convert: shape (<n>, <n>, <n>, <n>) at <path>:<n> is wrong at <addr>)"),
+]
+
+
+@pytest.mark.parametrize(("error_type", "message", "step", "details", "expected"), CASES,
+                         ids=[c[4][:40] for c in CASES])
+def test_normalise(error_type: str, message: str, step: str, details: dict, expected: str) -> None:
+    assert normalise(error_type, message, step=step, details=details) == expected
+
+
+def test_versions_paths_and_numbers_do_not_split_a_group() -> None:
+    a = normalise("ValueError", "bad tensor at /home/a/x.py:3 in torch 2.1.0", step="convert")
+    b = normalise("ValueError", "bad tensor at /srv/b/y.py:99 in torch 2.4.1", step="convert")
+    assert a == b

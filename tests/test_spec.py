@@ -1,0 +1,88 @@
+"""Specs: the shipped ones load, and malformed ones get an error naming file, line, field and expectation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from matrix import expand, spec
+from matrix.spec import SpecError
+
+GOOD = """\
+name = "t"
+models = ["resnet"]
+routes = ["onnxruntime"]
+
+[axes]
+python = ["3.11"]
+torch = ["==2.0.1"]
+"""
+
+
+@pytest.mark.parametrize("path", sorted(spec.SPECS_DIR.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_specs_load_and_expand(path: Path) -> None:
+    plan = expand.plan(spec.load(path))
+    assert plan.items and plan.case_count > 0
+
+
+def test_smoke_spec_is_the_issue_matrix() -> None:
+    plan = expand.plan(spec.load(spec.SPECS_DIR / "smoke.toml"))
+    assert len(plan.items) == 1
+    env, cases = plan.items[0]
+    assert env.python == "3.11"
+    assert set(env.requirements) == {"torch", "onnx", "onnxruntime", "tensorflow-cpu", "onnx2tf"}
+    assert {(c.model, c.route, c.exporter, c.opset) for c in cases} == {
+        (m, r, "torchscript", 17)
+        for m in ("resnet", "transformer", "grid_sample", "control_flow")
+        for r in ("onnxruntime", "onnx2tf")
+    }
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    return path
+
+
+BAD = [
+    # (replace this, with this, message fragment, line)
+    ('name = "t"', 'name = "t"\ncolour = "red"', "colour: unknown key 'colour'; expected one of", 2),
+    ('torch = ["==2.0.1"]', 'torch = ["latest"]', "expected a PEP 440 version specifier", 7),
+    ('routes = ["onnxruntime"]', 'routes = ["tflite"]', "routes: expected one of", 3),
+    ('models = ["resnet"]', 'models = ["resnet", "vgg"]', "models: expected one of", 2),
+    ('models = ["resnet"]', "models = []", "models: List should have at least 1 item", 2),
+    ('python = ["3.11"]', 'python = ["3"]', "expected a version like '3.11'", 6),
+    ('python = ["3.11"]\n', "", "expected a 'python' axis", 1),
+    ('name = "t"\n', "", "name: required field is missing", 1),
+    ('routes = ["onnxruntime"]', 'routes = ["onnxruntime"]\nopsets = [3]', "expected an ONNX opset between", 4),
+    ('routes = ["onnxruntime"]', 'routes = ["onnxruntime"]\nopsets = ["17"]', "opsets: Input should be a valid", 4),
+    ('routes = ["onnxruntime"]', 'routes = ["onnxruntime"]\nexporters = ["jit"]', "exporters: Input should be", 4),
+    ('routes = ["onnxruntime"]', 'routes = ["onnxruntime"]\nexclude-newer = "yesterday"',
+     "expected a date like '2025-08-01'", 4),
+    ('torch = ["==2.0.1"]', 'torch = "==2.0.1"', "expected a non-empty list of version selectors", 7),
+    ('torch = ["==2.0.1"]', "torch = [{latest-minors = 0}]", "greater than or equal to 1", 7),
+    ('torch = ["==2.0.1"]', "torch = [{newest = 3}]", "unknown key 'newest'", 7),
+    ('torch = ["==2.0.1"]', 'torch = [{latest-minors = 2, within = "2.x"}]', "PEP 440 version specifier", 7),
+    ("[axes]", "[limits]\nstep-timeout = -1\n[axes]", "limits.step-timeout: Input should be greater than 0", 6),
+    ('name = "t"', 'name = "has space"', "name: String should match pattern", 1),
+    ('name = "t"', "name = ", "not valid TOML", None),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "fragment", "line"), BAD, ids=[b[2][:40] for b in BAD])
+def test_malformed_spec_messages(tmp_path: Path, old: str, new: str, fragment: str, line: int | None) -> None:
+    assert old in GOOD
+    path = _write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(SpecError) as info:
+        spec.load(path)
+    message = str(info.value)
+    assert fragment in message
+    assert message.startswith(str(path))
+    if line is not None:
+        assert f"{path}:{line}:" in message
+
+
+def test_missing_file() -> None:
+    with pytest.raises(SpecError, match="no such spec file"):
+        spec.load("matrix/specs/nope.toml")
