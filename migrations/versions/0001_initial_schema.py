@@ -61,9 +61,7 @@ def upgrade() -> None:
         sa.Column("runner_version", sa.String(length=64), nullable=False),
         sa.Column("corpus_version", sa.String(length=64), nullable=False),
         sa.Column("host", sa.String(length=200), nullable=False),
-        sa.Column(
-            "cutoff", sa.String(length=40), nullable=True, comment="uv --exclude-newer for every resolution"
-        ),
+        sa.Column("cutoff", sa.String(length=40), nullable=True, comment="uv --exclude-newer for every resolution"),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False, comment="running | finished"),
@@ -79,9 +77,7 @@ def upgrade() -> None:
         sa.Column("route", sa.String(length=64), nullable=False),
         sa.Column("exporter", sa.String(length=64), nullable=False),
         sa.Column("opset", sa.Integer(), nullable=False, comment="opset asked for"),
-        sa.Column(
-            "opset_emitted", sa.Integer(), nullable=True, comment="opset read back from the exported file"
-        ),
+        sa.Column("opset_emitted", sa.Integer(), nullable=True, comment="opset read back from the exported file"),
         sa.Column("model_hash", sa.String(length=64), nullable=False),
         sa.Column("corpus_version", sa.String(length=64), nullable=False),
         sa.Column("runner_version", sa.String(length=64), nullable=False),
@@ -144,24 +140,18 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=32), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("seconds", sa.Float(), nullable=True),
-        sa.Column(
-            "peak_rss", sa.BigInteger(), nullable=True, comment="bytes, high-water mark during the step"
-        ),
+        sa.Column("peak_rss", sa.BigInteger(), nullable=True, comment="bytes, high-water mark during the step"),
         sa.Column("error_type", sa.String(length=200), nullable=True),
         sa.Column("message", sa.Text(), nullable=True),
         sa.Column("signature", sa.String(length=300), nullable=True),
         sa.Column("max_abs_diff", sa.Float(), nullable=True),
         sa.Column("details", sa.JSON(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["case_id"], ["case.id"], name=op.f("fk_step_case_id_case"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["case_id"], ["case.id"], name=op.f("fk_step_case_id_case"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_step")),
         sa.UniqueConstraint("case_id", "ordinal", name=op.f("uq_step_case_id_ordinal")),
     )
     with op.batch_alter_table("step", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_step_case_id"), ["case_id"], unique=False)
-
-
 
 
 def downgrade() -> None:
@@ -185,4 +175,3 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_environment_hash"))
 
     op.drop_table("environment")
-

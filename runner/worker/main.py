@@ -109,7 +109,7 @@ def run_case(out: Out, corpus, workdir: str, case: dict) -> None:  # type: ignor
         except steps_mod.StepFailed as exc:
             result = {"status": "fail", "error_type": exc.error_type, "message": str(exc),
                       "details": exc.details, "max_abs_diff": exc.details.get("max_abs_diff")}
-        except Exception as exc:  # noqa: BLE001  any framework error is a result, recorded verbatim
+        except Exception as exc:  # any framework error is a result, recorded verbatim
             status = "error" if name == "reference" else "fail"
             result = {"status": status, "error_type": type(exc).__name__,
                       "message": steps_mod.clip(str(exc) or repr(exc)),
