@@ -44,10 +44,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from matrix import expand, spec
+    from matrix import expand, spec, versions
     from runner import uv
 
-    plan = expand.plan(spec.load(args.spec), index=uv.index_settings())
+    loaded = spec.load(args.spec)
+    plan = expand.plan(loaded, index=uv.index_settings(), selectors=versions.resolve_selectors(loaded))
     envs = [{"id": env.id, "hash": env.hash, "python": env.python, "requirements": list(env.requirements),
              "cases": [c.key for c in cases]} for env, cases in plan.items]
     if args.format == "json":

@@ -14,6 +14,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from matrix.spec import LatestMinors, Spec
+from runner.worker.routes import ROUTE_PACKAGES
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 
@@ -101,6 +102,19 @@ class Plan:
         return sum(len(cases) for _, cases in self.items)
 
 
+def _requirement(axis: str, value: str) -> str:
+    if value[:1].isalpha():
+        return value  # a whole requirement; the axis name is only a label
+    return axis if value == "*" else f"{axis}{value}"
+
+
+def _route_applies(route: str, env: Environment) -> bool:
+    """A converter route runs only where its converter is part of the environment."""
+    needed = ROUTE_PACKAGES.get(route, ())
+    names = {split_requirement(r)[0] for r in env.requirements}
+    return not needed or any(n in names for n in needed) or route == "onnxruntime"
+
+
 def split_requirement(req: str) -> tuple[str, str]:
     m = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(.*)$", req)
     if not m:
@@ -171,7 +185,7 @@ def plan(
     items = []
     for python in axes["python"]:
         for combo in itertools.product(*(axes[p] for p in packages)):
-            reqs = tuple(p if s == "*" else f"{p}{s}" for p, s in zip(packages, combo, strict=True))
+            reqs = tuple(_requirement(p, s) for p, s in zip(packages, combo, strict=True))
             env = Environment(
                 python=python,
                 requirements=reqs,
@@ -183,5 +197,5 @@ def plan(
                 continue
             if spec.exclude and matches(spec.exclude, env.id):
                 continue
-            items.append((env, cases))
+            items.append((env, tuple(c for c in cases if _route_applies(c.route, env))))
     return Plan(spec=spec, corpus_path=corpus_path, corpus_version=version, items=tuple(items))

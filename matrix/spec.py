@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
@@ -54,6 +55,7 @@ def _check_specifier(value: str) -> str:
 
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    prune: bool = Field(default=False, description="remove each environment's venv after its cases ran")
     step_timeout: float = Field(default=900.0, gt=0, alias="step-timeout", description="seconds")
     memory_limit_mb: int = Field(default=12_000, gt=0, alias="memory-limit-mb")
 
@@ -133,6 +135,19 @@ class Spec(BaseModel):
                         if not re.fullmatch(r"3\.\d{1,2}", item):
                             raise ValueError(f"axis 'python': expected a version like '3.11', got {item!r}")
                         checked.append(item)
+                    elif item.strip()[:1].isalpha():
+                        # A whole requirement ("onnx-tf==1.10.0"): the axis is then only a label, as in
+                        # converter = ["onnx-tf==1.10.0", "onnx2tf==1.15.9"].
+                        try:
+                            req = Requirement(item)
+                        except InvalidRequirement:
+                            req = None
+                        if req is None or not req.specifier:
+                            raise ValueError(
+                                f"axis {key!r}: expected a PEP 440 version specifier such as '==2.0.1' or "
+                                f"'>=2.3,<2.5', '*', or a pinned requirement like 'onnx-tf==1.10.0', got {item!r}"
+                            )
+                        checked.append(str(req))
                     else:
                         try:
                             checked.append(_check_specifier(item))
@@ -151,8 +166,6 @@ class Spec(BaseModel):
     def _needs(self) -> Spec:
         if "python" not in self.axes:
             raise ValueError("axes: expected a 'python' axis, e.g. python = [\"3.11\"]")
-        if "torch" not in self.axes:
-            raise ValueError("axes: expected a 'torch' axis, e.g. torch = [\"==2.0.1\"]")
         return self
 
     @property
@@ -203,7 +216,7 @@ def _describe(path: Path, raw_text: str, exc: ValidationError) -> str:
         loc = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
         msg = err["msg"].removeprefix("Value error, ")
         if (m := re.match(r"axis '([^']+)': ", msg)) and loc == ("axes",):
-            loc = ("axes", m.group(1))
+            loc, msg = ("axes", m.group(1)), msg[m.end() :]
         # pydantic reports union members (str / LatestMinors) as extra path parts; keep the field path.
         loc = tuple(p for p in loc if p not in ("str", "LatestMinors", "function-after[_specifier(), str]"))
         field = ".".join(loc) or "(top level)"

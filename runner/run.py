@@ -23,6 +23,7 @@ from knowngood.db import make_engine, make_sessionmaker
 from knowngood.settings import Settings
 from matrix import expand
 from matrix import spec as spec_mod
+from matrix import versions
 from runner import environments, execute, record, uv
 from runner.errors import UvFailed
 from runner.results import StepResult, case_status
@@ -60,7 +61,7 @@ def run(
     started = time.monotonic()
     console = console or Console(stderr=True)
     spec = spec_mod.load(spec_path)
-    plan = expand.plan(spec, index=uv.index_settings())
+    plan = expand.plan(spec, index=uv.index_settings(), selectors=versions.resolve_selectors(spec))
     items = shard_of(list(plan.items), shard)
     engine = make_engine(settings.database_url)
     Session = make_sessionmaker(engine)

@@ -7,6 +7,7 @@ so a graph that baked one branch (or one trip count) fails parity on them.
 
 from __future__ import annotations
 
+import sys
 from typing import List, Optional
 
 import torch
@@ -89,10 +90,25 @@ def expected_if(args):  # type: (tuple) -> str
     return _branch(args[0])
 
 
+_COND_PROBE = []  # type: List[Optional[str]]
+
+
 def unavailable_cond():  # type: () -> Optional[str]
-    if getattr(torch, "cond", None) is None:
+    cond = getattr(torch, "cond", None)
+    if cond is None:
         return "torch %s has no torch.cond" % torch.__version__
-    return None
+    if not _COND_PROBE:
+        # Eager torch.cond goes through torch.compile on some releases, which some Pythons lack
+        # (e.g. 3.12 before torch 2.4): then the reference itself cannot run. Probe once per process.
+        try:
+            with torch.no_grad():
+                cond(torch.ones(2).sum() > 0, _then, _else, (torch.ones(2),))
+            _COND_PROBE.append(None)
+        except Exception as exc:  # noqa: BLE001 - any failure means: not expressible here
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            _COND_PROBE.append("torch.cond cannot run eagerly on torch %s / Python %s: %s"
+                               % (torch.__version__, sys.version.split()[0], first))
+    return _COND_PROBE[0]
 
 
 def unavailable_script():  # type: () -> Optional[str]

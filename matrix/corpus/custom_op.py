@@ -150,14 +150,12 @@ def _dynamo_translation(opset):  # type: (int) -> Dict[object, object]
         import onnxscript
     except ImportError:
         return {}
-    from onnxscript import FLOAT
-
     op = getattr(onnxscript, "opset%d" % opset, None) or getattr(onnxscript, "opset18")
 
-    # The annotations matter: without the return type onnxscript declares no output and the exporter
-    # fails later with "'tuple' object has no attribute 'shape'".
-    @onnxscript.script(opset=op)
-    def scaled_tanh_onnx(x: FLOAT, scale: FLOAT) -> FLOAT:
+    # A plain function, run by the exporter in onnxscript's trace mode (the form torch >= 2.6 documents).
+    # Not @onnxscript.script: that parses this source, resolves names only from module globals, and
+    # without type annotations declares no output ("'tuple' object has no attribute 'shape'").
+    def scaled_tanh_onnx(x, scale):  # type: ignore[no-untyped-def]
         return op.Mul(op.Mul(x, op.Tanh(x)), scale)
 
     return {"custom_translation_table": {OP_TRANSLATED.default: scaled_tanh_onnx}}
