@@ -112,6 +112,36 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from knowngood import snapshot
+    from knowngood.db import make_engine, make_sessionmaker
+    from knowngood.migrate import upgrade
+
+    url = _settings(args).database_url
+    upgrade(url)
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as session:
+        if args.action == "export":
+            doc = snapshot.export(session, args.path, run_ids=args.run or None)
+            result = {"runs": len(doc.runs), "environments": len(doc.environments), "cases": len(doc.cases)}
+        else:
+            result = snapshot.import_(session, args.path).as_dict()
+    engine.dispose()
+    print(json.dumps({args.action: args.path, **result}))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from knowngood import report
+    from knowngood.db import make_engine, make_sessionmaker
+
+    engine = make_engine(_settings(args).database_url)
+    with make_sessionmaker(engine)() as session:
+        sys.stdout.write(report.render(report.compare(session, run=args.run, against=args.against)))
+    engine.dispose()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="knowngood", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log uv and worker commands")
@@ -150,6 +180,17 @@ def parser() -> argparse.ArgumentParser:
     sp = with_db(sub.add_parser("db", help="database schema (Alembic)"))
     sp.add_argument("action", choices=["upgrade", "check"])
     sp.set_defaults(func=cmd_db)
+
+    sp = with_db(sub.add_parser("snapshot", help="export or import runs as a portable JSON document"))
+    sp.add_argument("action", choices=["export", "import"])
+    sp.add_argument("path", help="file to write or read; gzip-compressed when it ends in .gz")
+    sp.add_argument("--run", action="append", help="export only this run id (repeatable)")
+    sp.set_defaults(func=cmd_snapshot)
+
+    sp = with_db(sub.add_parser("report", help="Markdown: what changed since the previous run of the same spec"))
+    sp.add_argument("--run", help="run id (default: the newest run)")
+    sp.add_argument("--against", default="previous", help="run id, or 'previous' (the same spec's run before)")
+    sp.set_defaults(func=cmd_report)
     return p
 
 
@@ -160,6 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # SnapshotError, ReportError: the message names what was wrong
+        if type(exc).__name__ not in ("SnapshotError", "ReportError"):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KnowngoodError as exc:

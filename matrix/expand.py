@@ -36,6 +36,7 @@ class Environment:
 
     python: str
     requirements: tuple[str, ...]
+    extras: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
     index: tuple[tuple[str, str], ...] = ()
     cutoff: str | None = None
@@ -58,12 +59,16 @@ class Environment:
     def hash(self) -> str:
         payload = {
             "python": self.python,
-            "requirements": sorted(self.requirements),
+            "requirements": sorted(self.requirements + self.extras),
             "excludes": sorted(self.excludes),
             "index": list(self.index),
             "cutoff": self.cutoff,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def all_requirements(self) -> tuple[str, ...]:
+        return self.requirements + self.extras
 
     @property
     def index_url(self) -> str:
@@ -189,6 +194,7 @@ def plan(
             env = Environment(
                 python=python,
                 requirements=reqs,
+                extras=tuple(spec.extra_requirements),
                 excludes=tuple(spec.excludes),
                 index=index_items,
                 cutoff=spec.exclude_newer,

@@ -73,6 +73,10 @@ class Spec(BaseModel):
     opsets: list[StrictInt] = Field(default_factory=lambda: [17], min_length=1)
     exclude_newer: str | None = Field(default=None, alias="exclude-newer")
     excludes: list[str] = Field(default_factory=list, description="packages kept out of resolution")
+    extra_requirements: list[str] = Field(
+        default_factory=list, alias="extra-requirements",
+        description="added to every environment (e.g. a converter's undeclared companions); not in the id",
+    )
     include: list[str] = Field(default_factory=list, description="environment-id patterns to keep")
     exclude: list[str] = Field(default_factory=list, description="environment-id patterns to drop")
     corpus: str | None = None
@@ -109,6 +113,17 @@ class Spec(BaseModel):
     def _cutoff(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?", v):
             raise ValueError(f"expected a date like '2025-08-01' or '2025-08-01T00:00:00Z', got {v!r}")
+        return v
+
+    @field_validator("extra_requirements")
+    @classmethod
+    def _extras(cls, v: list[str]) -> list[str]:
+        for text in v:
+            try:
+                Requirement(text)
+            except InvalidRequirement:
+                raise ValueError(f"expected a PEP 508 requirement such as 'psutil' or 'sng4onnx>=1', got {text!r}") \
+                    from None
         return v
 
     @field_validator("excludes")

@@ -35,7 +35,7 @@ def resolve(env: Environment) -> Resolved:
         exe, full = pythons.find(env.python)
     except InterpreterNotFound as exc:
         return Resolved(env, None, None, None, missing_python=str(exc))
-    result = uv.compile(exe, env.requirements, excludes=env.excludes, cutoff=env.cutoff)
+    result = uv.compile(exe, env.all_requirements, excludes=env.excludes, cutoff=env.cutoff)
     if isinstance(result, uv.Conflict):
         return Resolved(env, exe, full, None, conflict=result)
     return Resolved(env, exe, full, result)

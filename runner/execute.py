@@ -23,6 +23,13 @@ from runner.worker.routes import ROUTES
 log = logging.getLogger(__name__)
 
 WORKER = Path(__file__).parent / "worker" / "main.py"
+PROBE = Path(__file__).parent / "worker" / "probe.py"
+PROBES = {
+    "torch": "torch",
+    "tensorflow": "tensorflow",
+    "torch_then_tensorflow": "torch,tensorflow",
+    "tensorflow_then_torch": "tensorflow,torch",
+}
 POLL_SECONDS = 0.2
 GRACE_SECONDS = 5.0
 _PASSED_THROUGH = ("HOME", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
@@ -101,6 +108,31 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def probe_memory(venv: Path, tmp: Path, timeout: float = 300) -> dict[str, object]:
+    """Peak RSS with PyTorch alone, TensorFlow alone and both in one process, in each import order."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, object] = {}
+    for label, modules in PROBES.items():
+        argv = [str(venv / "bin" / "python"), "-I", str(PROBE), modules]
+        log.debug("+ %s", shlex.join(argv))
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                env=worker_env(venv, tmp), start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            figures[label] = {"status": "timeout"}
+            continue
+        if proc.returncode == 0:
+            figures[label] = {"status": "ok", **json.loads(out.decode().strip().splitlines()[-1])}
+        elif proc.returncode < 0:
+            figures[label] = {"status": "crash", "signal": signal.Signals(-proc.returncode).name}
+        else:
+            last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
+            figures[label] = {"status": "fail", "message": last[:500]}
+    return figures
 
 
 def execute(

@@ -61,7 +61,7 @@ def save_environment(session: Session, resolved: Resolved) -> Environment:
             hash=env.hash,
             name=env.id,
             python=env.python,
-            requirements=list(env.requirements),
+            requirements=list(env.all_requirements),
             excludes=list(env.excludes),
             index_url=env.index_url,
             cutoff=env.cutoff,

@@ -102,6 +102,10 @@ def run(
                 continue
             summary.installs += built
             env_row.status = "installed"
+            if "probes" not in env_row.memory:
+                progress.update(env_task, description=f"[bold]{env.id}[/] measuring imports")
+                probes = execute.probe_memory(venv, settings.work_root / "probe")
+                env_row.memory = {**env_row.memory, "probes": probes}
             session.commit()
             progress.update(env_task, description=f"[bold]{env.id}[/] running")
             by_key = {c.key: c for c in todo}
@@ -131,6 +135,8 @@ def run(
             session.commit()
             if not settings.keep_workdirs:
                 shutil.rmtree(workdir, ignore_errors=True)
+            if spec.limits.prune:
+                environments.remove(venv)  # the lock and the results stay in the database
             progress.advance(env_task)
         summary.seconds = time.monotonic() - started
         record.finish_run(session, run_row, {

@@ -1,0 +1,387 @@
+"""Snapshots: runs, environments with locks, cases and steps as one portable, versioned JSON document.
+
+Rows are keyed by natural keys, never by database ids: a run by its uuid, an environment by
+(request hash, lock hash), a case by its identity (environment, model, route, exporter, opset, model hash,
+runner version). The same document is the body of `POST /api/v1/runs`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from knowngood.models import Case, Environment, Package, Run, Step
+
+FORMAT = "knowngood-snapshot"
+FORMAT_VERSION = 1
+
+# The step statuses the runner writes (runner.results.StepStatus); a case is `pass` or its first non-ok status.
+StepStatus = Literal["ok", "fail", "error", "timeout", "crash", "oom", "skip"]
+CaseStatus = Literal["pass", "fail", "error", "timeout", "crash", "oom", "skip"]
+
+
+class SnapshotError(ValueError):
+    """A document that cannot be imported; the message names the first bad path."""
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnvironmentKey(_Doc):
+    hash: str = Field(min_length=1, max_length=64, description="sha256 of the environment request")
+    lock_hash: str | None = Field(max_length=64, description="sha256 of the resolved set; null if unresolved")
+
+
+class StepDoc(_Doc):
+    ordinal: int = Field(ge=0)
+    name: str = Field(min_length=1, max_length=32)
+    status: StepStatus
+    seconds: float | None = None
+    peak_rss: int | None = None
+    error_type: str | None = Field(default=None, max_length=200)
+    message: str | None = None
+    signature: str | None = Field(default=None, max_length=300)
+    max_abs_diff: float | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class CaseDoc(_Doc):
+    run: str = Field(description="id of the run that recorded the case")
+    environment: EnvironmentKey
+    model: str = Field(min_length=1, max_length=200)
+    route: str = Field(min_length=1, max_length=64)
+    exporter: str = Field(min_length=1, max_length=64)
+    opset: int
+    opset_emitted: int | None = None
+    model_hash: str = Field(max_length=64)
+    corpus_version: str = Field(max_length=64)
+    runner_version: str = Field(max_length=64)
+    status: CaseStatus
+    signature: str | None = Field(default=None, max_length=300)
+    max_abs_diff: float | None = None
+    recorded_at: dt.datetime
+    steps: list[StepDoc] = Field(default_factory=list)
+
+    def identity(self) -> tuple[str, str | None, str, str, str, int, str, str]:
+        return (self.environment.hash, self.environment.lock_hash, self.model, self.route, self.exporter,
+                self.opset, self.model_hash, self.runner_version)
+
+
+class PackageDoc(_Doc):
+    name: str = Field(min_length=1, max_length=200)
+    version: str = Field(min_length=1, max_length=100)
+    hashes: list[str] = Field(default_factory=list)
+
+
+class EnvironmentDoc(_Doc):
+    hash: str = Field(min_length=1, max_length=64)
+    lock_hash: str | None = Field(max_length=64)
+    name: str = Field(min_length=1, max_length=300)
+    python: str = Field(min_length=1, max_length=16)
+    python_full: str | None = Field(default=None, max_length=32)
+    requirements: list[str]
+    excludes: list[str] = Field(default_factory=list)
+    index_url: str = Field(max_length=500)
+    cutoff: str | None = Field(default=None, max_length=40)
+    status: str = Field(min_length=1, max_length=24)
+    lock_text: str | None = None
+    error: str | None = None
+    signature: str | None = Field(default=None, max_length=300)
+    resolved_at: dt.datetime
+    memory: dict[str, Any] = Field(default_factory=dict)
+    packages: list[PackageDoc] = Field(default_factory=list)
+
+    def key(self) -> tuple[str, str | None]:
+        return (self.hash, self.lock_hash)
+
+
+class RunDoc(_Doc):
+    id: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    spec_name: str = Field(min_length=1, max_length=200)
+    spec_hash: str = Field(max_length=64)
+    runner_version: str = Field(max_length=64)
+    corpus_version: str = Field(max_length=64)
+    host: str = Field(max_length=200)
+    cutoff: str | None = Field(default=None, max_length=40)
+    started_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    status: Literal["running", "finished"]
+    counts: dict[str, Any] = Field(default_factory=dict)
+
+
+class Snapshot(_Doc):
+    """The whole document. Every case must name a run and an environment present in the same document."""
+
+    format: Literal["knowngood-snapshot"] = FORMAT
+    format_version: Literal[1] = FORMAT_VERSION
+    exported_at: dt.datetime | None = None
+    runs: list[RunDoc] = Field(default_factory=list)
+    environments: list[EnvironmentDoc] = Field(default_factory=list)
+    cases: list[CaseDoc] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> Snapshot:
+        runs: set[str] = set()
+        for i, run in enumerate(self.runs):
+            if run.id in runs:
+                raise ValueError(f"runs[{i}].id: run {run.id} appears twice")
+            runs.add(run.id)
+        envs: set[tuple[str, str | None]] = set()
+        for i, env in enumerate(self.environments):
+            if env.key() in envs:
+                raise ValueError(f"environments[{i}]: environment {env.key()} appears twice")
+            envs.add(env.key())
+            names = [p.name for p in env.packages]
+            if len(set(names)) != len(names):
+                raise ValueError(f"environments[{i}].packages: a package appears twice")
+        cases: set[tuple[Any, ...]] = set()
+        for i, case in enumerate(self.cases):
+            if case.run not in runs:
+                raise ValueError(f"cases[{i}].run: run {case.run} is not in this document's runs")
+            if (case.environment.hash, case.environment.lock_hash) not in envs:
+                raise ValueError(f"cases[{i}].environment: {case.environment.model_dump()} is not in this "
+                                 "document's environments")
+            if case.identity() in cases:
+                raise ValueError(f"cases[{i}]: the same case identity appears twice")
+            cases.add(case.identity())
+            ordinals = [s.ordinal for s in case.steps]
+            if len(set(ordinals)) != len(ordinals):
+                raise ValueError(f"cases[{i}].steps: a step ordinal appears twice")
+        return self
+
+
+def describe(exc: ValidationError) -> str:
+    """The first error of a validation failure as `path: message`, e.g. `cases[3].steps[0].status: …`."""
+    err = exc.errors()[0]
+    path = ""
+    for part in err["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    msg = err["msg"].removeprefix("Value error, ")
+    if not path:  # a document-level check already names its path
+        return msg
+    return f"{path}: {msg}"
+
+
+def parse(data: Any) -> Snapshot:
+    """Validate a decoded document; raise SnapshotError naming the first bad path."""
+    if isinstance(data, dict) and data.get("format") == FORMAT and data.get("format_version") not in (None, 1):
+        raise SnapshotError(f"format_version: this knowngood reads version {FORMAT_VERSION}, "
+                            f"got {data.get('format_version')!r}")
+    try:
+        return Snapshot.model_validate(data)
+    except ValidationError as exc:
+        raise SnapshotError(describe(exc)) from None
+
+
+# --- export -----------------------------------------------------------------------------------------------
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones in the session's zone."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
+    """The document for every run, or only for `run_ids` (their cases and the environments those use)."""
+    run_query = select(Run).order_by(Run.started_at, Run.id)
+    if run_ids is not None:
+        run_query = run_query.where(Run.id.in_(run_ids))
+    runs = list(session.scalars(run_query))
+    if run_ids is not None:
+        missing = set(run_ids) - {r.id for r in runs}
+        if missing:
+            raise SnapshotError(f"no such run: {', '.join(sorted(missing))}")
+    case_query = select(Case).options(selectinload(Case.steps))
+    if run_ids is not None:
+        case_query = case_query.where(Case.run_id.in_(run_ids))
+    cases = list(session.scalars(case_query))
+    env_query = select(Environment).options(selectinload(Environment.packages))
+    if run_ids is not None:
+        used = {c.environment_id for c in cases}
+        # Unresolved environments have no cases; they belong to the run that was going when they resolved.
+        windows = [(r.started_at, r.finished_at) for r in runs]
+        envs = [e for e in session.scalars(env_query)
+                if e.id in used or (not e.cases and any(_within(e.resolved_at, w) for w in windows))]
+    else:
+        envs = list(session.scalars(env_query))
+    env_key = {e.id: (e.hash, e.lock_hash) for e in envs}
+    doc = Snapshot(
+        exported_at=dt.datetime.now(dt.UTC),
+        runs=[RunDoc(id=r.id, spec_name=r.spec_name, spec_hash=r.spec_hash, runner_version=r.runner_version,
+                     corpus_version=r.corpus_version, host=r.host, cutoff=r.cutoff,
+                     started_at=_utc(r.started_at), finished_at=_utc(r.finished_at),
+                     status=r.status, counts=r.counts or {}) for r in runs],
+        environments=sorted(
+            (EnvironmentDoc(
+                hash=e.hash, lock_hash=e.lock_hash, name=e.name, python=e.python, python_full=e.python_full,
+                requirements=list(e.requirements), excludes=list(e.excludes or []), index_url=e.index_url,
+                cutoff=e.cutoff, status=e.status, lock_text=e.lock_text, error=e.error, signature=e.signature,
+                resolved_at=_utc(e.resolved_at), memory=e.memory or {},
+                packages=[PackageDoc(name=p.name, version=p.version, hashes=list(p.hashes or []))
+                          for p in sorted(e.packages, key=lambda p: p.name)],
+            ) for e in envs),
+            key=lambda d: (d.hash, d.lock_hash or ""),
+        ),
+        cases=sorted(
+            (CaseDoc(
+                run=c.run_id, environment=EnvironmentKey(hash=env_key[c.environment_id][0],
+                                                         lock_hash=env_key[c.environment_id][1]),
+                model=c.model, route=c.route, exporter=c.exporter, opset=c.opset, opset_emitted=c.opset_emitted,
+                model_hash=c.model_hash, corpus_version=c.corpus_version, runner_version=c.runner_version,
+                status=c.status, signature=c.signature, max_abs_diff=c.max_abs_diff,
+                recorded_at=_utc(c.recorded_at),
+                steps=[StepDoc(ordinal=s.ordinal, name=s.name, status=s.status, seconds=s.seconds,
+                               peak_rss=s.peak_rss, error_type=s.error_type, message=s.message,
+                               signature=s.signature, max_abs_diff=s.max_abs_diff, details=s.details or {})
+                       for s in sorted(c.steps, key=lambda s: s.ordinal)],
+            ) for c in cases),
+            key=lambda d: tuple("" if x is None else str(x) for x in d.identity()),
+        ),
+    )
+    return doc
+
+
+def _within(when: dt.datetime, window: tuple[dt.datetime, dt.datetime | None]) -> bool:
+    start, end = _utc(window[0]), _utc(window[1])
+    at = _utc(when)
+    assert start is not None and at is not None
+    return start <= at and (end is None or at <= end)
+
+
+def dumps(doc: Snapshot, *, indent: int | None = None) -> str:
+    return json.dumps(doc.model_dump(mode="json"), indent=indent, ensure_ascii=False) + "\n"
+
+
+def write(doc: Snapshot, path: str | Path) -> None:
+    """JSON, gzip-compressed when the name ends in .gz (with a fixed mtime, so equal documents are equal files)."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as fh:
+            fh.write(dumps(doc).encode())
+    else:
+        path.write_text(dumps(doc, indent=1), encoding="utf-8")
+
+
+def export(session: Session, path: str | Path, run_ids: list[str] | None = None) -> Snapshot:
+    """Write the runs (all, or `run_ids`) to `path`; returns the document written."""
+    doc = build(session, run_ids)
+    write(doc, path)
+    return doc
+
+
+def read(path: str | Path) -> Snapshot:
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        data = json.loads(raw)
+    except FileNotFoundError:
+        raise SnapshotError(f"{path}: no such file") from None
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SnapshotError(f"{path}: not a JSON document: {exc}") from None
+    try:
+        return parse(data)
+    except SnapshotError as exc:
+        raise SnapshotError(f"{path}: {exc}") from None
+
+
+# --- import -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Imported:
+    """What an import stored; all zeros on a repeated import."""
+
+    runs: list[str] = field(default_factory=list)
+    runs_added: int = 0
+    runs_finished: int = 0
+    environments_added: int = 0
+    cases_added: int = 0
+    cases_existing: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.runs_added or self.runs_finished or self.environments_added or self.cases_added)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"runs": self.runs, "runs_added": self.runs_added, "runs_finished": self.runs_finished,
+                "environments_added": self.environments_added, "cases_added": self.cases_added,
+                "cases_existing": self.cases_existing}
+
+
+def store(session: Session, doc: Snapshot) -> Imported:
+    """Store a validated document in one transaction; rows already present are left as they are.
+
+    A run stored as `running` is completed by a document that has it `finished` (a remote runner may
+    post while it runs and again at the end). Everything else is insert-if-missing on natural keys.
+    A concurrent writer of the same rows makes the first attempt fail on a unique key; the retry finds them.
+    """
+    try:
+        return _store(session, doc)
+    except IntegrityError:
+        session.rollback()
+        return _store(session, doc)
+
+
+def _store(session: Session, doc: Snapshot) -> Imported:
+    out = Imported(runs=[r.id for r in doc.runs])
+    try:
+        existing_runs = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(out.runs)))}
+        for r in doc.runs:
+            row = existing_runs.get(r.id)
+            if row is None:
+                session.add(Run(**r.model_dump()))
+                out.runs_added += 1
+            elif row.status != "finished" and r.status == "finished":
+                row.status, row.finished_at, row.counts = r.status, r.finished_at, r.counts
+                out.runs_finished += 1
+        env_ids: dict[tuple[str, str | None], Environment] = {}
+        for e in doc.environments:
+            query = select(Environment).where(Environment.hash == e.hash)
+            query = query.where(Environment.lock_hash == e.lock_hash if e.lock_hash is not None
+                                else Environment.lock_hash.is_(None))
+            row = session.scalars(query.order_by(Environment.id).limit(1)).first()
+            if row is None:
+                fields = e.model_dump(exclude={"packages"})
+                row = Environment(**fields, packages=[Package(**p.model_dump()) for p in e.packages])
+                session.add(row)
+                out.environments_added += 1
+            env_ids[e.key()] = row
+        session.flush()
+        known: dict[int, set[tuple[Any, ...]]] = {}
+        for c in doc.cases:
+            env = env_ids[(c.environment.hash, c.environment.lock_hash)]
+            if env.id not in known:
+                known[env.id] = {tuple(r) for r in session.execute(
+                    select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash, Case.runner_version)
+                    .where(Case.environment_id == env.id))}
+            key = (c.model, c.route, c.exporter, c.opset, c.model_hash, c.runner_version)
+            if key in known[env.id]:
+                out.cases_existing += 1
+                continue
+            known[env.id].add(key)
+            fields = c.model_dump(exclude={"run", "environment", "steps"})
+            session.add(Case(**fields, run_id=c.run, environment_id=env.id,
+                             steps=[Step(**s.model_dump()) for s in c.steps]))
+            out.cases_added += 1
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return out
+
+
+def import_(session: Session, path: str | Path) -> Imported:
+    """Read, validate and store a snapshot file; a bad document stores nothing."""
+    return store(session, read(path))
