@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api.queries import QueryError
-from api.routes import chains, dashboard, lockfile
+from api.routes import chains, dashboard, ingest, lockfile
 from knowngood import __version__
 from knowngood.db import make_engine, make_sessionmaker
 from knowngood.settings import Settings
@@ -42,5 +42,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(chains.router, prefix="/api/v1")
     app.include_router(lockfile.router, prefix="/api/v1")
+    app.include_router(ingest.router, prefix="/api/v1")
     app.include_router(dashboard.router)
     return app

@@ -8,7 +8,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from knowngood.report import ReportError
 from knowngood.settings import Settings
+from knowngood.snapshot import SnapshotError
 from matrix.spec import SpecError
 from runner.errors import KnowngoodError
 
@@ -203,9 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # SnapshotError, ReportError: the message names what was wrong
-        if type(exc).__name__ not in ("SnapshotError", "ReportError"):
-            raise
+    except (SnapshotError, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KnowngoodError as exc:

@@ -194,7 +194,7 @@ def plan(
             env = Environment(
                 python=python,
                 requirements=reqs,
-                extras=tuple(spec.extra_requirements),
+                extras=tuple(x for r in reqs for x in spec.companions.get(split_requirement(r)[0], ())),
                 excludes=tuple(spec.excludes),
                 index=index_items,
                 cutoff=spec.exclude_newer,

@@ -73,9 +73,10 @@ class Spec(BaseModel):
     opsets: list[StrictInt] = Field(default_factory=lambda: [17], min_length=1)
     exclude_newer: str | None = Field(default=None, alias="exclude-newer")
     excludes: list[str] = Field(default_factory=list, description="packages kept out of resolution")
-    extra_requirements: list[str] = Field(
-        default_factory=list, alias="extra-requirements",
-        description="added to every environment (e.g. a converter's undeclared companions); not in the id",
+    companions: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="package → requirements added to every environment that has it (e.g. a converter's "
+        "undeclared dependencies); part of the environment's hash, not of its id",
     )
     include: list[str] = Field(default_factory=list, description="environment-id patterns to keep")
     exclude: list[str] = Field(default_factory=list, description="environment-id patterns to drop")
@@ -115,16 +116,18 @@ class Spec(BaseModel):
             raise ValueError(f"expected a date like '2025-08-01' or '2025-08-01T00:00:00Z', got {v!r}")
         return v
 
-    @field_validator("extra_requirements")
+    @field_validator("companions")
     @classmethod
-    def _extras(cls, v: list[str]) -> list[str]:
-        for text in v:
-            try:
-                Requirement(text)
-            except InvalidRequirement:
-                raise ValueError(f"expected a PEP 508 requirement such as 'psutil' or 'sng4onnx>=1', got {text!r}") \
-                    from None
-        return v
+    def _companions(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for texts in v.values():
+            for text in texts:
+                try:
+                    Requirement(text)
+                except InvalidRequirement:
+                    raise ValueError(
+                        f"expected PEP 508 requirements such as 'psutil' or 'sng4onnx>=1', got {text!r}"
+                    ) from None
+        return {canonicalize_name(k): texts for k, texts in v.items()}
 
     @field_validator("excludes")
     @classmethod

@@ -20,7 +20,9 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"Descriptors cannot be created directly"), "ProtobufIncompatible"),
     # uv: "Because onnx==1.17.0 depends on protobuf>=3.20.2 and you require protobuf==3.20.1, ..."
     (re.compile(r"Because .*?depends on ([A-Za-z0-9_.-]+?)(?:[<>=!~;\[ ]|$)"), "ResolutionConflict({0})"),
-    (re.compile(r"Because (?:there is no version of |only )?([A-Za-z0-9_.-]+)"), "ResolutionConflict({0})"),
+    (re.compile(r"Because (?:there is no version of |only |all versions of )?([A-Za-z0-9_.-]+)"),
+     "ResolutionConflict({0})"),
+    (re.compile(r"Failed to build `([A-Za-z0-9_.-]+?)(?:==|`)"), "BuildFailed({0})"),
     (re.compile(r"No module named '([\w.]+)'"), "ModuleNotFound({0})"),
 ]
 

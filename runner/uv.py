@@ -94,6 +94,11 @@ class Conflict:
     reason: str
 
 
+# Failures that say nothing about the combination, only about the network: the run stops instead.
+_TRANSIENT = ("error sending request", "Failed to fetch", "operation timed out", "dns error", "Connection reset")
+# Environments are made of wheels: building sdists would measure compilers, not compatibility.
+NO_BUILD = ("--no-build",)
+
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 _HASH = re.compile(r"--hash=(\S+)")
 
@@ -123,7 +128,7 @@ def compile(
     with tempfile.TemporaryDirectory(prefix="knowngood-compile-") as tmp:
         args = [
             "pip", "compile", "-", "--python", str(python), "--generate-hashes",
-            "--no-header", "--no-annotate", "--quiet", "--color", "never",
+            "--no-header", "--no-annotate", "--quiet", "--color", "never", *NO_BUILD,
         ]
         if excludes:
             exclude_file = Path(tmp) / "excludes.txt"
@@ -134,9 +139,10 @@ def compile(
         proc = _run(args, input="\n".join(requirements) + "\n")
     if proc.returncode != 0:
         reason = proc.stderr.strip()
-        if "No solution found" in reason or "unsatisfiable" in reason or "not found in the package registry" in reason:
-            return Conflict(reason)
-        raise UvFailed(f"uv pip compile failed (exit {proc.returncode}):\n{reason}")
+        if any(marker in reason for marker in _TRANSIENT):
+            raise UvFailed(f"uv pip compile could not reach the index (exit {proc.returncode}):\n{reason}")
+        # No solution, no wheel for this Python, a placeholder sdist: all are answers about this combination.
+        return Conflict(reason)
     return Lock(text=proc.stdout, pins=parse_lock(proc.stdout))
 
 
@@ -152,7 +158,7 @@ def sync(path: Path, lock: Lock) -> None:
         fh.write(lock.text)
     try:
         proc = _run(["pip", "sync", fh.name, "--python", str(path / "bin" / "python"), "--require-hashes",
-                     "--quiet", "--color", "never"])
+                     "--quiet", "--color", "never", *NO_BUILD])
     finally:
         os.unlink(fh.name)
     if proc.returncode != 0:

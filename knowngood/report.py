@@ -1,0 +1,266 @@
+"""Run-to-run report: new failures, new passes and new signatures since another run, as Markdown.
+
+A run records only the cases it did not find already recorded, so what a run *saw* is its spec's state:
+for every cell (environment request × model × route × exporter × opset), the newest case recorded by a run
+of the same spec that started no later than it. Two runs are compared through their states.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.queries import rank_key
+from knowngood.models import Case, Environment, Package, Run
+
+# What a reader needs to place a combination; numpy and protobuf follow from these.
+SHOWN = ("torch", "onnx", "onnxruntime", "tensorflow", "tensorflow-cpu", "onnx2tf", "onnx-tf")
+MAX_ROWS = 25  # per section: a CI summary is read in a minute
+
+Cell = tuple[str, str, str, str, int]  # environment request hash, model, route, exporter, opset
+
+
+class ReportError(ValueError):
+    """A run that cannot be found or compared."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The newest recorded case of one cell, with what is needed to show it."""
+
+    status: str
+    signature: str | None
+    run_id: str
+    environment_id: int
+    environment: str
+    lock_hash: str | None
+    corpus_version: str
+    runner_version: str
+
+
+@dataclass(frozen=True)
+class Change:
+    cell: Cell
+    now: Outcome
+    before: Outcome | None
+    changed: str = ""
+    first_failing: str = ""
+
+
+@dataclass(frozen=True)
+class NewSignature:
+    signature: str
+    cells: int
+    example: str
+
+
+@dataclass
+class Report:
+    run: Run
+    against: Run | None
+    now: dict[Cell, Outcome]
+    before: dict[Cell, Outcome]
+    new_failures: list[Change] = field(default_factory=list)
+    new_passes: list[Change] = field(default_factory=list)
+    new_signatures: list[NewSignature] = field(default_factory=list)
+
+
+# --- queries ----------------------------------------------------------------------------------------------
+
+
+def find_run(session: Session, run_id: str | None) -> Run:
+    """A run by id or unique id prefix; the newest run when `run_id` is None."""
+    if run_id is None:
+        run = session.scalars(select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(1)).first()
+        if run is None:
+            raise ReportError("the database holds no run yet")
+        return run
+    runs = list(session.scalars(select(Run).where(Run.id.startswith(run_id, autoescape=True)).limit(2)))
+    if len(runs) != 1:
+        raise ReportError(f"run {run_id!r}: " + ("no such run" if not runs else "prefix matches several runs"))
+    return runs[0]
+
+
+def previous_run(session: Session, run: Run) -> Run | None:
+    """The run of the same spec that started last before `run`."""
+    return session.scalars(
+        select(Run).where(Run.spec_name == run.spec_name, Run.id != run.id,
+                          (Run.started_at < run.started_at) | ((Run.started_at == run.started_at) & (Run.id < run.id)))
+        .order_by(Run.started_at.desc(), Run.id.desc()).limit(1)
+    ).first()
+
+
+def state(session: Session, run: Run) -> dict[Cell, Outcome]:
+    """Each cell's newest case among the runs of `run`'s spec that started no later than `run`."""
+    rows = session.execute(
+        select(Environment.hash, Case.model, Case.route, Case.exporter, Case.opset, Case.status, Case.signature,
+               Case.run_id, Case.environment_id, Environment.name, Environment.lock_hash, Case.corpus_version,
+               Case.runner_version)
+        .join(Run, Run.id == Case.run_id)
+        .join(Environment, Environment.id == Case.environment_id)
+        .where(Run.spec_name == run.spec_name, Run.started_at <= run.started_at)
+        .order_by(Run.started_at, Case.recorded_at, Case.id)
+    )
+    out: dict[Cell, Outcome] = {}
+    for env_hash, model, route, exporter, opset, *rest in rows:
+        out[(env_hash, model, route, exporter, opset)] = Outcome(*rest)
+    return out
+
+
+def versions(session: Session, environment_ids: set[int]) -> dict[int, dict[str, str]]:
+    """The shown packages of each environment's lock (its requirements where nothing was resolved)."""
+    found: dict[int, dict[str, str]] = defaultdict(dict)
+    if not environment_ids:
+        return found
+    for env_id, name, version in session.execute(
+        select(Package.environment_id, Package.name, Package.version)
+        .where(Package.environment_id.in_(environment_ids), Package.name.in_(SHOWN))
+    ):
+        found[env_id][name] = version
+    return found
+
+
+def first_failing(session: Session, cell: Cell, outcome: Outcome) -> int | None:
+    """The environment with the lowest versions that shows this failure (same signature) for the cell's case."""
+    _, model, route, exporter, opset = cell
+    same = Case.signature == outcome.signature if outcome.signature else Case.status == outcome.status
+    env_ids = set(session.scalars(
+        select(Case.environment_id).where(Case.model == model, Case.route == route, Case.exporter == exporter,
+                                          Case.opset == opset, same).distinct()
+    ))
+    if not env_ids:
+        return None
+    vers = versions(session, env_ids)
+    return min(env_ids, key=lambda e: (rank_key(vers[e]), e))
+
+
+def compare(session: Session, run: str | None = None, against: str | None = "previous") -> Report:
+    """Compare a run (default: the newest) with another run or the previous run of its spec."""
+    now_run = find_run(session, run)
+    before_run = previous_run(session, now_run) if against in (None, "previous") else find_run(session, against)
+    report = Report(run=now_run, against=before_run, now=state(session, now_run),
+                    before=state(session, before_run) if before_run else {})
+    env_ids = {o.environment_id for o in (*report.now.values(), *report.before.values())}
+    vers = versions(session, env_ids)
+    for cell, now in sorted(report.now.items()):
+        before = report.before.get(cell)
+        if now.status != "pass" and (before is None or before.status == "pass"):
+            first = first_failing(session, cell, now)
+            if first is not None and first not in vers:
+                vers.update(versions(session, {first}))
+            report.new_failures.append(Change(cell, now, before, _changed(before, now, vers),
+                                              _combination(vers.get(first, {})) if first else ""))
+        elif now.status == "pass" and before is not None and before.status != "pass":
+            report.new_passes.append(Change(cell, now, before, _changed(before, now, vers)))
+    seen_before = {o.signature for o in report.before.values() if o.signature}
+    by_signature: dict[str, list[Cell]] = defaultdict(list)
+    for cell, now in report.now.items():
+        if now.signature and now.signature not in seen_before:
+            by_signature[now.signature].append(cell)
+    report.new_signatures = [
+        NewSignature(sig, len(cells), _cell_text(sorted(cells)[0], report.now[sorted(cells)[0]]))
+        for sig, cells in sorted(by_signature.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    ]
+    return report
+
+
+def _combination(vers: dict[str, str]) -> str:
+    return ", ".join(f"{name} {vers[name]}" for name in SHOWN if name in vers)
+
+
+def _changed(before: Outcome | None, now: Outcome, vers: dict[int, dict[str, str]]) -> str:
+    """What differs between the two cases' environments and code: versions first, then corpus and runner."""
+    if before is None:
+        return "new cell"
+    old, new = vers.get(before.environment_id, {}), vers.get(now.environment_id, {})
+    parts = [f"{n} {old.get(n, '–')}→{new.get(n, '–')}" for n in SHOWN if old.get(n) != new.get(n)]
+    if before.corpus_version != now.corpus_version:
+        parts.append("corpus changed")
+    if before.runner_version != now.runner_version:
+        parts.append(f"runner {before.runner_version}→{now.runner_version}")
+    return ", ".join(parts) or "nothing recorded changed"
+
+
+def _cell_text(cell: Cell, outcome: Outcome) -> str:
+    _, model, route, exporter, opset = cell
+    return f"{model} · {route} · {exporter} · opset {opset} in {outcome.environment}"
+
+
+# --- rendering --------------------------------------------------------------------------------------------
+
+
+def _md(text: str | None) -> str:
+    return (text or "").replace("|", "\\|").replace("\n", " ")
+
+
+def _sig(outcome: Outcome) -> str:
+    return f"{outcome.status} `{_md(outcome.signature)}`" if outcome.signature else outcome.status
+
+
+def _when(value: dt.datetime | None) -> str:
+    if value is None:
+        return "?"
+    value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _counts(cells: dict[Cell, Outcome]) -> tuple[int, int]:
+    passed = sum(1 for o in cells.values() if o.status == "pass")
+    return passed, len(cells) - passed
+
+
+def _rows(items: list, header: str, row) -> list[str]:  # type: ignore[no-untyped-def, type-arg]
+    if not items:
+        return ["None.", ""]
+    lines = [header, "|" + " --- |" * header.count(" | ") + " --- |"]
+    lines += [row(x) for x in items[:MAX_ROWS]]
+    if len(items) > MAX_ROWS:
+        lines.append(f"\n…and {len(items) - MAX_ROWS} more.")
+    return [*lines, ""]
+
+
+def render(report: Report) -> str:
+    """The report as Markdown, headline first."""
+    run, against = report.run, report.against
+    lines = [f"# knowngood report: {_md(run.spec_name)}", ""]
+    head = f"Run `{run.id[:8]}` ({_when(run.started_at)}, {run.status}, host {_md(run.host)})"
+    if against is None:
+        lines += [f"{head}. No earlier run of spec `{_md(run.spec_name)}`: every failure is new.", ""]
+    else:
+        how = "the previous run of this spec" if against.spec_name == run.spec_name else f"spec {against.spec_name}"
+        lines += [f"{head} against `{against.id[:8]}` ({_when(against.started_at)}, {how}).", ""]
+    now_pass, now_fail = _counts(report.now)
+    before_pass, before_fail = _counts(report.before)
+    lines += [
+        f"**{len(report.new_failures)} new failures · {len(report.new_passes)} new passes · "
+        f"{len(report.new_signatures)} new signatures** — now {now_pass} pass, {now_fail} not "
+        f"(before {before_pass} pass, {before_fail} not).",
+        "",
+        "## New failures",
+        "",
+    ]
+    lines += _rows(
+        report.new_failures,
+        "| case | environment | now | before | what changed | first failing combination |",
+        lambda c: f"| {c.cell[1]} · {c.cell[2]} · {c.cell[3]} · op{c.cell[4]} | {_md(c.now.environment)} | "
+                  f"{_sig(c.now)} | {_sig(c.before) if c.before else '–'} | {_md(c.changed)} | "
+                  f"{_md(c.first_failing) or '–'} |",
+    )
+    lines += ["## New passes", ""]
+    lines += _rows(
+        report.new_passes,
+        "| case | environment | before | what changed |",
+        lambda c: f"| {c.cell[1]} · {c.cell[2]} · {c.cell[3]} · op{c.cell[4]} | {_md(c.now.environment)} | "
+                  f"{_sig(c.before) if c.before else '–'} | {_md(c.changed)} |",
+    )
+    lines += ["## New signatures", ""]
+    lines += _rows(
+        report.new_signatures,
+        "| signature | cells | example |",
+        lambda s: f"| `{_md(s.signature)}` | {s.cells} | {_md(s.example)} |",
+    )
+    return "\n".join(lines).rstrip() + "\n"
