@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Row, exists, func, select
+from sqlalchemy.orm import Session, selectinload
 
-from api.schemas import ChainOut, ModelEvidence
-from knowngood.models import Case, Environment, Package, Run
+from api.schemas import (
+    CaseOut,
+    ChainOut,
+    EnvironmentOut,
+    FailureExample,
+    FailureOut,
+    FailuresOut,
+    MatrixCell,
+    MatrixEnvironment,
+    MatrixOut,
+    ModelEvidence,
+    PackageOut,
+    RunDetailOut,
+    RunEnvironment,
+    RunOut,
+    RunsOut,
+    StepOut,
+)
+from knowngood.models import Case, Environment, Package, Run, Step
+from runner.worker.routes import ROUTE_PACKAGES
 
 # The packages a user pins by hand; everything else follows from them.
 KEY_PACKAGES = ("torch", "onnx", "onnxruntime", "tensorflow", "tensorflow-cpu", "onnx2tf", "onnx-tf",
@@ -36,14 +57,14 @@ class ChainQuery:
     exporter: str | None = None
     python: str | None = None
     require: tuple[Requirement, ...] = field(default=())
+    limit: int | None = None
 
     @classmethod
     def parse(
         cls, models: str | list[str], route: str, *, exporter: str | None = None,
-        python: str | None = None, require: list[str] | None = None,
+        python: str | None = None, require: list[str] | None = None, limit: int | None = None,
     ) -> ChainQuery:
-        names = [m.strip() for part in ([models] if isinstance(models, str) else models)
-                 for m in part.split(",") if m.strip()]
+        names = split_names(models)
         if not names:
             raise QueryError("models", "expected one or more comma-separated model names")
         reqs = []
@@ -53,19 +74,41 @@ class ChainQuery:
             except InvalidRequirement:
                 raise QueryError("require", f"expected a PEP 508 requirement such as 'torch>=2.3', got {text!r}") \
                     from None
-        return cls(tuple(dict.fromkeys(names)), route, exporter, python, tuple(reqs))
+        return cls(tuple(dict.fromkeys(names)), route, exporter, python, tuple(reqs), limit)
 
 
+def split_names(value: str | list[str] | None) -> list[str]:
+    """`a,b` or repeated parameters → names, in order, without blanks."""
+    parts = [value] if isinstance(value, str) else (value or [])
+    return [n.strip() for part in parts for n in part.split(",") if n.strip()]
+
+
+def aliases(name: str) -> tuple[str, ...]:
+    name = canonicalize_name(name)
+    return ALIASES.get(name, (name,))
+
+
+@lru_cache(maxsize=65536)
 def _version(text: str | None) -> Version:
+    # Cached: ranking parses the same few hundred version strings on every request.
     try:
         return Version(text or "0")
     except InvalidVersion:
         return Version("0")
 
 
+def version_key(text: str | None) -> tuple[int, Version, str]:
+    """Sort key for version strings: PEP 440 order, unparsable ones first, missing (None) last."""
+    if text is None:
+        return (2, Version("0"), "")
+    try:
+        return (1, Version(text), text)
+    except InvalidVersion:
+        return (0, Version("0"), text)
+
+
 def _satisfies(versions: dict[str, str], req: Requirement) -> bool:
-    name = canonicalize_name(req.name)
-    for candidate in ALIASES.get(name, (name,)):
+    for candidate in aliases(req.name):
         if candidate in versions and req.specifier.contains(versions[candidate], prereleases=True):
             return True
     return False
@@ -77,57 +120,98 @@ def rank_key(versions: dict[str, str]) -> tuple[Version, ...]:
             _version(versions.get("onnxruntime")))
 
 
-def known_good_chains(session: Session, query: ChainQuery) -> list[ChainOut]:
-    """Environments in which every requested model passed on the route, newest versions first."""
+def _chain_conditions(query: ChainQuery) -> list[ColumnElement[bool]]:
     conditions = [Case.model.in_(query.models), Case.route == query.route, Case.status == "pass"]
     if query.exporter:
         conditions.append(Case.exporter == query.exporter)
+    return conditions
+
+
+def known_good_chains(session: Session, query: ChainQuery) -> list[ChainOut]:
+    """Environments in which every requested model passed on the route, newest versions first."""
+    return known_good_chain_page(session, query)[0]
+
+
+def known_good_chain_page(session: Session, query: ChainQuery) -> tuple[list[ChainOut], int]:
+    """The best `query.limit` chains (all if None), and how many chains matched in all.
+
+    Ranking needs only the key versions of every candidate; the evidence (cases, runs) is read for the
+    returned page only, so the cost grows with the number of environments, not of cases or steps.
+    """
+    conditions = _chain_conditions(query)
     complete = (
         select(Case.environment_id)
         .where(*conditions)
         .group_by(Case.environment_id)
         .having(func.count(func.distinct(Case.model)) == len(query.models))
     )
-    env_query = select(Environment).where(Environment.id.in_(complete))
+    env_query = select(Environment.id, Environment.python, Environment.python_full).where(
+        Environment.id.in_(complete)
+    )
     if query.python:
         env_query = env_query.where(Environment.python == query.python)
-    envs = {e.id: e for e in session.scalars(env_query)}
-    if not envs:
-        return []
+    pythons = {row.id: row.python_full or row.python for row in session.execute(env_query)}
+    if not pythons:
+        return [], 0
+    wanted = set(KEY_PACKAGES) | {a for r in query.require for a in aliases(r.name)}
     versions: dict[int, dict[str, str]] = defaultdict(dict)
     for env_id, name, version in session.execute(
         select(Package.environment_id, Package.name, Package.version).where(
-            Package.environment_id.in_(envs), Package.name.in_(KEY_PACKAGES)
+            Package.environment_id.in_(complete), Package.name.in_(sorted(wanted))
         )
     ):
-        versions[env_id][name] = version
-    evidence: dict[int, list[tuple[Case, Run]]] = defaultdict(list)
-    for case, run in session.execute(
-        select(Case, Run).join(Run, Run.id == Case.run_id).where(Case.environment_id.in_(envs), *conditions)
+        if env_id in pythons:
+            versions[env_id][name] = version
+    ranked = sorted(
+        (env_id for env_id in pythons if all(_satisfies(versions[env_id], r) for r in query.require)),
+        key=lambda e: (rank_key(versions[e]), _version(pythons[e]), e),
+        reverse=True,
+    )
+    page = ranked if query.limit is None else ranked[: query.limit]
+    if not page:
+        return [], len(ranked)
+    envs = {
+        row.id: row
+        for row in session.execute(
+            select(Environment.id, Environment.name, Environment.python, Environment.python_full,
+                   Environment.lock_hash, Environment.cutoff, Environment.index_url).where(Environment.id.in_(page))
+        )
+    }
+    evidence: dict[int, list[Row[Any]]] = defaultdict(list)
+    for row in session.execute(
+        select(Case.environment_id, Case.model, Case.exporter, Case.opset, Case.opset_emitted, Case.max_abs_diff,
+               Case.recorded_at, Case.run_id).where(Case.environment_id.in_(page), *conditions)
     ):
-        evidence[case.environment_id].append((case, run))
+        evidence[row.environment_id].append(row)
     chains = []
-    for env_id, env in envs.items():
-        if not all(_satisfies(versions[env_id], r) for r in query.require):
-            continue
-        rows = evidence[env_id]
-        newest_case, newest_run = max(rows, key=lambda cr: cr[0].recorded_at)
-        per_model: dict[str, Case] = {}
-        for case, _ in rows:  # the worst passing diff per model is the honest figure
-            best = per_model.get(case.model)
-            if best is None or (case.max_abs_diff or 0) > (best.max_abs_diff or 0):
-                per_model[case.model] = case
+    for env_id in page:
+        env, rows = envs[env_id], evidence[env_id]
+        newest = max(rows, key=lambda r: r.recorded_at)
+        per_model: dict[str, Row[Any]] = {}
+        for row in rows:  # the worst passing diff per model is the honest figure
+            worst = per_model.get(row.model)
+            if worst is None or (row.max_abs_diff or 0) > (worst.max_abs_diff or 0):
+                per_model[row.model] = row
         chains.append(ChainOut(
             environment_id=env_id, name=env.name, python=env.python, python_full=env.python_full,
-            versions=versions[env_id], lock_hash=env.lock_hash or "", run_id=newest_run.id,
-            recorded_at=newest_case.recorded_at, cutoff=env.cutoff, index_url=env.index_url,
-            cases_passed=len(rows),
-            models=[ModelEvidence(model=c.model, exporter=c.exporter, opset=c.opset,
-                                  opset_emitted=c.opset_emitted, max_abs_diff=c.max_abs_diff)
-                    for c in sorted(per_model.values(), key=lambda c: query.models.index(c.model))],
+            versions={n: v for n, v in versions[env_id].items() if n in KEY_PACKAGES},
+            lock_hash=env.lock_hash or "", run_id=newest.run_id, recorded_at=newest.recorded_at,
+            cutoff=env.cutoff, index_url=env.index_url, cases_passed=len(rows),
+            models=[ModelEvidence(model=r.model, exporter=r.exporter, opset=r.opset,
+                                  opset_emitted=r.opset_emitted, max_abs_diff=r.max_abs_diff)
+                    for r in sorted(per_model.values(), key=lambda r: query.models.index(r.model))],
         ))
-    chains.sort(key=lambda c: (rank_key(c.versions), c.recorded_at), reverse=True)
-    return chains
+    return chains, len(ranked)
+
+
+def unknown_models(session: Session, models: tuple[str, ...] | list[str]) -> list[str]:
+    """The requested models with no recorded case; one index probe each, not a scan of every case."""
+    return [m for m in models if not session.scalar(select(exists().where(Case.model == m)))]
+
+
+def unknown_packages(session: Session, names: list[str]) -> list[str]:
+    """The requested package names (aliases count) that no resolved environment pins."""
+    return [n for n in names if not session.scalar(select(exists().where(Package.name.in_(aliases(n)))))]
 
 
 def known_models(session: Session) -> set[str]:
@@ -143,3 +227,316 @@ def status_table(session: Session) -> list[tuple[str, str, str, str, float | Non
         .order_by(Environment.name, Case.model, Case.route)
     )
     return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def data_version(session: Session) -> tuple[int, int]:
+    """Changes whenever a case or environment is recorded (rows are only ever added): keys the response cache."""
+    row = session.execute(
+        select(select(func.max(Case.id)).scalar_subquery(), select(func.max(Environment.id)).scalar_subquery())
+    ).one()
+    return (row[0] or 0, row[1] or 0)
+
+
+def _requested_pin(requirements: list[str], names: tuple[str, ...]) -> str | None:
+    """The `==` version a request pinned for one of `names`: the axis value of an environment that never resolved."""
+    for text in requirements:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        specs = list(req.specifier)
+        if canonicalize_name(req.name) in names and len(specs) == 1 and specs[0].operator in ("==", "==="):
+            return specs[0].version
+    return None
+
+
+def _requests_route(requirements: list[str], route: str | None) -> bool:
+    if route is None:
+        return True
+    wanted = {canonicalize_name(n) for n in ROUTE_PACKAGES.get(route, ())}
+    names = set()
+    for text in requirements:
+        try:
+            names.add(canonicalize_name(Requirement(text).name))
+        except InvalidRequirement:
+            continue
+    return bool(wanted & names)
+
+
+@dataclass(frozen=True)
+class MatrixQuery:
+    x: str = "torch"
+    y: str = "tensorflow"
+    route: str | None = None
+    models: tuple[str, ...] = ()
+    exporter: str | None = None
+    python: str | None = None
+
+
+def _case_filters(route: str | None, models: tuple[str, ...], exporter: str | None,
+                  python: str | None) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if route:
+        conditions.append(Case.route == route)
+    if models:
+        conditions.append(Case.model.in_(models))
+    if exporter:
+        conditions.append(Case.exporter == exporter)
+    if python:
+        conditions.append(Case.environment_id.in_(select(Environment.id).where(Environment.python == python)))
+    return conditions
+
+
+def matrix_grid(session: Session, query: MatrixQuery) -> MatrixOut:
+    """Versions of `x` against versions of `y`: per cell, the environments there and their pass/fail counts."""
+    xs, ys = aliases(query.x), aliases(query.y)
+    counts = {
+        row.environment_id: (row.passed, row.total)
+        for row in session.execute(
+            select(Case.environment_id, func.count().filter(Case.status == "pass").label("passed"),
+                   func.count().label("total"))
+            .where(*_case_filters(query.route, query.models, query.exporter, query.python))
+            .group_by(Case.environment_id)
+        )
+    }
+    env_query = select(Environment.id, Environment.name, Environment.python, Environment.status,
+                       Environment.signature, Environment.requirements)
+    if query.python:
+        env_query = env_query.where(Environment.python == query.python)
+    envs = [
+        e for e in session.execute(env_query)
+        # An environment that never resolved has no cases, but it is an answer too: "this pair conflicts".
+        if e.id in counts or (e.signature and _requests_route(e.requirements, query.route))
+    ]
+    pins: dict[int, dict[str, str]] = defaultdict(dict)
+    for env_id, name, version in session.execute(
+        select(Package.environment_id, Package.name, Package.version).where(
+            Package.name.in_(sorted({*xs, *ys})), Package.environment_id.in_([e.id for e in envs])
+        )
+    ):
+        pins[env_id][name] = version
+
+    def axis(env: Row[Any], names: tuple[str, ...]) -> str | None:
+        found = next((pins[env.id][n] for n in names if n in pins[env.id]), None)
+        return found or _requested_pin(env.requirements, names)
+
+    cells: dict[tuple[str | None, str | None], list[MatrixEnvironment]] = defaultdict(list)
+    for env in envs:
+        passed, total = counts.get(env.id, (0, 0))
+        cells[(axis(env, xs), axis(env, ys))].append(MatrixEnvironment(
+            id=env.id, name=env.name, python=env.python, status=env.status, signature=env.signature,
+            passed=passed, failed=total - passed,
+        ))
+    out = []
+    for (xv, yv), members in cells.items():
+        passed, failed = sum(m.passed for m in members), sum(m.failed for m in members)
+        status = ("unresolved" if passed + failed == 0 else "pass" if failed == 0
+                  else "fail" if passed == 0 else "mixed")
+        out.append(MatrixCell(x=xv, y=yv, status=status, passed=passed, failed=failed,
+                              environments=sorted(members, key=lambda m: m.name)))
+    out.sort(key=lambda c: (version_key(c.x), version_key(c.y)))
+    return MatrixOut(
+        x=query.x, y=query.y, route=query.route, models=list(query.models), exporter=query.exporter,
+        python=query.python, x_versions=sorted({c.x for c in out}, key=version_key),
+        y_versions=sorted({c.y for c in out}, key=version_key), cells=out,
+    )
+
+
+@dataclass(frozen=True)
+class FailureQuery:
+    package: str = "torch"
+    route: str | None = None
+    models: tuple[str, ...] = ()
+    exporter: str | None = None
+    python: str | None = None
+    limit: int = 100
+
+
+def failures(session: Session, query: FailureQuery) -> FailuresOut:
+    """Signatures with counts, the span of `package` versions where each was seen, and one example."""
+    names = aliases(query.package)
+    conditions = [Case.signature.is_not(None), *_case_filters(query.route, query.models, query.exporter,
+                                                               query.python)]
+    n = func.count().label("n")
+    groups = session.execute(
+        select(Case.signature, n, func.count(func.distinct(Case.environment_id)).label("envs"),
+               func.min(Case.id).label("example_id"), func.min(Case.recorded_at).label("first"),
+               func.max(Case.recorded_at).label("last"))
+        .where(*conditions).group_by(Case.signature).order_by(n.desc(), Case.signature).limit(query.limit)
+    ).all()
+    where = [*conditions, Case.signature.in_([g.signature for g in groups])]
+    seen: dict[str, tuple[set[str], set[str], set[str]]] = defaultdict(lambda: (set(), set(), set()))
+    for sig, model, route in session.execute(select(Case.signature, Case.model, Case.route).where(*where).distinct()):
+        seen[sig][0].add(model)
+        seen[sig][1].add(route)
+    for sig, version in session.execute(
+        select(Case.signature, Package.version).join(Package, Package.environment_id == Case.environment_id)
+        .where(*where, Package.name.in_(names)).distinct()
+    ):
+        seen[sig][2].add(version)
+    examples: dict[int, FailureExample] = {}
+    for row in session.execute(
+        select(Case.id, Case.environment_id, Environment.name.label("env"), Case.model, Case.route,
+               Step.name.label("step"), Step.error_type, Step.message)
+        .join(Environment, Environment.id == Case.environment_id)
+        .outerjoin(Step, (Step.case_id == Case.id) & (Step.signature == Case.signature))
+        .where(Case.id.in_([g.example_id for g in groups])).order_by(Step.ordinal)
+    ):
+        examples.setdefault(row.id, FailureExample(
+            environment_id=row.environment_id, environment=row.env, model=row.model, route=row.route,
+            step=row.step, error_type=row.error_type, message=row.message,
+        ))
+    out = []
+    for g in groups:
+        models, routes, versions = seen[g.signature]
+        ordered = sorted(versions, key=version_key)
+        out.append(FailureOut(
+            signature=g.signature, scope="case", count=g.n, environments=g.envs, models=sorted(models),
+            routes=sorted(routes), first_version=ordered[0] if ordered else None,
+            last_version=ordered[-1] if ordered else None, first_seen=g.first, last_seen=g.last,
+            example=examples[g.example_id],
+        ))
+    if not query.models and not query.exporter:
+        out.extend(_environment_failures(session, query, names))
+    out.sort(key=lambda f: (-f.count, f.signature))
+    return FailuresOut(package=query.package, route=query.route, models=list(query.models),
+                       failures=out[: query.limit])
+
+
+def _environment_failures(session: Session, query: FailureQuery, names: tuple[str, ...]) -> list[FailureOut]:
+    """Environments that never got a case (resolution conflicts, missing interpreters), grouped by signature."""
+    env_query = select(Environment.id, Environment.name, Environment.signature, Environment.error,
+                       Environment.requirements, Environment.resolved_at).where(
+        Environment.signature.is_not(None)
+    ).order_by(Environment.id)
+    if query.python:
+        env_query = env_query.where(Environment.python == query.python)
+    grouped: dict[str, list[Row[Any]]] = defaultdict(list)
+    for env in session.execute(env_query):
+        if _requests_route(env.requirements, query.route):
+            grouped[env.signature].append(env)
+    out = []
+    for signature, envs in grouped.items():
+        versions = sorted({v for e in envs if (v := _requested_pin(e.requirements, names))}, key=version_key)
+        first = envs[0]
+        out.append(FailureOut(
+            signature=signature, scope="environment", count=len(envs), environments=len(envs), models=[],
+            routes=[], first_version=versions[0] if versions else None,
+            last_version=versions[-1] if versions else None,
+            first_seen=min(e.resolved_at for e in envs), last_seen=max(e.resolved_at for e in envs),
+            example=FailureExample(environment_id=first.id, environment=first.name, model=None, route=None,
+                                   step="resolve", error_type=None, message=first.error),
+        ))
+    return out
+
+
+def _status_counts(session: Session, column: Any, keys: list[Any]) -> dict[Any, dict[str, int]]:
+    counts: dict[Any, dict[str, int]] = defaultdict(dict)
+    if keys:
+        for key, status, n in session.execute(
+            select(column, Case.status, func.count()).where(column.in_(keys)).group_by(column, Case.status)
+        ):
+            counts[key][status] = n
+    return counts
+
+
+def _run_fields(run: Run, cases: dict[str, int]) -> dict[str, Any]:
+    return dict(id=run.id, spec_name=run.spec_name, spec_hash=run.spec_hash, runner_version=run.runner_version,
+                corpus_version=run.corpus_version, host=run.host, cutoff=run.cutoff, started_at=run.started_at,
+                finished_at=run.finished_at, status=run.status, counts=run.counts, cases=cases)
+
+
+def runs(session: Session, limit: int = 50, offset: int = 0) -> RunsOut:
+    """Runs, newest first, with their recorded cases counted by status."""
+    rows = session.scalars(select(Run).order_by(Run.started_at.desc(), Run.id).limit(limit).offset(offset)).all()
+    counts = _status_counts(session, Case.run_id, [r.id for r in rows])
+    return RunsOut(runs=[RunOut(**_run_fields(r, counts[r.id])) for r in rows],
+                   total=session.scalar(select(func.count()).select_from(Run)) or 0, limit=limit, offset=offset)
+
+
+def run_detail(session: Session, run_id: str) -> RunDetailOut | None:
+    run = session.get(Run, run_id)
+    if run is None:
+        return None
+    per_env: dict[int, dict[str, int]] = defaultdict(dict)
+    for env_id, status, n in session.execute(
+        select(Case.environment_id, Case.status, func.count()).where(Case.run_id == run_id)
+        .group_by(Case.environment_id, Case.status)
+    ):
+        per_env[env_id][status] = n
+    totals: dict[str, int] = defaultdict(int)
+    for statuses in per_env.values():
+        for status, n in statuses.items():
+            totals[status] += n
+    envs = session.execute(
+        select(Environment.id, Environment.name, Environment.python, Environment.status, Environment.signature)
+        .where(Environment.id.in_(list(per_env))).order_by(Environment.name)
+    )
+    return RunDetailOut(**_run_fields(run, dict(totals)), environments=[
+        RunEnvironment(id=e.id, name=e.name, python=e.python, status=e.status, signature=e.signature,
+                       cases=per_env[e.id]) for e in envs
+    ])
+
+
+def environment_detail(session: Session, env_id: int) -> EnvironmentOut | None:
+    """An environment, its packages, and every case with its steps (lockfile links are the route's to add)."""
+    env = session.get(Environment, env_id)
+    if env is None:
+        return None
+    cases = session.scalars(
+        select(Case).where(Case.environment_id == env_id).options(selectinload(Case.steps))
+        .order_by(Case.model, Case.route, Case.exporter, Case.opset)
+    ).all()
+    return EnvironmentOut(
+        id=env.id, hash=env.hash, name=env.name, python=env.python, python_full=env.python_full,
+        requirements=env.requirements, excludes=env.excludes, index_url=env.index_url, cutoff=env.cutoff,
+        status=env.status, error=env.error, signature=env.signature, lock_hash=env.lock_hash,
+        resolved_at=env.resolved_at, packages=[PackageOut(name=p.name, version=p.version) for p in env.packages],
+        cases=[CaseOut(
+            id=c.id, run_id=c.run_id, model=c.model, route=c.route, exporter=c.exporter, opset=c.opset,
+            opset_emitted=c.opset_emitted, status=c.status, signature=c.signature, max_abs_diff=c.max_abs_diff,
+            recorded_at=c.recorded_at,
+            steps=[StepOut(ordinal=s.ordinal, name=s.name, status=s.status, seconds=s.seconds,
+                           peak_rss=s.peak_rss, error_type=s.error_type, message=s.message, signature=s.signature,
+                           max_abs_diff=s.max_abs_diff, details=s.details) for s in c.steps],
+        ) for c in cases],
+        lockfiles={},
+    )
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a lockfile is stamped with: the newest run that recorded cases in the environment."""
+
+    run_id: str | None
+    recorded_at: dt.datetime | None
+    models: tuple[str, ...]
+
+
+def environment_provenance(session: Session, env_id: int) -> Provenance:
+    newest = session.execute(
+        select(Case.run_id, Case.recorded_at).where(Case.environment_id == env_id)
+        .order_by(Case.recorded_at.desc()).limit(1)
+    ).first()
+    passed = session.scalars(
+        select(Case.model).where(Case.environment_id == env_id, Case.status == "pass").distinct()
+        .order_by(Case.model)
+    ).all()
+    return Provenance(newest.run_id if newest else None, newest.recorded_at if newest else None, tuple(passed))
+
+
+def facets(session: Session) -> dict[str, list[str]]:
+    """The values the dashboard's controls offer: models, routes, exporters, pythons, and axis packages."""
+    varying = session.scalars(
+        select(Package.name).group_by(Package.name).having(func.count(func.distinct(Package.version)) > 1)
+    ).all()
+    merged = {"tensorflow" if n in ALIASES else n for n in varying}
+    first = [n for n in ("torch", "tensorflow", "onnx", "onnxruntime", "onnx2tf", "onnx-tf", "numpy", "protobuf")
+             if n in merged]
+    return {
+        "models": list(session.scalars(select(Case.model).group_by(Case.model).order_by(Case.model))),
+        "routes": list(session.scalars(select(Case.route).group_by(Case.route).order_by(Case.route))),
+        "exporters": list(session.scalars(select(Case.exporter).group_by(Case.exporter).order_by(Case.exporter))),
+        "pythons": sorted(session.scalars(select(Environment.python).distinct()), key=version_key),
+        "packages": first + sorted(merged - set(first)),
+    }

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ModelEvidence(BaseModel):
@@ -36,3 +37,162 @@ class ChainsOut(BaseModel):
     models: list[str]
     route: str
     chains: list[ChainOut]
+    total: int | None = Field(default=None, description="chains matching before `limit` was applied")
+
+
+class MatrixEnvironment(BaseModel):
+    """One environment inside a matrix cell, with its case counts."""
+
+    id: int
+    name: str
+    python: str
+    status: str = Field(description="the environment's status: installed, resolved, conflict, …")
+    signature: str | None = Field(description="why the environment could not be resolved or installed")
+    passed: int
+    failed: int
+
+
+class MatrixCell(BaseModel):
+    x: str | None = Field(description="version of the x package; null when the environment does not pin it")
+    y: str | None
+    status: Literal["pass", "fail", "mixed", "unresolved"]
+    passed: int
+    failed: int
+    environments: list[MatrixEnvironment]
+
+
+class MatrixOut(BaseModel):
+    """The grid behind the dashboard: versions of `x` against versions of `y`."""
+
+    x: str
+    y: str
+    route: str | None
+    models: list[str]
+    exporter: str | None
+    python: str | None
+    x_versions: list[str | None] = Field(description="oldest first; null (not pinned) last")
+    y_versions: list[str | None]
+    cells: list[MatrixCell]
+
+
+class FailureExample(BaseModel):
+    environment_id: int
+    environment: str
+    model: str | None
+    route: str | None
+    step: str | None
+    error_type: str | None
+    message: str | None
+
+
+class FailureOut(BaseModel):
+    """A failure signature: how often, where, and between which versions it was seen."""
+
+    signature: str
+    scope: Literal["case", "environment"] = Field(description="a failed case, or an environment that did not resolve")
+    count: int
+    environments: int
+    models: list[str]
+    routes: list[str]
+    first_version: str | None = Field(description="lowest version of `package` where the signature was seen")
+    last_version: str | None
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    example: FailureExample
+
+
+class FailuresOut(BaseModel):
+    package: str
+    route: str | None
+    models: list[str]
+    failures: list[FailureOut]
+
+
+class RunOut(BaseModel):
+    id: str
+    spec_name: str
+    spec_hash: str
+    runner_version: str
+    corpus_version: str
+    host: str
+    cutoff: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    status: str
+    counts: dict[str, Any]
+    cases: dict[str, int] = Field(description="recorded cases of this run by status")
+
+
+class RunsOut(BaseModel):
+    runs: list[RunOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class RunEnvironment(BaseModel):
+    id: int
+    name: str
+    python: str
+    status: str
+    signature: str | None
+    cases: dict[str, int]
+
+
+class RunDetailOut(RunOut):
+    environments: list[RunEnvironment]
+
+
+class StepOut(BaseModel):
+    ordinal: int
+    name: str
+    status: str
+    seconds: float | None
+    peak_rss: int | None
+    error_type: str | None
+    message: str | None
+    signature: str | None
+    max_abs_diff: float | None
+    details: dict[str, Any]
+
+
+class CaseOut(BaseModel):
+    id: int
+    run_id: str
+    model: str
+    route: str
+    exporter: str
+    opset: int
+    opset_emitted: int | None
+    status: str
+    signature: str | None
+    max_abs_diff: float | None
+    recorded_at: dt.datetime
+    steps: list[StepOut]
+
+
+class PackageOut(BaseModel):
+    name: str
+    version: str
+
+
+class EnvironmentOut(BaseModel):
+    """An environment with its resolved packages and every recorded case and step."""
+
+    id: int
+    hash: str
+    name: str
+    python: str
+    python_full: str | None
+    requirements: list[str]
+    excludes: list[str]
+    index_url: str
+    cutoff: str | None
+    status: str
+    error: str | None
+    signature: str | None
+    lock_hash: str | None
+    resolved_at: dt.datetime
+    packages: list[PackageOut]
+    cases: list[CaseOut]
+    lockfiles: dict[str, str] = Field(description="format → URL of this environment's lockfile; empty if unresolved")

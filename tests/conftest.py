@@ -11,9 +11,10 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from knowngood import migrate
@@ -93,6 +94,96 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def fresh_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Factory: another migrated, empty database of the given kind ("sqlite" or "postgresql")."""
+    made: list[str] = []
+
+    def make(kind: str) -> str:
+        if kind == "sqlite":
+            path = tmp_path / f"fresh-{uuid.uuid4().hex[:8]}.db"
+            shutil.copy(request.getfixturevalue("sqlite_template"), path)
+            return f"sqlite:///{path}"
+        server, template = request.getfixturevalue("postgres_server"), request.getfixturevalue("pg_template")
+        name = f"kg_{uuid.uuid4().hex[:12]}"
+        admin = make_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE {template}'))
+        admin.dispose()
+        made.append(name)
+        return f"{server}/{name}"
+
+    yield make
+    if made:
+        admin = make_engine(f"{request.getfixturevalue('postgres_server')}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            for name in made:
+                conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def db_dump() -> Callable[[str], dict[str, Any]]:
+    """The database as a snapshot document minus its export time: equal dumps mean equal contents."""
+    from knowngood import snapshot
+
+    def dump(url: str) -> dict[str, Any]:
+        engine = make_engine(url)
+        with make_sessionmaker(engine)() as s:
+            doc = snapshot.build(s).model_dump(mode="json", exclude={"exported_at"})
+        engine.dispose()
+        return doc
+    return dump
+
+
+@pytest.fixture
+def db_counts() -> Callable[[str], dict[str, int]]:
+    """Rows per table."""
+    def count(url: str) -> dict[str, int]:
+        engine = make_engine(url)
+        with make_sessionmaker(engine)() as s:
+            out = {t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0
+                   for t in (Run, Environment, Package, Case, Step)}
+        engine.dispose()
+        return out
+    return count
+
+
+CHAIN_QUERIES = [
+    {"models": "resnet", "route": "onnxruntime"},
+    {"models": "resnet,grid_sample", "route": "onnxruntime"},
+    {"models": "resnet,transformer", "route": "onnx2tf"},
+    {"models": "resnet", "route": "onnxruntime", "require": ["torch>=2.1"]},
+]
+
+
+@pytest.fixture
+def api_answers() -> Callable[[str], list[Any]]:
+    """/chains and /lockfile for a few queries, minus what is local to one database (row ids) or driver (tz)."""
+    import datetime as dt
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from knowngood.settings import Settings
+
+    def answers(url: str) -> list[Any]:
+        out: list[Any] = []
+        with TestClient(create_app(Settings(database_url=url))) as client:
+            for params in CHAIN_QUERIES:
+                resp = client.get("/api/v1/chains", params=params)
+                assert resp.status_code == 200, resp.text
+                body = resp.json()
+                for chain in body["chains"]:
+                    del chain["environment_id"]
+                    at = dt.datetime.fromisoformat(chain["recorded_at"])
+                    chain["recorded_at"] = (at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at).isoformat()
+                lock = client.get("/api/v1/lockfile", params=params)
+                out += [body, lock.status_code, lock.text]
+        return out
+    return answers
 
 
 @pytest.fixture

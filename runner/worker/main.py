@@ -53,6 +53,20 @@ def load_corpus(path: str):  # type: ignore[no-untyped-def]
     return module
 
 
+def preload() -> None:
+    """Import torch's compiler stack before anything can import TensorFlow.
+
+    Loading torch._dynamo (triton's LLVM) after TensorFlow aborts the process with "LLVM ERROR:
+    inconsistency in registered CommandLine options". Cases share a worker, so one case that loaded TF
+    would otherwise take down a later dynamo export; a user's own process imports torch first.
+    """
+    try:
+        import torch  # noqa: F401
+        import torch._dynamo  # noqa: F401
+    except Exception:  # noqa: BLE001  an old or broken torch is recorded by the steps themselves
+        pass
+
+
 def versions() -> dict:
     from importlib import metadata
 
@@ -80,6 +94,7 @@ def main(argv: list | None = None) -> int:
         versions=versions(),
         t=time.time(),
     )
+    preload()
     corpus = load_corpus(job["corpus"])
     workdir = job["workdir"]
     for case in job["cases"]:
