@@ -21,9 +21,8 @@ from rich.progress import (
 
 from knowngood.db import make_engine, make_sessionmaker
 from knowngood.settings import Settings
-from matrix import expand
+from matrix import expand, versions
 from matrix import spec as spec_mod
-from matrix import versions
 from runner import environments, execute, record, uv
 from runner.errors import UvFailed
 from runner.results import StepResult, case_status

@@ -61,9 +61,9 @@ def preload() -> None:
     would otherwise take down a later dynamo export; a user's own process imports torch first.
     """
     try:
-        import torch  # noqa: F401
+        import torch
         import torch._dynamo  # noqa: F401
-    except Exception:  # noqa: BLE001  an old or broken torch is recorded by the steps themselves
+    except Exception:  # an old or broken torch is recorded by the steps themselves
         pass
 
 
