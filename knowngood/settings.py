@@ -30,8 +30,15 @@ class Settings(BaseSettings):
         default_factory=lambda: _cache_home() / "knowngood" / "work",
         description="Scratch folders for worker runs (exported models, step logs).",
     )
-    jobs: int = Field(default=1, ge=1)
+    jobs: int = Field(default=1, ge=1, description="environments processed at once")
+    memory_budget_mb: int = Field(
+        default=16_000, gt=0, description="sum of predicted worker peaks allowed at once with --jobs > 1"
+    )
     step_timeout: float = Field(default=900.0, gt=0, description="Seconds one step may take.")
     memory_limit_mb: int = Field(default=12_000, gt=0, description="Peak RSS of a worker before it is killed.")
     ingest_token: str | None = Field(default=None, description="Bearer token for POST /api/v1/runs.")
+    response_cache_size: int = Field(
+        default=512, ge=0,
+        description="API answers kept per process, each valid until new results are recorded; 0 = off.",
+    )
     keep_workdirs: bool = False

@@ -73,6 +73,14 @@ def worker_env(venv: Path, tmp: Path) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel kills the worker if the runner dies (even by SIGKILL)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _session_rss(sid: int) -> int:
     """Resident memory of every process in the worker's session (converters spawn children)."""
     total = 0
@@ -169,6 +177,7 @@ def execute(
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
                 env=worker_env(venv, workdir / "tmp"), cwd=workdir, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             killed_for = _watch(proc, out_file, step_timeout, memory_limit, outcome)
         records = parse_lines(out_file.read_text(encoding="utf-8", errors="replace").splitlines())

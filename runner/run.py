@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,20 +16,29 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
 
 from knowngood.db import make_engine, make_sessionmaker
+from knowngood.models import Case as CaseRow
+from knowngood.models import Environment as EnvironmentRow
+from knowngood.models import Run
 from knowngood.settings import Settings
 from matrix import expand, versions
 from matrix import spec as spec_mod
-from runner import environments, execute, record, uv
-from runner.errors import UvFailed
+from runner import RUNNER_VERSION, environments, execute, pythons, record, uv
+from runner.errors import InterpreterNotFound, UvFailed
 from runner.results import StepResult, case_status
 
 log = logging.getLogger(__name__)
+
+# What an environment is predicted to need before anything of it was measured: torch + TF in one process.
+DEFAULT_PEAK = 3 * 2**30
 
 
 @dataclass
@@ -38,6 +49,49 @@ class Summary:
     skipped_recorded: int = 0
     installs: int = 0
     seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, kind: str, key: str, n: int = 1) -> None:
+        with self.lock:
+            getattr(self, kind)[key] += n
+
+
+class MemoryBudget:
+    """Admit an environment only while the predicted peaks of those running fit the budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self.cond = threading.Condition()
+
+    def acquire(self, need: int) -> int:
+        need = min(need, self.budget)  # one environment alone is always admitted
+        with self.cond:
+            self.cond.wait_for(lambda: self.used + need <= self.budget)
+            self.used += need
+        return need
+
+    def release(self, need: int) -> None:
+        with self.cond:
+            self.used -= need
+            self.cond.notify_all()
+
+
+@dataclass
+class Context:
+    """What every environment's processing shares within one run."""
+
+    settings: Settings
+    plan: expand.Plan
+    run_id: str
+    Session: sessionmaker[Session]
+    progress: Progress
+    env_task: TaskID
+    case_task: TaskID
+    summary: Summary
+    budget: MemoryBudget
+    force: bool
+    step_timeout: float
+    memory_limit: int
 
 
 def shard_of(items: list, shard: tuple[int, int] | None) -> list:  # type: ignore[type-arg]
@@ -64,79 +118,26 @@ def run(
     items = shard_of(list(plan.items), shard)
     engine = make_engine(settings.database_url)
     Session = make_sessionmaker(engine)
-    step_timeout = min(settings.step_timeout, spec.limits.step_timeout)
-    memory_limit = min(settings.memory_limit_mb, spec.limits.memory_limit_mb) * 2**20
     with Session() as session, _progress(console) as progress:
         run_row = record.start_run(session, plan)
-        summary = Summary(run_id=run_row.id)
-        env_task = progress.add_task("environments", total=len(items))
-        case_task = progress.add_task("cases", total=sum(len(c) for _, c in items))
-        for env, cases in items:
-            progress.update(env_task, description=f"[bold]{env.id}[/] resolving")
-            resolved = _resolve(session, env)
-            env_row = record.save_environment(session, resolved)
-            summary.environments[resolved.status] += 1
-            if resolved.lock is None:
-                console.print(f"[yellow]{env.id}: {env_row.signature}[/]")
-                progress.advance(case_task, len(cases))
-                progress.advance(env_task)
-                continue
-            done = set() if force else record.recorded(session, env_row)
-            todo = [c for c in cases if record.natural_key(c) not in done]
-            summary.skipped_recorded += len(cases) - len(todo)
-            progress.advance(case_task, len(cases) - len(todo))
-            if not todo:
-                progress.advance(env_task)
-                continue
-            progress.update(env_task, description=f"[bold]{env.id}[/] installing")
-            try:
-                venv, built = environments.install(settings.env_root, resolved)
-            except UvFailed as exc:
-                env_row.status, env_row.error = "install-failed", str(exc)
-                env_row.signature = f"InstallFailed({env.id})"
-                session.commit()
-                console.print(f"[red]{env.id}: install failed[/]")
-                progress.advance(case_task, len(todo))
-                progress.advance(env_task)
-                continue
-            summary.installs += built
-            env_row.status = "installed"
-            if "probes" not in env_row.memory:
-                progress.update(env_task, description=f"[bold]{env.id}[/] measuring imports")
-                probes = execute.probe_memory(venv, settings.work_root / "probe")
-                env_row.memory = {**env_row.memory, "probes": probes}
-            session.commit()
-            progress.update(env_task, description=f"[bold]{env.id}[/] running")
-            by_key = {c.key: c for c in todo}
-
-            def on_case(key: str, steps: list[StepResult], env_row=env_row, by_key=by_key, env=env) -> None:
-                if force:
-                    _forget(session, env_row, by_key[key])
-                record.save_case(session, run_row, env_row, by_key[key], plan.corpus_version, steps)
-                status = case_status(steps)
-                summary.cases[status] += 1
-                progress.advance(case_task)
-                progress.console.print(f"  {env.id} {key}: {status}")
-
-            workdir = settings.work_root / f"{run_row.id[:8]}-{env_row.id}"
-            outcome = execute.execute(
-                venv,
-                [execute.Job(key=c.key, model=c.model, route=c.route, exporter=c.exporter, opset=c.opset)
-                 for c in todo],
-                corpus=plan.corpus_path,
-                workdir=workdir,
-                step_timeout=step_timeout,
-                memory_limit=memory_limit,
-                on_case=on_case,
-            )
-            env_row.memory = {**env_row.memory, "worker_peak_rss": outcome.peak_rss,
-                              "worker_attempts": outcome.attempts}
-            session.commit()
-            if not settings.keep_workdirs:
-                shutil.rmtree(workdir, ignore_errors=True)
-            if spec.limits.prune:
-                environments.remove(venv)  # the lock and the results stay in the database
-            progress.advance(env_task)
+        ctx = Context(
+            settings=settings, plan=plan, run_id=run_row.id, Session=Session, progress=progress,
+            env_task=progress.add_task("environments", total=len(items)),
+            case_task=progress.add_task("cases", total=sum(len(c) for _, c in items)),
+            summary=Summary(run_id=run_row.id),
+            budget=MemoryBudget(settings.memory_budget_mb * 2**20),
+            force=force,
+            step_timeout=min(settings.step_timeout, spec.limits.step_timeout),
+            memory_limit=min(settings.memory_limit_mb, spec.limits.memory_limit_mb) * 2**20,
+        )
+        if settings.jobs == 1:
+            for env, cases in items:
+                process_environment(ctx, env, cases)
+        else:
+            with ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="env") as pool:
+                for future in [pool.submit(process_environment, ctx, env, cases) for env, cases in items]:
+                    future.result()
+        summary = ctx.summary
         summary.seconds = time.monotonic() - started
         record.finish_run(session, run_row, {
             "environment_status": dict(summary.environments),
@@ -149,28 +150,113 @@ def run(
     return summary
 
 
-def _resolve(session, env: expand.Environment) -> environments.Resolved:  # type: ignore[no-untyped-def]
+def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expand.Case, ...]) -> None:
+    """Resolve, install, execute and record one environment, in a session of its own."""
+    progress, summary = ctx.progress, ctx.summary
+    with ctx.Session() as session:
+        run_row = session.get_one(Run, ctx.run_id)
+        resolved = _resolve(session, env)
+        env_row = record.save_environment(session, resolved)
+        summary.count("environments", resolved.status)
+        if resolved.lock is None:
+            progress.console.print(f"[yellow]{env.id}: {env_row.signature}[/]")
+            progress.advance(ctx.case_task, len(cases))
+            progress.advance(ctx.env_task)
+            return
+        done = set() if ctx.force else record.recorded(session, env_row)
+        todo = [c for c in cases if record.natural_key(c) not in done]
+        with summary.lock:
+            summary.skipped_recorded += len(cases) - len(todo)
+        progress.advance(ctx.case_task, len(cases) - len(todo))
+        if not todo:
+            progress.advance(ctx.env_task)
+            return
+        admitted = ctx.budget.acquire(_predicted_peak(env_row))
+        try:
+            _install_and_execute(ctx, session, run_row, env, env_row, resolved, todo)
+        finally:
+            ctx.budget.release(admitted)
+            progress.advance(ctx.env_task)
+
+
+def _install_and_execute(
+    ctx: Context, session: Session, run_row: Run, env: expand.Environment, env_row: EnvironmentRow,
+    resolved: environments.Resolved, todo: list[expand.Case],
+) -> None:
+    progress, summary, settings = ctx.progress, ctx.summary, ctx.settings
+    try:
+        venv, built = environments.install(settings.env_root, resolved)
+    except UvFailed as exc:
+        env_row.status, env_row.error = "install-failed", str(exc)
+        env_row.signature = f"InstallFailed({env.id})"
+        session.commit()
+        progress.console.print(f"[red]{env.id}: install failed[/]")
+        progress.advance(ctx.case_task, len(todo))
+        return
+    with summary.lock:
+        summary.installs += built
+    env_row.status = "installed"
+    if "probes" not in env_row.memory:
+        env_row.memory = {**env_row.memory, "probes": execute.probe_memory(venv, settings.work_root / "probe")}
+    session.commit()
+    by_key = {c.key: c for c in todo}
+
+    def on_case(key: str, steps: list[StepResult]) -> None:
+        if ctx.force:
+            _forget(session, env_row, by_key[key])
+        record.save_case(session, run_row, env_row, by_key[key], ctx.plan.corpus_version, steps)
+        status = case_status(steps)
+        summary.count("cases", status)
+        progress.advance(ctx.case_task)
+        progress.console.print(f"  {env.id} {key}: {status}")
+
+    workdir = settings.work_root / f"{ctx.run_id[:8]}-{env_row.id}"
+    outcome = execute.execute(
+        venv,
+        [execute.Job(key=c.key, model=c.model, route=c.route, exporter=c.exporter, opset=c.opset) for c in todo],
+        corpus=ctx.plan.corpus_path,
+        workdir=workdir,
+        step_timeout=ctx.step_timeout,
+        memory_limit=ctx.memory_limit,
+        on_case=on_case,
+    )
+    env_row.memory = {**env_row.memory, "worker_peak_rss": outcome.peak_rss, "worker_attempts": outcome.attempts}
+    session.commit()
+    if not settings.keep_workdirs:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if ctx.plan.spec.limits.prune:
+        environments.remove(venv)  # the lock and the results stay in the database
+
+
+def _predicted_peak(env_row: EnvironmentRow) -> int:
+    """The worker peak measured for this environment before, else the import probes' figure, else a default."""
+    memory = env_row.memory or {}
+    if memory.get("worker_peak_rss"):
+        return int(memory["worker_peak_rss"])
+    both = (memory.get("probes") or {}).get("torch_then_tensorflow") or {}
+    if both.get("peak_rss"):
+        return int(both["peak_rss"] * 1.5)  # cases add models and converter state on top of the imports
+    return DEFAULT_PEAK
+
+
+def _resolve(session: Session, env: expand.Environment) -> environments.Resolved:
     """A request with a cutoff resolves the same way forever: reuse its stored lock, skip uv."""
     if env.cutoff:
         row = record.stored_lock(session, env.hash)
         if row is not None and row.lock_text:
-            from runner import pythons
-
-            exe, full = pythons.find(env.python)
+            try:
+                exe, full = pythons.find(env.python)
+            except InterpreterNotFound:
+                return environments.resolve(env)
             return environments.Resolved(env, exe, full, uv.Lock(row.lock_text, uv.parse_lock(row.lock_text)))
     return environments.resolve(env)
 
 
-def _forget(session, env_row, case: expand.Case) -> None:  # type: ignore[no-untyped-def]
-    from sqlalchemy import delete
-
-    from knowngood.models import Case
-    from runner import RUNNER_VERSION
-
-    session.execute(delete(Case).where(
-        Case.environment_id == env_row.id, Case.model == case.model, Case.route == case.route,
-        Case.exporter == case.exporter, Case.opset == case.opset, Case.model_hash == case.model_hash,
-        Case.runner_version == RUNNER_VERSION,
+def _forget(session: Session, env_row: EnvironmentRow, case: expand.Case) -> None:
+    session.execute(delete(CaseRow).where(
+        CaseRow.environment_id == env_row.id, CaseRow.model == case.model, CaseRow.route == case.route,
+        CaseRow.exporter == case.exporter, CaseRow.opset == case.opset, CaseRow.model_hash == case.model_hash,
+        CaseRow.runner_version == RUNNER_VERSION,
     ))
     session.commit()
 
