@@ -240,8 +240,8 @@ def step_tf_run(ctx: Context) -> dict:
         if route == "onnx2tf":
             out = ctx.tf_model(arrays if len(arrays) > 1 else arrays[0], training=False)
         else:
-            out = ctx.tf_model.run(arrays if len(arrays) > 1 else arrays[0])
-            out = [out[k] for k in out._fields] if hasattr(out, "_fields") else out
+            # onnx-tf returns onnx.backend's namedtupledict: a tuple in graph-output order.
+            out = list(ctx.tf_model.run(arrays if len(arrays) > 1 else arrays[0]))
         results.append(to_numpy_list(out))
     ctx.candidate = results
     ctx.candidate_from = route
