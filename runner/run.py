@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -197,7 +198,7 @@ def _install_and_execute(
         summary.installs += built
     env_row.status = "installed"
     if "probes" not in env_row.memory:
-        env_row.memory = {**env_row.memory, "probes": execute.probe_memory(venv, settings.work_root / "probe")}
+        env_row.memory = {**env_row.memory, "probes": _probes(venv, settings.work_root / "probe")}
     session.commit()
     by_key = {c.key: c for c in todo}
 
@@ -226,6 +227,16 @@ def _install_and_execute(
         shutil.rmtree(workdir, ignore_errors=True)
     if ctx.plan.spec.limits.prune:
         environments.remove(venv)  # the lock and the results stay in the database
+
+
+def _probes(venv: Path, tmp: Path) -> dict[str, object]:
+    """Import-memory figures, measured once per installed lock and kept beside it."""
+    cached = venv / ".knowngood-probes.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())  # type: ignore[no-any-return]
+    figures = execute.probe_memory(venv, tmp)
+    cached.write_text(json.dumps(figures))
+    return figures
 
 
 def _predicted_peak(env_row: EnvironmentRow) -> int:

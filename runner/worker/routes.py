@@ -9,6 +9,8 @@ ROUTES = {
     "onnx2tf": ("export", "check", "reference", "convert", "tf_run", "parity"),
     # torch -> ONNX -> TensorFlow through the legacy onnx-tensorflow
     "onnx-tf": ("export", "check", "reference", "convert", "tf_run", "parity"),
+    # torch -> Keras directly (no ONNX) through nobuco, the maintained direct converter
+    "nobuco": ("reference", "convert", "tf_run", "parity"),
 }
 
 # Which distribution must be in the environment for a route to make sense.
@@ -16,4 +18,5 @@ ROUTE_PACKAGES = {
     "onnxruntime": ("onnxruntime",),
     "onnx2tf": ("onnx2tf",),
     "onnx-tf": ("onnx-tf",),
+    "nobuco": ("nobuco",),
 }

@@ -161,6 +161,11 @@ def step_reference(ctx: Context) -> dict:
     import torch
 
     spec = ctx.model_spec()
+    if not ctx.examples:  # routes without an export step start here
+        reason = spec.unavailable()
+        if reason:
+            raise Skip(reason)
+        ctx.examples = spec.examples()
     module = spec.build()  # a fresh build: the export must not leak state (e.g. BN stats) into the reference
     expected = getattr(spec, "expected", None)
     notes = []
@@ -229,6 +234,19 @@ def step_convert(ctx: Context) -> dict:
 
         ctx.tf_model = prepare(onnx.load(ctx.onnx_path))
         return {}
+    if route == "nobuco":
+        import nobuco
+        from nobuco import ChannelOrder
+
+        module = ctx.model_spec().build()
+        ctx.tf_model = nobuco.pytorch_to_keras(
+            module,
+            args=list(ctx.examples[0].args),
+            # Keep torch's layout on both sides, so parity compares like with like.
+            inputs_channel_order=ChannelOrder.PYTORCH,
+            outputs_channel_order=ChannelOrder.PYTORCH,
+        )
+        return {}
     raise Skip("route %s has no convert step" % route)
 
 
@@ -237,7 +255,7 @@ def step_tf_run(ctx: Context) -> dict:
     results = []
     for example in ctx.examples:
         arrays = [a.detach().cpu().numpy() for a in example.args]
-        if route == "onnx2tf":
+        if route in ("onnx2tf", "nobuco"):
             out = ctx.tf_model(arrays if len(arrays) > 1 else arrays[0], training=False)
         else:
             # onnx-tf returns onnx.backend's namedtupledict: a tuple in graph-output order.
