@@ -14,7 +14,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from matrix.spec import LatestMinors, Spec
-from runner.worker.routes import ROUTE_PACKAGES
+from runner.worker.routes import ROUTE_PACKAGES, ROUTES
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 
@@ -167,13 +167,15 @@ def plan(
     """Expand a spec; `selectors` maps axis → concrete specifiers where `latest-minors` was resolved."""
     corpus_path = Path(spec.corpus).resolve() if spec.corpus else CORPUS_DIR
     version, model_hashes = corpus_hashes(corpus_path, spec.models)
-    cases = tuple(
+    cases = tuple(dict.fromkeys(
+        # A route that never exports (torch → Keras directly) has one case per model, not one per exporter/opset.
         Case(model=m, route=r, exporter=e, opset=o, model_hash=model_hashes[m])
+        if "export" in ROUTES[r] else Case(model=m, route=r, exporter="none", opset=0, model_hash=model_hashes[m])
         for m in spec.models
         for r in spec.routes
         for e in spec.exporters
         for o in spec.opsets
-    )
+    ))
     axes: dict[str, list[str]] = {}
     for name, values in spec.axes.items():
         resolved: list[str] = []
