@@ -30,7 +30,7 @@ PROBES = {
     "torch_then_tensorflow": "torch,tensorflow",
     "tensorflow_then_torch": "tensorflow,torch",
 }
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.25
 GRACE_SECONDS = 5.0
 _PASSED_THROUGH = ("HOME", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
                    "MKL_NUM_THREADS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
@@ -81,20 +81,19 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _session_rss(sid: int) -> int:
-    """Resident memory of every process in the worker's session (converters spawn children)."""
-    total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+def _tree_rss(pid: int) -> int:
+    """Resident memory of the worker and every descendant (converters spawn children)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
         try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-            if int(fields[3]) != sid:  # fields after ")": state ppid pgrp session ...
-                continue
-            with open(f"/proc/{entry.name}/statm", "rb") as fh:
-                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
+            with open(f"/proc/{current}/statm", "rb") as fh:
+                total += int(fh.read().split()[1]) * page
+            for task in os.scandir(f"/proc/{current}/task"):
+                with open(f"{task.path}/children", "rb") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except (OSError, ValueError):
             continue
     return total
 
@@ -234,7 +233,7 @@ def _watch(
                 current_start = time.monotonic()
             elif event in ("end", "case_end"):
                 current_start = None
-        rss = _session_rss(proc.pid)
+        rss = _tree_rss(proc.pid)
         outcome.peak_rss = max(outcome.peak_rss, rss)
         if rss > memory_limit:
             stop(proc)

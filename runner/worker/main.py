@@ -53,20 +53,6 @@ def load_corpus(path: str):  # type: ignore[no-untyped-def]
     return module
 
 
-def preload() -> None:
-    """Import torch's compiler stack before anything can import TensorFlow.
-
-    Loading torch._dynamo (triton's LLVM) after TensorFlow aborts the process with "LLVM ERROR:
-    inconsistency in registered CommandLine options". Cases share a worker, so one case that loaded TF
-    would otherwise take down a later dynamo export; a user's own process imports torch first.
-    """
-    try:
-        import torch
-        import torch._dynamo  # noqa: F401
-    except Exception:  # an old or broken torch is recorded by the steps themselves
-        pass
-
-
 def versions() -> dict:
     from importlib import metadata
 
@@ -94,7 +80,6 @@ def main(argv: list | None = None) -> int:
         versions=versions(),
         t=time.time(),
     )
-    preload()
     corpus = load_corpus(job["corpus"])
     workdir = job["workdir"]
     for case in job["cases"]:

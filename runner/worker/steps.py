@@ -6,6 +6,7 @@ import inspect
 import os
 import resource
 import shutil
+import sys
 
 
 class Skip(Exception):
@@ -208,7 +209,23 @@ ONNX2TF_OPTIONS = {
 }
 
 
+def before_tensorflow() -> None:
+    """Import torch's compiler stack before TensorFlow loads, once per worker.
+
+    Loading torch._dynamo (triton's LLVM) after TensorFlow aborts the process with "LLVM ERROR:
+    inconsistency in registered CommandLine options". Cases share a worker, so a case that loaded TF
+    would otherwise take down a later dynamo export or custom op; a user's own process imports torch first.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # an old or broken torch is recorded by the steps themselves
+        pass
+
+
 def step_convert(ctx: Context) -> dict:
+    before_tensorflow()
     route = ctx.case["route"]
     if route == "onnx2tf":
         import onnx2tf
