@@ -109,6 +109,7 @@ def run(
     *,
     force: bool = False,
     shard: tuple[int, int] | None = None,
+    only: list[str] | None = None,
     console: Console | None = None,
 ) -> Summary:
     """Run a spec end to end and record everything in the database."""
@@ -116,7 +117,7 @@ def run(
     console = console or Console(stderr=True)
     spec = spec_mod.load(spec_path)
     plan = expand.plan(spec, index=uv.index_settings(), selectors=versions.resolve_selectors(spec))
-    items = shard_of(list(plan.items), shard)
+    items = shard_of([(e, c) for e, c in plan.items if not only or expand.matches(only, e.id)], shard)
     engine = make_engine(settings.database_url)
     Session = make_sessionmaker(engine)
     with Session() as session, _progress(console) as progress:
