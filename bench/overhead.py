@@ -53,7 +53,8 @@ for model, route in cases:
                 arrays = [a.numpy() for a in e.args]
                 got.append([np.asarray(km(arrays if len(arrays) > 1 else arrays[0], training=False))])
         for r, g in zip(refs, got):
-            float(np.abs(np.asarray(r[0], dtype=np.float64) - np.asarray(g[0], dtype=np.float64).reshape(r[0].shape)).max())
+            ref64, got64 = np.asarray(r[0], dtype=np.float64), np.asarray(g[0], dtype=np.float64)
+            float(np.abs(ref64 - got64.reshape(ref64.shape)).max())
     except Exception as exc:
         print(model, route, type(exc).__name__)
 """

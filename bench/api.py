@@ -1,0 +1,375 @@
+"""API latency and throughput: /chains and /lockfile over 10k and 1M step rows in PostgreSQL, against hello-world.
+
+    uv run python bench/api.py                      # 10k and 1,000,000 steps, 5 s per measurement
+    uv run python bench/api.py --rows 10000 200000  # quicker
+
+A throwaway PostgreSQL cluster (initdb/pg_ctl, as the tests do) is filled through SQLAlchemy core insert() with
+schema-valid rows: environments (some unresolvable), ~100 pinned packages each with a hashed lock, 120 cases per
+resolved environment (20 models × 3 routes × 2 exporters) and their steps. Each app runs under uvicorn in its own
+process; the load comes from `wrk` (apt-get install wrk), a separate process, over loopback, rotating over a few
+dozen realistic queries. Figures are printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import Engine, insert, text
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from api.app import create_app
+from knowngood import migrate
+from knowngood.db import make_engine
+from knowngood.models import Case, Environment, Package, Run, Step
+from knowngood.settings import Settings
+from runner.worker.routes import EXPORTERS, ROUTES
+
+ROOT = Path(__file__).parents[1]
+
+# The apps uvicorn imports in its worker processes (--factory).
+
+
+def app_factory() -> FastAPI:
+    return create_app(Settings())  # KNOWNGOOD_DATABASE_URL and KNOWNGOOD_RESPONSE_CACHE_SIZE from the environment
+
+
+def hello_factory() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/")
+    async def root() -> dict[str, str]:
+        return {"message": "Hello World"}
+
+    return app
+
+
+# A throwaway PostgreSQL, as tests/conftest.py starts it.
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    exe = str(found[-1]) if found else shutil.which(name)
+    if not exe:
+        sys.exit(f"{name} not found: apt-get install postgresql")
+    return exe
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    base = Path(tempfile.mkdtemp(prefix="knowngood-bench-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(base, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = base / "data", _free_port()
+    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                    "--no-sync"], check=True, capture_output=True)
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o", opts, "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def create_database(server: str, name: str) -> str:
+    admin = make_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = f"{server}/{name}"
+    migrate.upgrade(url)
+    return url
+
+
+# Schema-valid content, shaped like a nightly matrix.
+
+MODELS = ("resnet", "transformer", "grid_sample", "control_flow", "batchnorm", "custom_op", "mobilenet", "vit",
+          "lstm", "gru", "unet", "yolo_head", "bert_tiny", "gpt_tiny", "deformable", "roi_align", "nms", "einsum",
+          "layernorm", "attention_mask")
+AXES = {
+    "python": ("3.9", "3.10", "3.11", "3.12", "3.13"),
+    "torch": ("2.0.1", "2.1.2", "2.2.2", "2.3.1", "2.4.1", "2.5.1", "2.6.0", "2.7.1", "2.8.0", "2.9.1"),
+    "tensorflow": ("2.13.1", "2.14.1", "2.15.1", "2.16.2", "2.17.1", "2.18.1", "2.19.1", "2.20.0"),
+    "onnx": ("1.14.1", "1.15.0", "1.16.2", "1.17.0", "1.18.0", "1.19.1"),
+    "onnxruntime": ("1.15.1", "1.16.3", "1.17.3", "1.18.1", "1.19.2", "1.20.1", "1.21.1", "1.22.1", "1.23.2"),
+}
+SIGNATURES = ("UnsupportedOperator(aten::grid_sampler_2d)", "UnsupportedOperator(aten::roi_align)",
+              "ParityExceeded(input=1)", "ParityExceeded(input=0)", "ConversionError(Einsum)", "Crash(SIGSEGV)",
+              "Timeout(convert)", "OutOfMemory", "IRVersionTooNew", "ProtobufIncompatible",
+              "ModuleNotFound(tensorflow_addons)", "ShapeInferenceError(Reshape)")
+STEPS_PER_ENV = sum(len(ROUTES[r]) for r in ROUTES) * len(MODELS) * len(EXPORTERS)
+
+
+@dataclass
+class Filled:
+    environments: int
+    cases: int
+    steps: int
+    seconds: float
+
+
+def fill(engine: Engine, steps_wanted: int, seed: int = 0) -> Filled:
+    """Insert runs, environments (15% unresolvable), packages, cases and steps until `steps_wanted` steps exist."""
+    rng = random.Random(seed)
+    start = time.perf_counter()
+    resolved_envs = max(1, round(steps_wanted / STEPS_PER_ENV))
+    combos = set()
+    while len(combos) < resolved_envs + resolved_envs * 15 // 85:
+        combos.add(tuple(rng.choice(values) for values in AXES.values()))
+    filler = [f"dep-{i:03d}" for i in range(92)]
+    now = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    runs = [{"id": f"00000000-0000-4000-8000-{i:012d}", "spec_name": "nightly", "spec_hash": "0" * 64,
+             "runner_version": "0.1.0", "corpus_version": "c1", "host": "bench", "cutoff": "2026-11-01",
+             "started_at": now + dt.timedelta(days=i), "finished_at": now + dt.timedelta(days=i, hours=5),
+             "status": "finished", "counts": {}} for i in range(30)]
+    envs: list[dict[str, Any]] = []
+    packages: list[dict[str, Any]] = []
+    cases: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = []
+    counts = {"environments": 0, "cases": 0, "steps": 0}
+    conn = engine.connect()
+    conn.execute(insert(Run), runs)
+
+    def flush() -> None:
+        # Parents before children; batches keep memory flat at a million rows.
+        for table, rows in ((Environment, envs), (Package, packages), (Case, cases), (Step, steps)):
+            for i in range(0, len(rows), 20_000):
+                conn.execute(insert(table), rows[i: i + 20_000])
+        counts["environments"] += len(envs)
+        counts["cases"] += len(cases)
+        counts["steps"] += len(steps)
+        for rows in (envs, packages, cases, steps):
+            rows.clear()
+
+    case_id = step_id = 0
+    for env_id, (python, torch, tf, onnx, ort) in enumerate(sorted(combos), start=1):
+        tf_name = "tensorflow-cpu" if env_id % 2 else "tensorflow"
+        requirements = [f"torch=={torch}", f"{tf_name}=={tf}", f"onnx=={onnx}", f"onnxruntime=={ort}", "onnx2tf",
+                        "onnx-tf"]
+        name = f"py{python}-torch{torch}-{tf_name}{tf}-onnx{onnx}-ort{ort}"
+        env_hash = hashlib.sha256(name.encode()).hexdigest()
+        row: dict[str, Any] = {
+            "id": env_id, "hash": env_hash, "name": name, "python": python, "python_full": f"{python}.9",
+            "requirements": requirements, "excludes": [], "index_url": "https://pypi.org/simple",
+            "cutoff": "2026-11-01", "resolved_at": now, "memory": {},
+        }
+        if env_id > resolved_envs:  # the rest did not resolve: a result with a reason, no lock, no cases
+            envs.append({**row, "status": "conflict", "lock_hash": None, "lock_text": None,
+                         "error": "Because tensorflow depends on numpy<2 and onnx depends on numpy>=2 …",
+                         "signature": "ResolutionConflict(numpy)"})
+            continue
+        pins = {"torch": torch, tf_name: tf, "onnx": onnx, "onnxruntime": ort, "onnx2tf": "1.26.3",
+                "onnx-tf": "1.10.0", "numpy": "1.26.4", "protobuf": "4.25.5"}
+        pins.update({d: f"{rng.randint(0, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 9)}" for d in filler})
+        lock_lines = []
+        for pkg, version in sorted(pins.items()):
+            hashes = [f"sha256:{hashlib.sha256(f'{pkg}{version}{k}'.encode()).hexdigest()}" for k in range(2)]
+            packages.append({"environment_id": env_id, "name": pkg, "version": version, "hashes": hashes})
+            lock_lines.append(f"{pkg}=={version} \\\n" + " \\\n".join(f"    --hash={h}" for h in hashes))
+        envs.append({**row, "status": "installed", "lock_hash": hashlib.sha256(name.encode() + b"lock").hexdigest(),
+                     "lock_text": "\n".join(lock_lines) + "\n", "error": None, "signature": None})
+        run = runs[env_id % len(runs)]
+        for model in MODELS:
+            for route, route_steps in ROUTES.items():
+                for exporter in EXPORTERS:
+                    case_id += 1
+                    failing = rng.random() < 0.3
+                    fail_at = rng.randrange(len(route_steps)) if failing else len(route_steps)
+                    signature = rng.choice(SIGNATURES) if failing else None
+                    cases.append({
+                        "id": case_id, "run_id": run["id"], "environment_id": env_id, "model": model,
+                        "route": route, "exporter": exporter, "opset": 17, "opset_emitted": 17, "model_hash": "m1",
+                        "corpus_version": "c1", "runner_version": "0.1.0", "signature": signature,
+                        "status": "fail" if failing else "pass", "max_abs_diff": None if failing else 1e-6,
+                        "recorded_at": run["started_at"] + dt.timedelta(seconds=case_id % 3600),
+                    })
+                    for ordinal, step in enumerate(route_steps):
+                        step_id += 1
+                        status = "ok" if ordinal < fail_at else "fail" if ordinal == fail_at else "skip"
+                        steps.append({
+                            "id": step_id, "case_id": case_id, "ordinal": ordinal, "name": step, "status": status,
+                            "seconds": round(rng.uniform(0.01, 4.0), 3), "peak_rss": rng.randint(2**27, 2**32),
+                            "error_type": "RuntimeError" if status == "fail" else None,
+                            "message": f"{signature}: detail of the failure at {step}" if status == "fail" else None,
+                            "signature": signature if status == "fail" else None,
+                            "max_abs_diff": 1e-6 if step == "parity" and status == "ok" else None,
+                            "details": {"opset_emitted": 17} if step == "export" else {},
+                        })
+        if len(steps) >= 50_000:
+            flush()
+    flush()
+    conn.commit()
+    conn.close()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))  # fresh statistics and visibility maps, as autovacuum would give
+    return Filled(counts["environments"], counts["cases"], counts["steps"], time.perf_counter() - start)
+
+
+# Servers and load.
+
+
+@contextlib.contextmanager
+def serve(factory: str, env: dict[str, str], workers: int) -> Iterator[str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "uvicorn", f"bench.api:{factory}", "--factory", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{factory} did not start") from None
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(base: str, paths: list[str], seconds: int, connections: int) -> Load:
+    """Drive `paths` round-robin with wrk (one thread, `connections` keep-alive connections)."""
+    exe = shutil.which("wrk")
+    if not exe:
+        sys.exit("wrk not found: apt-get install wrk")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        quoted = ", ".join('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in paths)
+        script.write(f"local paths = {{{quoted}}}\nlocal i = 0\n"
+                     "request = function()\n  i = i + 1\n  return wrk.format('GET', paths[(i % #paths) + 1])\nend\n")
+    try:
+        out = subprocess.run([exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
+                              base], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
+
+    def percentile(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        return float(m.group(1)) * _UNIT[m.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    assert rps, out
+    return Load(float(rps.group(1)), percentile("50"), percentile("99"), int(errors.group(1)) if errors else 0)
+
+
+def queries(kind: str) -> list[str]:
+    """Realistic questions: a few model sets, every route, with and without pins and a python filter."""
+    sets = ["resnet", "resnet,transformer", "transformer,attention_mask", "resnet,mobilenet,vit", "lstm,gru"]
+    out = []
+    for models in sets:
+        for route in ROUTES:
+            out.append(f"/api/v1/{kind}?models={models}&route={route}")
+        out.append(f"/api/v1/{kind}?models={models}&route=onnxruntime&require=torch%3E%3D2.4")
+        out.append(f"/api/v1/{kind}?models={models}&route=onnx2tf&require=tensorflow%3C2.19&python=3.11")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000], help="step rows per database")
+    parser.add_argument("--seconds", type=int, default=5, help="per measurement (after a 1 s warm-up)")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (for every app)")
+    parser.add_argument("--no-uncached", action="store_true", help="skip the runs with the response cache off")
+    args = parser.parse_args()
+    print(f"cpus: {os.cpu_count()}, uvicorn workers: {args.workers}, wrk: 1 thread, {args.connections} connections,"
+          f" {args.seconds:g} s per measurement", flush=True)
+    results: list[tuple[str, str, str, Load]] = []
+
+    def measure(label: str, rows: str, cache: str, base: str, paths: list[str]) -> Load:
+        wrk(base, paths, 1, args.connections)  # warm-up: connections, caches, plans
+        load = wrk(base, paths, args.seconds, args.connections)
+        results.append((label, rows, cache, load))
+        print(f"  {label:<10} {rows:>9} cache {cache:<3} {load.rps:8.0f} req/s  p50 {load.p50_ms:6.2f} ms  "
+              f"p99 {load.p99_ms:6.2f} ms  non-2xx {load.errors}", flush=True)
+        return load
+
+    with postgres() as server:
+        with serve("hello_factory", {}, args.workers) as base:
+            hello = measure("hello", "-", "-", base, ["/"])
+        for rows in args.rows:
+            url = create_database(server, f"kg_{rows}")
+            engine = make_engine(url)
+            filled = fill(engine, rows)
+            engine.dispose()
+            label = f"{rows:,}"
+            print(f"filled {label} steps: {filled.environments} environments, {filled.cases:,} cases, "
+                  f"{filled.steps:,} steps in {filled.seconds:.0f} s", flush=True)
+            for cache in (["on"] if args.no_uncached else ["on", "off"]):
+                env = {"KNOWNGOOD_DATABASE_URL": url, "KNOWNGOOD_RESPONSE_CACHE_SIZE": "512" if cache == "on" else "0"}
+                with serve("app_factory", env, args.workers) as base:
+                    for kind in ("chains", "lockfile"):
+                        paths = queries(kind)
+                        statuses = {urllib.request.urlopen(base + p, timeout=60).status for p in paths}
+                        assert statuses == {200}, statuses
+                        measure(f"/{kind}", label, cache, base, paths)
+
+    print("\n| endpoint | step rows | cache | req/s | p50 ms | p99 ms | vs hello req/s |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for label, rows, cache, load in results:
+        print(f"| {label} | {rows} | {cache} | {load.rps:.0f} | {load.p50_ms:.2f} | {load.p99_ms:.2f} | "
+              f"{load.rps / hello.rps:.0%} |")
+    small, large = f"{min(args.rows):,}", f"{max(args.rows):,}"
+    print("\ntargets (cache on): p99 < 10 ms, >= 1500 req/s, >= 50% of hello-world, p99 growth "
+          f"{small} -> {large} < 2x")
+    for kind in ("/chains", "/lockfile"):
+        for cache in ("on", "off"):
+            by_rows = {rows: load for label, rows, c, load in results if label == kind and c == cache}
+            if small in by_rows and large in by_rows:
+                a, b = by_rows[small], by_rows[large]
+                print(f"  {kind:<9} cache {cache:<3}: p99 {a.p99_ms:.2f} -> {b.p99_ms:.2f} ms "
+                      f"({b.p99_ms / a.p99_ms:.2f}x), p50 {a.p50_ms:.2f} -> {b.p50_ms:.2f} ms "
+                      f"({b.p50_ms / a.p50_ms:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
