@@ -255,11 +255,13 @@ def _resolve(session: Session, env: expand.Environment) -> environments.Resolved
     """A request with a cutoff resolves the same way forever: reuse its stored lock, skip uv."""
     if env.cutoff:
         row = record.stored_lock(session, env.hash)
-        if row is not None and row.lock_text:
+        if row is not None and (row.lock_text or row.status == "conflict"):
             try:
                 exe, full = pythons.find(env.python)
             except InterpreterNotFound:
                 return environments.resolve(env)
+            if row.lock_text is None:  # a conflict under a cutoff stays a conflict
+                return environments.Resolved(env, exe, full, None, conflict=uv.Conflict(row.error or ""))
             return environments.Resolved(env, exe, full, uv.Lock(row.lock_text, uv.parse_lock(row.lock_text)))
     return environments.resolve(env)
 
