@@ -44,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     upgrade(settings.database_url)
-    summary = run(args.spec, settings, force=args.force, shard=args.shard, only=args.only)
+    summary = run(args.spec, settings, force=args.force, shard=args.shard, only=args.only, corpus=args.corpus)
     print(json.dumps({"run": summary.run_id, "environments": dict(summary.environments),
                       "cases": dict(summary.cases), "skipped_recorded": summary.skipped_recorded,
                       "installs": summary.installs, "seconds": round(summary.seconds, 1)}))
@@ -169,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int)
     sp.add_argument("--shard", type=_shard, help="run only shard I of N, e.g. 2/4")
     sp.add_argument("--force", action="store_true", help="re-run cases that are already recorded")
+    sp.add_argument("--corpus", metavar="PATH", help="run the spec's models from this file instead (see README)")
     sp.add_argument("--only", action="append", metavar="PATTERN",
                     help="only environments whose id matches (fnmatch with {a,b} braces); repeatable")
     sp.set_defaults(func=cmd_run)

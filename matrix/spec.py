@@ -191,8 +191,8 @@ class Spec(BaseModel):
         return self.limits.step_timeout
 
 
-def load(path: str | Path) -> Spec:
-    """Read and validate a spec file."""
+def load(path: str | Path, *, corpus: str | Path | None = None) -> Spec:
+    """Read and validate a spec file; `corpus` (a path from the command line) replaces the spec's own."""
     path = Path(path)
     try:
         raw_text = path.read_text(encoding="utf-8")
@@ -206,6 +206,16 @@ def load(path: str | Path) -> Spec:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_describe(path, raw_text, exc)) from None
+    if corpus is not None:
+        if not Path(corpus).is_file():
+            raise SpecError(f"--corpus: expected a Python file with MODELS, got {str(corpus)!r} (no such file)")
+        spec.corpus = str(Path(corpus).resolve())
+    elif spec.corpus is not None:
+        corpus = (path.parent / spec.corpus).resolve()  # relative to the spec file, like an include
+        if not corpus.is_file():
+            raise SpecError(f"{path}:{_line_of(raw_text, ('corpus',))}: corpus: expected a Python file with "
+                            f"MODELS, got {spec.corpus!r} (no such file: {corpus})")
+        spec.corpus = str(corpus)
     _check_models(path, raw_text, spec)
     spec.path = path
     spec.source_hash = hashlib.sha256(raw_text.encode()).hexdigest()

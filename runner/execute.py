@@ -200,11 +200,12 @@ def execute(
         remaining = [j for j in remaining if j.key not in outcome.steps]
         if remaining and not progressed:
             # The worker died before any case started (e.g. the corpus does not import): say so once.
-            reason = f"worker exited with code {proc.returncode} before starting a case:\n{tail}"
+            corpus_error = next((str(r["message"]) for r in records if r.get("event") == "corpus_error"), None)
+            reason = corpus_error or f"worker exited with code {proc.returncode} before starting a case:\n{tail}"
             for job in remaining:
                 outcome.steps[job.key] = [StepResult(
                     case=job.key, step=ROUTES[job.route][0], ordinal=0, status="error",
-                    error_type="WorkerFailed", message=reason,
+                    error_type="CorpusError" if corpus_error else "WorkerFailed", message=reason,
                 )]
                 if on_case:
                     on_case(job.key, outcome.steps[job.key])

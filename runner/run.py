@@ -110,12 +110,13 @@ def run(
     force: bool = False,
     shard: tuple[int, int] | None = None,
     only: list[str] | None = None,
+    corpus: str | None = None,
     console: Console | None = None,
 ) -> Summary:
     """Run a spec end to end and record everything in the database."""
     started = time.monotonic()
     console = console or Console(stderr=True)
-    spec = spec_mod.load(spec_path)
+    spec = spec_mod.load(spec_path, corpus=corpus)
     plan = expand.plan(spec, index=uv.index_settings(), selectors=versions.resolve_selectors(spec))
     items = shard_of([(e, c) for e, c in plan.items if not only or expand.matches(only, e.id)], shard)
     engine = make_engine(settings.database_url)

@@ -80,3 +80,20 @@ def test_parse_lines_drops_a_torn_last_line(torn: str) -> None:
     from runner.results import parse_lines
 
     assert parse_lines(['{"event": "start"}', torn]) == [{"event": "start"}]
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("x = 1\n", "expected a module-level MODELS dict"),
+        ("MODELS = {}\n", "expected a module-level MODELS dict"),
+        ("class M:\n    build = examples = None\nMODELS = {'m': M()}\n", "MODELS['m'] is missing atol, rtol"),
+    ],
+)
+def test_user_corpus_without_the_interface_says_what_is_missing(tmp_path: Path, source: str, fragment: str) -> None:
+    user = tmp_path / "mine.py"
+    user.write_text(source)
+    outcome = execute(VENV, [_job("m")], corpus=user, workdir=tmp_path / "w", step_timeout=30, memory_limit=2**32)
+    (step,) = outcome.steps[_job("m").key]
+    assert step.status == "error" and step.error_type == "CorpusError"
+    assert str(user) in (step.message or "") and fragment in (step.message or "")

@@ -36,20 +36,47 @@ class Out:
         self.fh.flush()
 
 
+BUILTIN_CORPUS = os.path.join(os.path.dirname(os.path.dirname(HERE)), "matrix", "corpus")
+REQUIRED = ("build", "examples", "atol", "rtol")
+
+
+class CorpusError(Exception):
+    """A user corpus that does not follow the interface; the message says what is missing."""
+
+
+def _import_package(name: str, folder: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_corpus(path: str):  # type: ignore[no-untyped-def]
-    """Import the corpus: a package folder (with __init__.py) or a single user file."""
+    """Import the corpus: the built-in package folder, or a user's single file with MODELS.
+
+    A user file may `from knowngood_corpus import ModelSpec, Example, seeded, generator`.
+    """
     if os.path.isdir(path):
-        init = os.path.join(path, "__init__.py")
-        spec = importlib.util.spec_from_file_location(
-            "knowngood_corpus", init, submodule_search_locations=[path]
-        )
-    else:
-        spec = importlib.util.spec_from_file_location("knowngood_user_corpus", path)
-    if spec is None or spec.loader is None:
-        raise ImportError("cannot import corpus from %s" % path)
+        return _import_package("knowngood_corpus", path)
+    _import_package("knowngood_corpus", BUILTIN_CORPUS)
+    spec = importlib.util.spec_from_file_location("knowngood_user_corpus", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    models = getattr(module, "MODELS", None)
+    if not isinstance(models, dict) or not models:
+        raise CorpusError("%s: expected a module-level MODELS dict mapping model names to model specs "
+                          "(objects with build, examples, atol, rtol); found %s"
+                          % (path, type(models).__name__ if models is not None else "no MODELS"))
+    for name, model in models.items():
+        missing = [attr for attr in REQUIRED if not hasattr(model, attr)]
+        if missing:
+            raise CorpusError("%s: MODELS[%r] is missing %s (a model spec needs build(), examples(), atol, "
+                              "rtol; optional: unavailable(), export_kwargs(exporter, opset), expected(args))"
+                              % (path, name, ", ".join(missing)))
     return module
 
 
@@ -80,7 +107,12 @@ def main(argv: list | None = None) -> int:
         versions=versions(),
         t=time.time(),
     )
-    corpus = load_corpus(job["corpus"])
+    try:
+        corpus = load_corpus(job["corpus"])
+    except CorpusError as exc:
+        out.emit(event="corpus_error", message=str(exc))
+        sys.stderr.write(str(exc) + "\n")
+        return 2
     workdir = job["workdir"]
     for case in job["cases"]:
         run_case(out, corpus, workdir, case)

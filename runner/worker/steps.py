@@ -91,12 +91,36 @@ class Context:
     def model_spec(self):  # type: ignore[no-untyped-def]
         if self.spec is None:
             load = getattr(self.corpus, "load", None)
-            self.spec = load(self.case["model"]) if load else self.corpus.MODELS[self.case["model"]]
+            models = getattr(self.corpus, "MODELS", None)
+            if models is not None:
+                if self.case["model"] not in models:
+                    raise KeyError("model %r is not in the corpus; it has %s" % (self.case["model"], sorted(models)))
+                self.spec = models[self.case["model"]]
+            else:
+                self.spec = load(self.case["model"])
         return self.spec
 
     def close(self) -> None:
         self.tf_model = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _Example:
+    def __init__(self, args, note: str) -> None:  # type: ignore[no-untyped-def]
+        self.args, self.note = args, note
+
+
+def examples_of(spec) -> list:  # type: ignore[no-untyped-def]
+    """The model's example inputs; a user corpus may give plain tuples or tensors instead of Example."""
+    out = []
+    for index, item in enumerate(spec.examples()):
+        if hasattr(item, "args"):
+            out.append(item)
+        elif isinstance(item, (tuple, list)):
+            out.append(_Example(tuple(item), "input %d" % index))
+        else:
+            out.append(_Example((item,), "input %d" % index))
+    return out
 
 
 def _accepts(func, name: str) -> bool:  # type: ignore[no-untyped-def]
@@ -108,15 +132,15 @@ def _accepts(func, name: str) -> bool:  # type: ignore[no-untyped-def]
 
 def step_export(ctx: Context) -> dict:
     spec = ctx.model_spec()
-    reason = spec.unavailable()
+    reason = spec.unavailable() if hasattr(spec, "unavailable") else None
     if reason:
         raise Skip(reason)
     module = spec.build()
-    ctx.examples = spec.examples()
+    ctx.examples = examples_of(spec)
     import torch
     args = tuple(ctx.examples[0].args)
     exporter, opset = ctx.case["exporter"], int(ctx.case["opset"])
-    kwargs = dict(spec.export_kwargs(exporter, opset) or {})
+    kwargs = dict(spec.export_kwargs(exporter, opset) or {}) if hasattr(spec, "export_kwargs") else {}
     names = ["input_%d" % i for i in range(len(args))]
     export = torch.onnx.export
     how = ""
@@ -163,10 +187,10 @@ def step_reference(ctx: Context) -> dict:
 
     spec = ctx.model_spec()
     if not ctx.examples:  # routes without an export step start here
-        reason = spec.unavailable()
+        reason = spec.unavailable() if hasattr(spec, "unavailable") else None
         if reason:
             raise Skip(reason)
-        ctx.examples = spec.examples()
+        ctx.examples = examples_of(spec)
     module = spec.build()  # a fresh build: the export must not leak state (e.g. BN stats) into the reference
     expected = getattr(spec, "expected", None)
     notes = []

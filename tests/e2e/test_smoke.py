@@ -115,3 +115,21 @@ def test_rerun_skips_what_is_recorded(smoke: tuple[str, dict]) -> None:
     db, _ = smoke
     again = _knowngood("run", str(SMOKE), db=db)
     assert again["skipped_recorded"] == 8 and again["installs"] == 0 and again["cases"] == {}
+
+
+def test_a_user_corpus_goes_through_a_real_run(tmp_path: Path) -> None:
+    spec_text = SMOKE.read_text().replace(
+        'models = ["resnet", "transformer", "grid_sample", "control_flow"]', 'models = ["tiny_mlp", "gelu_head"]'
+    ).replace('routes = ["onnxruntime", "onnx2tf"]', 'routes = ["onnxruntime"]')
+    spec_file = tmp_path / "mine.toml"
+    spec_file.write_text(spec_text)
+    db = f"sqlite:///{tmp_path / 'mine.db'}"
+    proc = subprocess.run([sys.executable, "-m", "knowngood", "run", str(spec_file), "--db", db,
+                           "--corpus", str(ROOT / "examples" / "my_models.py")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=3000)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["cases"] == {"pass": 2}
+    with TestClient(create_app(Settings(database_url=db))) as c:
+        body = c.get("/api/v1/chains", params={"models": "tiny_mlp,gelu_head", "route": "onnxruntime"}).json()
+    assert len(body["chains"]) == 1
