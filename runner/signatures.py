@@ -24,10 +24,17 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
      "ResolutionConflict({0})"),
     (re.compile(r"Failed to build `([A-Za-z0-9_.-]+?)(?:==|`)"), "BuildFailed({0})"),
     (re.compile(r"No module named '([\w.]+)'"), "ModuleNotFound({0})"),
+    (re.compile(r"unrecognized namespace (\w+::\w+)"), "UnsupportedOperator({0})"),
+    # onnx-tf: "BackendIsNotSupposedToImplementIt: GridSample is not implemented."
+    (re.compile(r"BackendIsNotSupposedToImplementIt: (\w+)(?: version \d+)? is not implemented"),
+     "ConverterMissingOp(onnx-tf:{0})"),
+    # onnx2tf prints the node it gave up on, then exits
+    (re.compile(r"onnx_op_name: (?:[\w./-]*/)?([A-Za-z]+)"), "ConverterMissingOp(onnx2tf:{0})"),
 ]
 
 
 def _clean(text: str) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m|\[\d+m", "", text)  # terminal colours
     text = re.sub(r"(/[\w.+-]+)+/?", "<path>", text)
     text = re.sub(r"0x[0-9a-fA-F]+", "<addr>", text)
     text = re.sub(r"\b\d+(\.\d+)*\b", "<n>", text)

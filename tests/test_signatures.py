@@ -6,7 +6,37 @@ import pytest
 
 from runner.signatures import normalise
 
-CASES = [
+# Messages captured from real runs (seed-chain and history, 2026-11-24), abridged only at the ends.
+REAL = [
+    ("UnsupportedOperatorError",
+     "Exporting the operator 'aten::unflatten' to ONNX opset version 17 is not supported. Please feel free to "
+     "request support or submit a pull request on PyTorch GitHub: https://github.com/pytorch/pytorch/issues.",
+     "export", {}, "UnsupportedOperator(aten::unflatten)"),
+    ("BackendIsNotSupposedToImplementIt",
+     'in user code:\n    File "/root/.cache/knowngood/envs/3.10-0d5598609e71fcab/lib/python3.10/site-packages/'
+     'onnx_tf/backend.py", line 349, in _onnx_node_to_tensorflow_op  *\n        raise '
+     'BackendIsNotSupposedToImplementIt("{} is not implemented.".format(\n\n    '
+     "BackendIsNotSupposedToImplementIt: GridSample is not implemented.\n", "tf_run", {},
+     "ConverterMissingOp(onnx-tf:GridSample)"),
+    ("ConverterExit",
+     "exit(1) during convert:\nSystemExit: 1\n\nERROR: input_onnx_file_path: /root/.cache/knowngood/work/ab8ab58a-8/"
+     "cases/grid_sample_nearest.onnx2tf.torchscript.op17/model.onnx\nERROR: onnx_op_name: /GridSample\n"
+     "ERROR: Read this and deal with it. https://github.com/PINTO0309/onnx2tf#parameter-replacement",
+     "convert", {}, "ConverterMissingOp(onnx2tf:GridSample)"),
+    ("UnsupportedOperatorError",
+     "ONNX export failed on an operator with unrecognized namespace knowngood::scaled_tanh. If you are trying to "
+     "export a custom operator, make sure you registered it with the right domain and version.",
+     "export", {}, "UnsupportedOperator(knowngood::scaled_tanh)"),
+    ("ModuleNotFoundError", "No module named 'tensorflow_probability'", "convert", {},
+     "ModuleNotFound(tensorflow_probability)"),
+    ("ResolutionConflict",
+     "  × No solution found when resolving dependencies:\n  ╰─▶ Because onnx-graphsurgeon<=0.0.1.dev5 has no usable "
+     "wheels and all of:\n             onnx-graphsurgeon>=0.5.2,<=0.5.6\n             onnx-graphsurgeon>=0.5.8\n"
+     "         depend on onnx>=1.14.0, we can conclude that all of: ...",
+     "", {}, "ResolutionConflict(onnx-graphsurgeon)"),
+]
+
+SYNTHETIC = [
     ("UnsupportedOperatorError",
      "Exporting the operator 'aten::grid_sampler' to ONNX opset version 15 is not supported. Please feel free to "
      "request support or submit a pull request on PyTorch GitHub: https://github.com/pytorch/pytorch/issues.",
@@ -29,6 +59,7 @@ CASES = [
     ("ValueError", "shape (1, 3, 224, 224) at /tmp/abc/def.py:12 is wrong at 0x7fff1234", "convert", {},
      "ValueError(convert: shape (<n>, <n>, <n>, <n>) at <path>:<n> is wrong at <addr>)"),
 ]
+CASES = [*REAL, *SYNTHETIC]
 
 
 @pytest.mark.parametrize(("error_type", "message", "step", "details", "expected"), CASES,

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -52,6 +53,40 @@ def _import_package(name: str, folder: str):  # type: ignore[no-untyped-def]
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+class Captured:
+    """Send the step's stdout and stderr (fds 1 and 2, so C libraries too) to a file; keep its tail."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> Captured:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = (os.dup(1), os.dup(2))
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for target, saved in zip((1, 2), self.saved):
+            os.dup2(saved, target)
+            os.close(saved)
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as fh:
+                text = self.ANSI.sub("", fh.read())
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def load_corpus(path: str):  # type: ignore[no-untyped-def]
@@ -134,8 +169,16 @@ def run_case(out: Out, corpus, workdir: str, case: dict) -> None:  # type: ignor
         steps_mod.reset_peak_rss()
         started = time.perf_counter()
         result = {"status": "ok"}
+        capture = Captured(os.path.join(ctx.dir, "step-output.txt"))
         try:
-            result.update(getattr(steps_mod, "step_" + name)(ctx) or {})
+            with capture:
+                result.update(getattr(steps_mod, "step_" + name)(ctx) or {})
+        except SystemExit as exc:
+            # onnx2tf reports a node it cannot convert by printing why and calling sys.exit(1).
+            tail = capture.tail()
+            result = {"status": "fail", "error_type": "ConverterExit",
+                      "message": steps_mod.clip("exit(%s) during %s:\n%s" % (exc.code, name, tail)),
+                      "details": {"output_tail": tail}}
         except steps_mod.Skip as exc:
             result = {"status": "skip", "message": str(exc)}
         except steps_mod.StepFailed as exc:
@@ -145,7 +188,8 @@ def run_case(out: Out, corpus, workdir: str, case: dict) -> None:  # type: ignor
             status = "error" if name == "reference" else "fail"
             result = {"status": status, "error_type": type(exc).__name__,
                       "message": steps_mod.clip(str(exc) or repr(exc)),
-                      "details": {"traceback": steps_mod.clip(traceback.format_exc(), 6000)}}
+                      "details": {"traceback": steps_mod.clip(traceback.format_exc(), 6000),
+                                  "output_tail": capture.tail()}}
         result["seconds"] = round(time.perf_counter() - started, 4)
         result["peak_rss"] = steps_mod.peak_rss()
         out.emit(event="end", case=key, step=name, ordinal=ordinal, **result)
