@@ -108,14 +108,36 @@ def cmd_lock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from knowngood import matrixdoc
+    from knowngood.db import make_engine, make_sessionmaker
+
+    engine = make_engine(_settings(args).database_url)
+    with make_sessionmaker(engine)() as session:
+        path = matrixdoc.render(session, Path(args.out))
+    engine.dispose()
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from knowngood import migrate
 
     url = _settings(args).database_url
     if args.action == "upgrade":
         migrate.upgrade(url)
-    else:
+    elif args.action == "check":
         migrate.check(url)
+    else:
+        from knowngood.db import make_engine, make_sessionmaker
+        from runner.record import resignature
+
+        engine = make_engine(url)
+        with make_sessionmaker(engine)() as session:
+            print(f"{resignature(session)} signatures updated")
+        engine.dispose()
     print(f"database {args.action}: ok")
     return 0
 
@@ -194,8 +216,13 @@ def parser() -> argparse.ArgumentParser:
                             choices=["requirements", "constraints", "pylock", "pyproject"])
         sp.set_defaults(func=func)
 
+    sp = with_db(sub.add_parser("docs", help="generate docs/matrix.md and its heatmaps from the database"))
+    sp.add_argument("--out", default="docs", help="folder for matrix.md and heatmap-*.svg")
+    sp.set_defaults(func=cmd_docs)
+
     sp = with_db(sub.add_parser("db", help="database schema (Alembic)"))
-    sp.add_argument("action", choices=["upgrade", "check"])
+    sp.add_argument("action", choices=["upgrade", "check", "resignature"],
+                    help="resignature: re-normalise stored failures with the current signature rules")
     sp.set_defaults(func=cmd_db)
 
     sp = with_db(sub.add_parser("snapshot", help="export or import runs as a portable JSON document"))

@@ -150,3 +150,25 @@ def save_case(
         session.rollback()
         return None
     return row
+
+
+def resignature(session: Session) -> int:
+    """Re-normalise every stored failure with today's rules (signatures improve; messages are kept verbatim)."""
+    changed = 0
+    for case in session.scalars(select(Case).where(Case.signature.is_not(None))):
+        first = None
+        for step in case.steps:
+            if step.status in ("ok", "skip"):
+                continue
+            new = signatures.normalise(step.error_type, step.message, step=step.name, details=step.details)
+            if new != step.signature:
+                step.signature, changed = new, changed + 1
+            first = first or new
+        if first and first != case.signature:
+            case.signature = first
+    for env in session.scalars(select(Environment).where(Environment.status == "conflict")):
+        new = signatures.normalise("ResolutionConflict", env.error)
+        if new != env.signature:
+            env.signature, changed = new, changed + 1
+    session.commit()
+    return changed
