@@ -33,7 +33,7 @@ def heatmap_svg(grid: object, title: str) -> str:
     ys = [v for v in grid.y_versions if v is not None]  # type: ignore[attr-defined]
     cells = {(c.x, c.y): c for c in grid.cells}  # type: ignore[attr-defined]
     cw, ch, left, top = 64, 26, 90, 48
-    width, height = left + cw * len(xs) + 10, top + ch * len(ys) + 40
+    width, height = max(left + cw * len(xs) + 10, 480), top + ch * len(ys) + 40
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
         f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
