@@ -44,7 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     upgrade(settings.database_url)
-    summary = run(args.spec, settings, force=args.force, shard=args.shard, only=args.only, corpus=args.corpus)
+    summary = run(args.spec, settings, force=args.force, shard=args.shard, only=args.only, corpus=args.corpus,
+                  resolve_only=args.resolve_only)
     print(json.dumps({"run": summary.run_id, "environments": dict(summary.environments),
                       "cases": dict(summary.cases), "skipped_recorded": summary.skipped_recorded,
                       "installs": summary.installs, "seconds": round(summary.seconds, 1)}))
@@ -191,6 +192,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int)
     sp.add_argument("--shard", type=_shard, help="run only shard I of N, e.g. 2/4")
     sp.add_argument("--force", action="store_true", help="re-run cases that are already recorded")
+    sp.add_argument("--resolve-only", action="store_true",
+                    help="record every environment's resolution (lock or conflict) and run nothing")
     sp.add_argument("--corpus", metavar="PATH", help="run the spec's models from this file instead (see README)")
     sp.add_argument("--only", action="append", metavar="PATTERN",
                     help="only environments whose id matches (fnmatch with {a,b} braces); repeatable")

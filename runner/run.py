@@ -91,6 +91,7 @@ class Context:
     summary: Summary
     budget: MemoryBudget
     force: bool
+    resolve_only: bool
     step_timeout: float
     memory_limit: int
 
@@ -111,6 +112,7 @@ def run(
     shard: tuple[int, int] | None = None,
     only: list[str] | None = None,
     corpus: str | None = None,
+    resolve_only: bool = False,
     console: Console | None = None,
 ) -> Summary:
     """Run a spec end to end and record everything in the database."""
@@ -130,6 +132,7 @@ def run(
             summary=Summary(run_id=run_row.id),
             budget=MemoryBudget(settings.memory_budget_mb * 2**20),
             force=force,
+            resolve_only=resolve_only,
             step_timeout=min(settings.step_timeout, spec.limits.step_timeout),
             memory_limit=min(settings.memory_limit_mb, spec.limits.memory_limit_mb) * 2**20,
         )
@@ -161,8 +164,9 @@ def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expa
         resolved = _resolve(session, env)
         env_row = record.save_environment(session, resolved)
         summary.count("environments", resolved.status)
-        if resolved.lock is None:
-            progress.console.print(f"[yellow]{env.id}: {env_row.signature}[/]")
+        if resolved.lock is None or ctx.resolve_only:
+            if resolved.lock is None:
+                progress.console.print(f"[yellow]{env.id}: {env_row.signature}[/]")
             progress.advance(ctx.case_task, len(cases))
             progress.advance(ctx.env_task)
             return
