@@ -19,6 +19,11 @@ from runner.environments import Resolved
 from runner.results import StepResult, case_status
 
 
+def _text(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; a converter's raw output sometimes does.
+    return value.replace("\x00", "\\x00") if value else value
+
+
 def start_run(session: Session, plan: Plan) -> Run:
     run = Run(
         id=str(uuid.uuid4()),
@@ -138,7 +143,7 @@ def save_case(
             seconds=result.seconds,
             peak_rss=result.peak_rss,
             error_type=result.error_type,
-            message=result.message,
+            message=_text(result.message),
             signature=signature,
             max_abs_diff=result.max_abs_diff,
             details=result.details,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
 
-from matrix import expand, spec
+from matrix import expand, spec, versions
 from matrix.spec import SpecError
 
 GOOD = """\
@@ -20,10 +21,32 @@ torch = ["==2.0.1"]
 """
 
 
+def _releases(name: str) -> list[tuple[str, dt.datetime | None]]:
+    """A fixed release history standing in for the index (the selector logic is what is tested here)."""
+    when = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    return [(f"2.{minor}.{patch}", when) for minor in range(0, 16) for patch in range(3)] + [("2.16.0rc1", when)]
+
+
 @pytest.mark.parametrize("path", sorted(spec.SPECS_DIR.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_specs_load_and_expand(path: Path) -> None:
-    plan = expand.plan(spec.load(path))
+    loaded = spec.load(path)
+    plan = expand.plan(loaded, selectors=versions.resolve_selectors(loaded, fetch=_releases))
     assert plan.items and plan.case_count > 0
+
+
+def test_latest_minors_takes_the_newest_patch_of_the_newest_minors() -> None:
+    selector = spec.LatestMinors.model_validate({"latest-minors": 3, "within": "<2.15"})
+    assert versions.latest_minors(_releases("torch"), selector) == ["==2.14.2", "==2.13.2", "==2.12.2"]
+    cutoff = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)  # everything above was uploaded later
+    assert versions.latest_minors(_releases("torch"), selector, cutoff) == []
+
+
+def test_history_spans_every_torch_minor_against_every_tf_minor() -> None:
+    loaded = spec.load(spec.SPECS_DIR / "history.toml")
+    plan = expand.plan(loaded, selectors=versions.resolve_selectors(loaded, fetch=_releases))
+    torch_pins = {r for env in plan.environments for r in env.requirements if r.startswith("torch==")}
+    assert torch_pins == {f"torch==2.{m}.2" for m in range(16)}
+    assert len(plan.items) == 16 * 3 * 2  # torch 2.0-2.15 × TF 2.13-2.15 (of this history) × 2 converters
 
 
 def test_smoke_spec_is_the_issue_matrix() -> None:
