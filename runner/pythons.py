@@ -54,7 +54,7 @@ def find(version: str) -> tuple[Path, str]:
     if uv:
         looked.append("uv python find")
         proc = subprocess.run(
-            [uv, "python", "find", "--no-config", "--python-preference", "only-system", version],
+            [uv, "python", "find", "--no-config", version],  # finds uv-managed interpreters too (Docker)
             capture_output=True, text=True, check=False,
         )
         exe = Path(proc.stdout.strip())
