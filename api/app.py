@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from api.cache import ResponseCache
+from api.lockfile import LockfileUnavailable
 from api.queries import QueryError
-from api.routes import chains, dashboard, ingest, lockfile
+from api.routes import chains, dashboard, failures, ingest, lockfile, matrix, runs
+from api.routes.params import reject_nul
 from knowngood import __version__
 from knowngood.db import make_engine, make_sessionmaker
 from knowngood.settings import Settings
@@ -32,6 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.response_cache = ResponseCache(settings.response_cache_size, settings.response_cache_recheck)
 
     @app.exception_handler(QueryError)
     def _query_error(_request: Request, exc: QueryError) -> JSONResponse:
@@ -40,8 +44,16 @@ def create_app(settings: Settings) -> FastAPI:
             content={"detail": [{"loc": ["query", exc.param], "msg": str(exc), "type": "value_error"}]},
         )
 
-    app.include_router(chains.router, prefix="/api/v1")
-    app.include_router(lockfile.router, prefix="/api/v1")
+    @app.exception_handler(LockfileUnavailable)
+    def _lockfile_unavailable(_request: Request, exc: LockfileUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc)})
+
+    read_only = [Depends(reject_nul)]
+    app.include_router(chains.router, prefix="/api/v1", dependencies=read_only)
+    app.include_router(lockfile.router, prefix="/api/v1", dependencies=read_only)
+    app.include_router(matrix.router, prefix="/api/v1", dependencies=read_only)
+    app.include_router(failures.router, prefix="/api/v1", dependencies=read_only)
+    app.include_router(runs.router, prefix="/api/v1", dependencies=read_only)
     app.include_router(ingest.router, prefix="/api/v1")
-    app.include_router(dashboard.router)
+    app.include_router(dashboard.router, dependencies=read_only)
     return app

@@ -157,9 +157,11 @@ def known_good_chain_page(session: Session, query: ChainQuery) -> tuple[list[Cha
     versions: dict[int, dict[str, str]] = defaultdict(dict)
     for env_id, name, version in session.execute(
         select(Package.environment_id, Package.name, Package.version).where(
-            Package.environment_id.in_(complete), Package.name.in_(sorted(wanted))
+            Package.name.in_(sorted(wanted))
         )
     ):
+        # Every environment's key pins in one index-only range scan, filtered here: cheaper than binding a
+        # thousand ids, and than the nested loop PostgreSQL picks when it underestimates the candidates.
         if env_id in pythons:
             versions[env_id][name] = version
     ranked = sorted(
@@ -237,16 +239,24 @@ def data_version(session: Session) -> tuple[int, int]:
     return (row[0] or 0, row[1] or 0)
 
 
+@lru_cache(maxsize=16384)
+def _pin(text: str) -> tuple[str, str | None] | None:
+    """A requirement string → (normalised name, its `==` version or None); None if it does not parse."""
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        return None
+    specs = list(req.specifier)
+    exact = specs[0].version if len(specs) == 1 and specs[0].operator in ("==", "===") else None
+    return canonicalize_name(req.name), exact
+
+
 def _requested_pin(requirements: list[str], names: tuple[str, ...]) -> str | None:
     """The `==` version a request pinned for one of `names`: the axis value of an environment that never resolved."""
     for text in requirements:
-        try:
-            req = Requirement(text)
-        except InvalidRequirement:
-            continue
-        specs = list(req.specifier)
-        if canonicalize_name(req.name) in names and len(specs) == 1 and specs[0].operator in ("==", "==="):
-            return specs[0].version
+        pin = _pin(text)
+        if pin and pin[0] in names and pin[1]:
+            return pin[1]
     return None
 
 
@@ -254,13 +264,7 @@ def _requests_route(requirements: list[str], route: str | None) -> bool:
     if route is None:
         return True
     wanted = {canonicalize_name(n) for n in ROUTE_PACKAGES.get(route, ())}
-    names = set()
-    for text in requirements:
-        try:
-            names.add(canonicalize_name(Requirement(text).name))
-        except InvalidRequirement:
-            continue
-    return bool(wanted & names)
+    return any((pin := _pin(text)) and pin[0] in wanted for text in requirements)
 
 
 @dataclass(frozen=True)
@@ -309,12 +313,12 @@ def matrix_grid(session: Session, query: MatrixQuery) -> MatrixOut:
         if e.id in counts or (e.signature and _requests_route(e.requirements, query.route))
     ]
     pins: dict[int, dict[str, str]] = defaultdict(dict)
+    shown = {e.id for e in envs}
     for env_id, name, version in session.execute(
-        select(Package.environment_id, Package.name, Package.version).where(
-            Package.name.in_(sorted({*xs, *ys})), Package.environment_id.in_([e.id for e in envs])
-        )
+        select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(sorted({*xs, *ys})))
     ):
-        pins[env_id][name] = version
+        if env_id in shown:  # filtered here rather than binding every id (see known_good_chain_page)
+            pins[env_id][name] = version
 
     def axis(env: Row[Any], names: tuple[str, ...]) -> str | None:
         found = next((pins[env.id][n] for n in names if n in pins[env.id]), None)
@@ -352,28 +356,43 @@ class FailureQuery:
     limit: int = 100
 
 
+@dataclass
+class _SignatureGroup:
+    signature: str
+    n: int = 0
+    envs: set[int] = field(default_factory=set)
+    example_id: int = 0
+    first: dt.datetime | None = None
+    last: dt.datetime | None = None
+
+
 def failures(session: Session, query: FailureQuery) -> FailuresOut:
     """Signatures with counts, the span of `package` versions where each was seen, and one example."""
     names = aliases(query.package)
     conditions = [Case.signature.is_not(None), *_case_filters(query.route, query.models, query.exporter,
                                                                query.python)]
-    n = func.count().label("n")
-    groups = session.execute(
-        select(Case.signature, n, func.count(func.distinct(Case.environment_id)).label("envs"),
-               func.min(Case.id).label("example_id"), func.min(Case.recorded_at).label("first"),
-               func.max(Case.recorded_at).label("last"))
-        .where(*conditions).group_by(Case.signature).order_by(n.desc(), Case.signature).limit(query.limit)
-    ).all()
+    by_sig: dict[str, _SignatureGroup] = {}
+    # Per (signature, environment): one pass over the failed cases, small enough to fold here.
+    for row in session.execute(
+        select(Case.signature, Case.environment_id, func.count().label("n"), func.min(Case.id).label("first_id"),
+               func.min(Case.recorded_at).label("first"), func.max(Case.recorded_at).label("last"))
+        .where(*conditions).group_by(Case.signature, Case.environment_id)
+    ):
+        g = by_sig.get(row.signature) or by_sig.setdefault(row.signature, _SignatureGroup(row.signature))
+        g.n += row.n
+        g.envs.add(row.environment_id)
+        g.example_id = min(g.example_id or row.first_id, row.first_id)
+        g.first = row.first if g.first is None else min(g.first, row.first)
+        g.last = row.last if g.last is None else max(g.last, row.last)
+    groups = sorted(by_sig.values(), key=lambda g: (-g.n, g.signature))[: query.limit]
     where = [*conditions, Case.signature.in_([g.signature for g in groups])]
-    seen: dict[str, tuple[set[str], set[str], set[str]]] = defaultdict(lambda: (set(), set(), set()))
+    seen: dict[str, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
     for sig, model, route in session.execute(select(Case.signature, Case.model, Case.route).where(*where).distinct()):
         seen[sig][0].add(model)
         seen[sig][1].add(route)
-    for sig, version in session.execute(
-        select(Case.signature, Package.version).join(Package, Package.environment_id == Case.environment_id)
-        .where(*where, Package.name.in_(names)).distinct()
-    ):
-        seen[sig][2].add(version)
+    pinned = {env_id: version for env_id, version in session.execute(
+        select(Package.environment_id, Package.version).where(Package.name.in_(names))
+    )}
     examples: dict[int, FailureExample] = {}
     for row in session.execute(
         select(Case.id, Case.environment_id, Environment.name.label("env"), Case.model, Case.route,
@@ -388,10 +407,10 @@ def failures(session: Session, query: FailureQuery) -> FailuresOut:
         ))
     out = []
     for g in groups:
-        models, routes, versions = seen[g.signature]
-        ordered = sorted(versions, key=version_key)
+        models, routes = seen[g.signature]
+        ordered = sorted({pinned[e] for e in g.envs if e in pinned}, key=version_key)
         out.append(FailureOut(
-            signature=g.signature, scope="case", count=g.n, environments=g.envs, models=sorted(models),
+            signature=g.signature, scope="case", count=g.n, environments=len(g.envs), models=sorted(models),
             routes=sorted(routes), first_version=ordered[0] if ordered else None,
             last_version=ordered[-1] if ordered else None, first_seen=g.first, last_seen=g.last,
             example=examples[g.example_id],
@@ -527,16 +546,21 @@ def environment_provenance(session: Session, env_id: int) -> Provenance:
 
 def facets(session: Session) -> dict[str, list[str]]:
     """The values the dashboard's controls offer: models, routes, exporters, pythons, and axis packages."""
-    varying = session.scalars(
-        select(Package.name).group_by(Package.name).having(func.count(func.distinct(Package.version)) > 1)
-    ).all()
-    merged = {"tensorflow" if n in ALIASES else n for n in varying}
+    # Axes are what specs vary (the requested packages) plus the key pins; a scan of every package row is not needed.
+    requested = {pin[0] for reqs in session.scalars(select(Environment.requirements)) for t in reqs if (pin := _pin(t))}
+    candidates = {"tensorflow" if n in ALIASES else n for n in requested | set(KEY_PACKAGES)}
+    merged = candidates - set(unknown_packages(session, sorted(candidates)))
     first = [n for n in ("torch", "tensorflow", "onnx", "onnxruntime", "onnx2tf", "onnx-tf", "numpy", "protobuf")
              if n in merged]
+    combos = session.execute(select(Case.model, Case.route, Case.exporter).distinct()).all()  # one pass, not three
     return {
-        "models": list(session.scalars(select(Case.model).group_by(Case.model).order_by(Case.model))),
-        "routes": list(session.scalars(select(Case.route).group_by(Case.route).order_by(Case.route))),
-        "exporters": list(session.scalars(select(Case.exporter).group_by(Case.exporter).order_by(Case.exporter))),
+        "models": sorted({c.model for c in combos}),
+        "routes": sorted({c.route for c in combos}),
+        "exporters": sorted({c.exporter for c in combos}),
         "pythons": sorted(session.scalars(select(Environment.python).distinct()), key=version_key),
         "packages": first + sorted(merged - set(first)),
     }
+
+
+def environment_row(session: Session, env_id: int) -> Environment | None:
+    return session.get(Environment, env_id)

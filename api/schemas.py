@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    # Times are stored in UTC; SQLite hands them back without an offset, and RFC 3339 requires one.
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+Timestamp = Annotated[dt.datetime, AfterValidator(_utc)]
 
 
 class ModelEvidence(BaseModel):
@@ -26,7 +34,7 @@ class ChainOut(BaseModel):
     versions: dict[str, str]
     lock_hash: str
     run_id: str
-    recorded_at: dt.datetime
+    recorded_at: Timestamp
     cutoff: str | None
     index_url: str
     cases_passed: int
@@ -96,8 +104,8 @@ class FailureOut(BaseModel):
     routes: list[str]
     first_version: str | None = Field(description="lowest version of `package` where the signature was seen")
     last_version: str | None
-    first_seen: dt.datetime
-    last_seen: dt.datetime
+    first_seen: Timestamp
+    last_seen: Timestamp
     example: FailureExample
 
 
@@ -116,8 +124,8 @@ class RunOut(BaseModel):
     corpus_version: str
     host: str
     cutoff: str | None
-    started_at: dt.datetime
-    finished_at: dt.datetime | None
+    started_at: Timestamp
+    finished_at: Timestamp | None
     status: str
     counts: dict[str, Any]
     cases: dict[str, int] = Field(description="recorded cases of this run by status")
@@ -167,7 +175,7 @@ class CaseOut(BaseModel):
     status: str
     signature: str | None
     max_abs_diff: float | None
-    recorded_at: dt.datetime
+    recorded_at: Timestamp
     steps: list[StepOut]
 
 
@@ -192,7 +200,7 @@ class EnvironmentOut(BaseModel):
     error: str | None
     signature: str | None
     lock_hash: str | None
-    resolved_at: dt.datetime
+    resolved_at: Timestamp
     packages: list[PackageOut]
     cases: list[CaseOut]
     lockfiles: dict[str, str] = Field(description="format → URL of this environment's lockfile; empty if unresolved")

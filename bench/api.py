@@ -4,10 +4,10 @@
     uv run python bench/api.py --rows 10000 200000  # quicker
 
 A throwaway PostgreSQL cluster (initdb/pg_ctl, as the tests do) is filled through SQLAlchemy core insert() with
-schema-valid rows: environments (some unresolvable), ~100 pinned packages each with a hashed lock, 120 cases per
-resolved environment (20 models × 3 routes × 2 exporters) and their steps. Each app runs under uvicorn in its own
-process; the load comes from `wrk` (apt-get install wrk), a separate process, over loopback, rotating over a few
-dozen realistic queries. Figures are printed, not asserted.
+schema-valid rows: environments (15% unresolvable), 100 pinned packages each with a hashed lock, and for each
+resolved environment 20 models × every route × 2 exporters as cases, with their steps. Each app runs under uvicorn
+in server processes of its own (--workers, default 2); the load comes from `wrk` (apt-get install wrk), a separate
+process, over loopback, rotating over a few dozen realistic queries. Figures are printed, not asserted.
 """
 
 from __future__ import annotations
@@ -236,12 +236,27 @@ def fill(engine: Engine, steps_wanted: int, seed: int = 0) -> Filled:
 # Servers and load.
 
 
+def serve_worker(factory: str, port: int) -> None:
+    """One server process on its own SO_REUSEPORT socket; the kernel spreads connections over the processes.
+
+    Not `uvicorn --workers`: it binds with protocol 0, and asyncio sets TCP_NODELAY only on sockets whose protocol
+    is IPPROTO_TCP, so every response would wait ~40 ms for the client's delayed ACK.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(2048)
+    config = uvicorn.Config(f"bench.api:{factory}", factory=True, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
 @contextlib.contextmanager
 def serve(factory: str, env: dict[str, str], workers: int) -> Iterator[str]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "uvicorn", f"bench.api:{factory}", "--factory", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env})
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-worker", factory, str(port)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}) for _ in range(workers)]
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -250,17 +265,20 @@ def serve(factory: str, env: dict[str, str], workers: int) -> Iterator[str]:
                 urllib.request.urlopen(base + "/", timeout=2).close()
                 break
             except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
+                if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
                     raise RuntimeError(f"{factory} did not start") from None
                 time.sleep(0.2)
+        time.sleep(1)  # every process up, not just the first to answer
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @dataclass
@@ -313,14 +331,17 @@ def queries(kind: str) -> list[str]:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--serve-worker"]:
+        serve_worker(sys.argv[2], int(sys.argv[3]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000], help="step rows per database")
     parser.add_argument("--seconds", type=int, default=5, help="per measurement (after a 1 s warm-up)")
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (for every app)")
+    parser.add_argument("--workers", type=int, default=2, help="server processes (for every app)")
     parser.add_argument("--no-uncached", action="store_true", help="skip the runs with the response cache off")
     args = parser.parse_args()
-    print(f"cpus: {os.cpu_count()}, uvicorn workers: {args.workers}, wrk: 1 thread, {args.connections} connections,"
+    print(f"cpus: {os.cpu_count()}, server processes: {args.workers}, wrk: 1 thread, {args.connections} connections,"
           f" {args.seconds:g} s per measurement", flush=True)
     results: list[tuple[str, str, str, Load]] = []
 

@@ -71,7 +71,11 @@ class Package(Base):
     """One pinned distribution of an environment's lock."""
 
     __tablename__ = "package"
-    __table_args__ = (UniqueConstraint("environment_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("environment_id", "name"),
+        # Read side: the key versions (torch, tensorflow, …) of many environments at once, from the index alone.
+        Index("ix_package_name_environment_id_version", "name", "environment_id", "version"),
+    )
 
     id: Mapped[intpk]
     environment_id: Mapped[int] = mapped_column(ForeignKey("environment.id", ondelete="CASCADE"))
@@ -92,6 +96,9 @@ class Case(Base):
             name="uq_case_identity",
         ),
         Index("ix_case_model_route", "model", "route"),
+        # Read side (api/queries.py): chain completeness and matrix counts answered from the index alone.
+        Index("ix_case_chain", "route", "model", "status", "environment_id", "exporter"),
+        Index("ix_case_run_id_status", "run_id", "status"),
     )
 
     id: Mapped[intpk]

@@ -3,6 +3,9 @@
 A run records only the cases it did not find already recorded, so what a run *saw* is its spec's state:
 for every cell (environment request × model × route × exporter × opset), the newest case recorded by a run
 of the same spec that started no later than it. Two runs are compared through their states.
+
+A sharded run is one run per shard. `since` names the moment the sharded run began (CI's plan job): every run
+of the spec started since then is the run under report, and the state before it is what it is compared with.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from api.queries import rank_key
 from knowngood.models import Case, Environment, Package, Run
+from runner.errors import KnowngoodError
 
 # What a reader needs to place a combination; numpy and protobuf follow from these.
 SHOWN = ("torch", "onnx", "onnxruntime", "tensorflow", "tensorflow-cpu", "onnx2tf", "onnx-tf")
@@ -24,8 +28,10 @@ MAX_ROWS = 25  # per section: a CI summary is read in a minute
 Cell = tuple[str, str, str, str, int]  # environment request hash, model, route, exporter, opset
 
 
-class ReportError(ValueError):
+class ReportError(KnowngoodError, ValueError):
     """A run that cannot be found or compared."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class NewSignature:
 class Report:
     run: Run
     against: Run | None
+    shards: list[Run]
     now: dict[Cell, Outcome]
     before: dict[Cell, Outcome]
     new_failures: list[Change] = field(default_factory=list)
@@ -94,15 +101,27 @@ def previous_run(session: Session, run: Run) -> Run | None:
     ).first()
 
 
-def state(session: Session, run: Run) -> dict[Cell, Outcome]:
-    """Each cell's newest case among the runs of `run`'s spec that started no later than `run`."""
+def runs_since(session: Session, since: dt.datetime, spec_name: str | None) -> list[Run]:
+    """The runs (of `spec_name`, else of the newest run's spec) that started at or after `since`."""
+    query = select(Run).where(Run.started_at >= since).order_by(Run.started_at, Run.id)
+    runs = list(session.scalars(query))
+    if not runs:
+        raise ReportError(f"no run started since {since.isoformat()}")
+    spec_name = spec_name or runs[-1].spec_name
+    return [r for r in runs if r.spec_name == spec_name]
+
+
+def state(session: Session, run: Run, *, before: dt.datetime | None = None) -> dict[Cell, Outcome]:
+    """Each cell's newest case among the runs of `run`'s spec that started no later than `run`
+    (with `before`: that started before that moment)."""
+    started = Run.started_at < before if before is not None else Run.started_at <= run.started_at
     rows = session.execute(
         select(Environment.hash, Case.model, Case.route, Case.exporter, Case.opset, Case.status, Case.signature,
                Case.run_id, Case.environment_id, Environment.name, Environment.lock_hash, Case.corpus_version,
                Case.runner_version)
         .join(Run, Run.id == Case.run_id)
         .join(Environment, Environment.id == Case.environment_id)
-        .where(Run.spec_name == run.spec_name, Run.started_at <= run.started_at)
+        .where(Run.spec_name == run.spec_name, started)
         .order_by(Run.started_at, Case.recorded_at, Case.id)
     )
     out: dict[Cell, Outcome] = {}
@@ -138,12 +157,26 @@ def first_failing(session: Session, cell: Cell, outcome: Outcome) -> int | None:
     return min(env_ids, key=lambda e: (rank_key(vers[e]), e))
 
 
-def compare(session: Session, run: str | None = None, against: str | None = "previous") -> Report:
-    """Compare a run (default: the newest) with another run or the previous run of its spec."""
-    now_run = find_run(session, run)
-    before_run = previous_run(session, now_run) if against in (None, "previous") else find_run(session, against)
-    report = Report(run=now_run, against=before_run, now=state(session, now_run),
-                    before=state(session, before_run) if before_run else {})
+def compare(
+    session: Session, run: str | None = None, against: str | None = "previous", since: dt.datetime | None = None,
+) -> Report:
+    """Compare a run (default: the newest) with another run or the previous run of its spec; with `since`,
+    compare all runs of the spec started since then (the shards of one run) with the state before."""
+    if since is not None:
+        since = since.replace(tzinfo=dt.UTC) if since.tzinfo is None else since
+        shards = runs_since(session, since, find_run(session, run).spec_name if run else None)
+        now_run = shards[-1]
+        before_run = session.scalars(
+            select(Run).where(Run.spec_name == now_run.spec_name, Run.started_at < since)
+            .order_by(Run.started_at.desc(), Run.id.desc()).limit(1)
+        ).first()
+        before = state(session, now_run, before=since)
+    else:
+        now_run = find_run(session, run)
+        shards = [now_run]
+        before_run = previous_run(session, now_run) if against in (None, "previous") else find_run(session, against)
+        before = state(session, before_run) if before_run else {}
+    report = Report(run=now_run, against=before_run, shards=shards, now=state(session, now_run), before=before)
     env_ids = {o.environment_id for o in (*report.now.values(), *report.before.values())}
     vers = versions(session, env_ids)
     for cell, now in sorted(report.now.items()):
@@ -208,6 +241,10 @@ def _when(value: dt.datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _n(items: list, word: str, plural: str = "s") -> str:  # type: ignore[type-arg]
+    return f"{len(items)} {word}{'' if len(items) == 1 else plural}"
+
+
 def _counts(cells: dict[Cell, Outcome]) -> tuple[int, int]:
     passed = sum(1 for o in cells.values() if o.status == "pass")
     return passed, len(cells) - passed
@@ -228,6 +265,11 @@ def render(report: Report) -> str:
     run, against = report.run, report.against
     lines = [f"# knowngood report: {_md(run.spec_name)}", ""]
     head = f"Run `{run.id[:8]}` ({_when(run.started_at)}, {run.status}, host {_md(run.host)})"
+    if len(report.shards) > 1:
+        unfinished = sum(1 for r in report.shards if r.status != "finished")
+        head = (f"{len(report.shards)} shard runs since {_when(report.shards[0].started_at)} "
+                f"({', '.join(f'`{r.id[:8]}`' for r in report.shards)}"
+                + (f"; {unfinished} not finished" if unfinished else "") + ")")
     if against is None:
         lines += [f"{head}. No earlier run of spec `{_md(run.spec_name)}`: every failure is new.", ""]
     else:
@@ -236,8 +278,8 @@ def render(report: Report) -> str:
     now_pass, now_fail = _counts(report.now)
     before_pass, before_fail = _counts(report.before)
     lines += [
-        f"**{len(report.new_failures)} new failures · {len(report.new_passes)} new passes · "
-        f"{len(report.new_signatures)} new signatures** — now {now_pass} pass, {now_fail} not "
+        f"**{_n(report.new_failures, 'new failure')} · {_n(report.new_passes, 'new pass', 'es')} · "
+        f"{_n(report.new_signatures, 'new signature')}** — now {now_pass} pass, {now_fail} not "
         f"(before {before_pass} pass, {before_fail} not).",
         "",
         "## New failures",

@@ -41,4 +41,7 @@ class Settings(BaseSettings):
         default=512, ge=0,
         description="API answers kept per process, each valid until new results are recorded; 0 = off.",
     )
+    response_cache_recheck: float = Field(
+        default=1.0, ge=0, description="Seconds between checks for newly recorded results (0: on every request).",
+    )
     keep_workdirs: bool = False

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from knowngood.models import Case, Environment, Package, Run, Step
+from runner.errors import KnowngoodError
 
 FORMAT = "knowngood-snapshot"
 FORMAT_VERSION = 1
@@ -29,8 +30,10 @@ StepStatus = Literal["ok", "fail", "error", "timeout", "crash", "oom", "skip"]
 CaseStatus = Literal["pass", "fail", "error", "timeout", "crash", "oom", "skip"]
 
 
-class SnapshotError(ValueError):
+class SnapshotError(KnowngoodError, ValueError):
     """A document that cannot be imported; the message names the first bad path."""
+
+    exit_code = 2
 
 
 class _Doc(BaseModel):

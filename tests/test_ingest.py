@@ -13,9 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from knowngood import cli
 from knowngood.settings import Settings
-from tests.test_snapshot import SMOKE, chain_answers, counts, dump
 
+SMOKE = Path(__file__).parent / "fixtures" / "smoke-snapshot.json.gz"
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -33,11 +34,12 @@ def client(db_url: str) -> Iterator[TestClient]:
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}],
                          ids=["none", "wrong", "not-bearer"])
-def test_without_the_token_it_is_401(client: TestClient, db_url: str, document: dict, headers: dict) -> None:
+def test_without_the_token_it_is_401(client: TestClient, db_url: str, document: dict, headers: dict,
+                                     db_counts: Any) -> None:
     resp = client.post("/api/v1/runs", json=document, headers=headers)
     assert resp.status_code == 401
     assert resp.headers["www-authenticate"] == "Bearer"
-    assert set(counts(db_url).values()) == {0}
+    assert set(db_counts(db_url).values()) == {0}
 
 
 def test_without_a_configured_token_ingest_is_closed(db_url: str, document: dict) -> None:
@@ -51,25 +53,21 @@ def test_the_token_is_checked_before_the_body(client: TestClient) -> None:
     assert client.post("/api/v1/runs", json={"junk": True}).status_code == 401
 
 
-def test_sending_a_run_twice_stores_it_once(client: TestClient, db_url: str, document: dict,
-                                            fresh_db: Any, tmp_path: Path) -> None:
+def test_sending_a_run_twice_stores_it_once(client: TestClient, db_url: str, document: dict, fresh_db: Any,
+                                            db_dump: Any, api_answers: Any) -> None:
     first = client.post("/api/v1/runs", json=document, headers=AUTH)
     assert first.status_code == 201, first.text
     assert first.json()["cases_added"] == 8 and first.json()["runs"] == [document["runs"][0]["id"]]
-    stored = dump(db_url)
+    stored = db_dump(db_url)
     second = client.post("/api/v1/runs", json=document, headers=AUTH)
     assert second.status_code == 200
     assert second.json()["cases_added"] == 0 and second.json()["cases_existing"] == 8
-    assert dump(db_url) == stored
+    assert db_dump(db_url) == stored
     # What was posted is what a file import stores, and the API answers the same from it.
     reference = fresh_db("sqlite")
-    SMOKE_COPY = tmp_path / "smoke.json.gz"
-    SMOKE_COPY.write_bytes(SMOKE.read_bytes())
-    from knowngood import cli
-
-    assert cli.main(["snapshot", "import", str(SMOKE_COPY), "--db", reference]) == 0
-    assert dump(reference) == stored
-    assert chain_answers(db_url) == chain_answers(reference)
+    assert cli.main(["snapshot", "import", str(SMOKE), "--db", reference]) == 0
+    assert db_dump(reference) == stored
+    assert api_answers(db_url) == api_answers(reference)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +80,7 @@ def test_sending_a_run_twice_stores_it_once(client: TestClient, db_url: str, doc
     ],
 )
 def test_a_malformed_body_is_422_and_stores_nothing(client: TestClient, db_url: str, document: dict,
-                                                    corrupt: Any, fragment: Any) -> None:
+                                                    corrupt: Any, fragment: Any, db_counts: Any) -> None:
     corrupt(document)
     resp = client.post("/api/v1/runs", json=document, headers=AUTH)
     assert resp.status_code == 422
@@ -91,7 +89,7 @@ def test_a_malformed_body_is_422_and_stores_nothing(client: TestClient, db_url: 
         assert detail["loc"] == fragment
     else:
         assert fragment in detail["msg"]
-    assert set(counts(db_url).values()) == {0}
+    assert set(db_counts(db_url).values()) == {0}
 
 
 def test_ingest_is_in_the_openapi_document(client: TestClient) -> None:

@@ -11,18 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.app import create_app
 from knowngood import cli, snapshot
 from knowngood.db import make_engine, make_sessionmaker
-from knowngood.models import Case, Environment, Package, Run, Step
-from knowngood.settings import Settings
+from knowngood.models import Environment, Run, Step
 from runner.results import StepStatus
 
 SMOKE = Path(__file__).parent / "fixtures" / "smoke-snapshot.json.gz"  # a real smoke run, exported
+
+
 @pytest.fixture
 def recorded(session: Session, make_run: Callable, make_environment: Callable, make_case: Callable) -> dict:
     """A real smoke run plus made-up runs: a finished and a running one, a conflict, steps with details."""
@@ -56,7 +54,7 @@ def test_snapshot_statuses_are_the_runners() -> None:
 @pytest.mark.parametrize("name", ["snap.json", "snap.json.gz"])
 @pytest.mark.parametrize("target", ["sqlite", "postgresql"])
 def test_round_trip_keeps_every_row(db_url: str, recorded: dict, fresh_db: Callable, tmp_path: Path,
-                                    name: str, target: str) -> None:
+                                    name: str, target: str, db_counts: Callable, db_dump: Callable) -> None:
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as s:
         written = snapshot.export(s, tmp_path / name)
@@ -78,7 +76,8 @@ def test_round_trip_keeps_every_row(db_url: str, recorded: dict, fresh_db: Calla
     assert db_dump(other) == db_dump(db_url)
 
 
-def test_importing_twice_changes_nothing(db_url: str, recorded: dict, fresh_db: Callable, tmp_path: Path) -> None:
+def test_importing_twice_changes_nothing(db_url: str, recorded: dict, fresh_db: Callable, tmp_path: Path,
+                                         db_dump: Callable) -> None:
     path = tmp_path / "snap.json.gz"
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as s:
@@ -115,13 +114,14 @@ def test_a_finished_run_completes_the_running_one(session: Session, recorded: di
 
 @pytest.mark.parametrize("target", ["sqlite", "postgresql"])
 def test_same_chains_after_import(db_url: str, recorded: dict, fresh_db: Callable, tmp_path: Path,
-                                  target: str) -> None:
+                                  target: str, api_answers: Callable) -> None:
     path = tmp_path / "snap.json.gz"
     assert cli.main(["snapshot", "export", str(path), "--db", db_url]) == 0
     other = fresh_db(target)
     assert cli.main(["snapshot", "import", str(path), "--db", other]) == 0
     expected = api_answers(db_url)
-    assert expected[0]["chains"] and expected[1]["chains"]  # the queries do find chains
+    assert expected[0]["chains"] and expected[3]["chains"]  # the queries do find chains
+    assert expected[1] == 200 and "torch==" in expected[2]
     assert api_answers(other) == expected
 
 
@@ -142,7 +142,8 @@ def _document(session: Session, tmp_path: Path) -> dict[str, Any]:
     ],
 )
 def test_a_malformed_document_is_rejected_whole(db_url: str, recorded: dict, fresh_db: Callable, tmp_path: Path,
-                                                corrupt: Callable, where: str, session: Session) -> None:
+                                                corrupt: Callable, where: str, session: Session,
+                                                db_counts: Callable) -> None:
     data = _document(session, tmp_path)
     corrupt(data)
     bad = tmp_path / "bad.json"
@@ -157,7 +158,8 @@ def test_a_malformed_document_is_rejected_whole(db_url: str, recorded: dict, fre
 
 
 def test_a_failure_while_storing_stores_nothing(db_url: str, recorded: dict, fresh_db: Callable, tmp_path: Path,
-                                                session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                session: Session, monkeypatch: pytest.MonkeyPatch,
+                                                db_counts: Callable) -> None:
     doc = snapshot.parse(_document(session, tmp_path))
     built = 0
 

@@ -4,42 +4,52 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.orm import Session
 
 from api import queries
-from api.deps import SessionDep
+from api.cache import CacheDep
+from api.routes.params import (
+    ExporterParam,
+    ModelsParam,
+    PythonParam,
+    RequireParam,
+    RouteParam,
+    check_exporter,
+    check_models,
+    check_packages,
+    check_route,
+    json_response,
+)
 from api.schemas import ChainsOut
 
 router = APIRouter(tags=["chains"])
 
-ModelsParam = Annotated[str, Query(description="comma-separated model names, e.g. resnet,transformer")]
-RouteParam = Annotated[str, Query(description="onnxruntime | onnx2tf | onnx-tf")]
-RequireParam = Annotated[list[str] | None, Query(description="PEP 508 pins, repeatable: require=torch>=2.3")]
+LimitParam = Annotated[int, Query(ge=1, le=1000, description="at most this many chains, best first")]
 
 
 def parse_query(
-    session: SessionDep, models: str, route: str, exporter: str | None, python: str | None,
-    require: list[str] | None,
+    session: Session, models: str, route: str, exporter: str | None, python: str | None,
+    require: list[str] | None, limit: int | None = None,
 ) -> queries.ChainQuery:
     """Shared by /chains and /lockfile: parse, then check names against what is recorded."""
-    from runner.worker.routes import EXPORTERS, ROUTES
-
-    query = queries.ChainQuery.parse(models, route, exporter=exporter, python=python, require=require)
-    if route not in ROUTES:
-        raise queries.QueryError("route", f"expected one of {', '.join(ROUTES)}, got {route!r}")
-    if exporter is not None and exporter not in EXPORTERS:
-        raise queries.QueryError("exporter", f"expected one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    known = queries.known_models(session)
-    unknown = [m for m in query.models if m not in known]
-    if unknown:
-        raise queries.QueryError("models", f"no results recorded for {unknown}; known: {sorted(known)}")
+    query = queries.ChainQuery.parse(models, route, exporter=exporter, python=python, require=require, limit=limit)
+    check_route(route)
+    check_exporter(exporter)
+    check_models(session, query.models)
+    check_packages(session, "require", [r.name for r in query.require])
     return query
 
 
 @router.get("/chains", response_model=ChainsOut)
-def chains(
-    session: SessionDep, models: ModelsParam, route: RouteParam, exporter: str | None = None,
-    python: str | None = None, require: RequireParam = None,
-) -> ChainsOut:
-    query = parse_query(session, models, route, exporter, python, require)
-    return ChainsOut(models=list(query.models), route=route, chains=queries.known_good_chains(session, query))
+async def chains(
+    request: Request, cache: CacheDep, models: ModelsParam, route: RouteParam, exporter: ExporterParam = None,
+    python: PythonParam = None, require: RequireParam = None, limit: LimitParam = 20,
+) -> Response:
+    """Known-good chains, newest versions first, each with its evidence (run, date, per-model parity)."""
+    def build(session: Session) -> Response:
+        query = parse_query(session, models, route, exporter, python, require, limit)
+        page, total = queries.known_good_chain_page(session, query)
+        return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total))
+
+    return await cache.serve(request, build)

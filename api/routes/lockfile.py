@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
+from sqlalchemy.orm import Session
 
 from api import lockfile, queries
-from api.deps import SessionDep
-from api.routes.chains import ModelsParam, RequireParam, RouteParam, parse_query
+from api.cache import CacheDep
+from api.routes.chains import parse_query
+from api.routes.params import ExporterParam, ModelsParam, PythonParam, RequireParam, RouteParam, errors
 
 router = APIRouter(tags=["lockfile"])
 
 
-@router.get("/lockfile", response_class=PlainTextResponse)
-def get_lockfile(
-    session: SessionDep, models: ModelsParam, route: RouteParam, exporter: str | None = None,
-    python: str | None = None, require: RequireParam = None,
-    format: Literal["requirements", "constraints"] = "requirements",
-) -> PlainTextResponse:
-    query = parse_query(session, models, route, exporter, python, require)
-    chains = queries.known_good_chains(session, query)
-    if not chains:
-        raise HTTPException(404, detail="no known-good chain for these models, route and requirements")
-    return PlainTextResponse(lockfile.render(session, chains[0], format))
+@router.get("/lockfile", response_class=PlainTextResponse, responses=errors(404, 409, 502))
+async def get_lockfile(
+    request: Request, cache: CacheDep, models: ModelsParam, route: RouteParam, exporter: ExporterParam = None,
+    python: PythonParam = None, require: RequireParam = None, format: lockfile.Format = "requirements",
+) -> Response:
+    """The best chain's environment as requirements (hashed), constraints, pylock.toml (PEP 751) or pyproject."""
+    def build(session: Session) -> Response:
+        query = parse_query(session, models, route, exporter, python, require, limit=1)
+        chains = queries.known_good_chains(session, query)
+        if not chains:
+            raise HTTPException(404, detail="no known-good chain for these models, route and requirements")
+        return text_response(lockfile.render(session, chains[0], format), format)
+
+    return await cache.serve(request, build)
+
+
+def text_response(text: str, fmt: str) -> PlainTextResponse:
+    return PlainTextResponse(text, headers={"Content-Disposition": f'inline; filename="{lockfile.FILENAMES[fmt]}"'})

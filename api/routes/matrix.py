@@ -1,0 +1,47 @@
+"""GET /matrix: versions of one package against another's, each cell pass, fail or mixed with counts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.orm import Session
+
+from api import queries
+from api.cache import CacheDep
+from api.routes.params import (
+    ExporterParam,
+    OptionalModelsParam,
+    OptionalRouteParam,
+    PythonParam,
+    check_exporter,
+    check_models,
+    check_packages,
+    check_route,
+    json_response,
+)
+from api.schemas import MatrixOut
+
+router = APIRouter(tags=["matrix"])
+
+AxisParam = Annotated[str, Query(description="a package name; tensorflow also covers tensorflow-cpu")]
+
+
+@router.get("/matrix", response_model=MatrixOut)
+async def matrix(
+    request: Request, cache: CacheDep, x: AxisParam = "torch", y: AxisParam = "tensorflow",
+    route: OptionalRouteParam = None, models: OptionalModelsParam = None, exporter: ExporterParam = None,
+    python: PythonParam = None,
+) -> Response:
+    """The grid behind the dashboard, for the chosen models and route (all when omitted)."""
+    def build(session: Session) -> Response:
+        query = queries.MatrixQuery(x=x, y=y, route=route, models=tuple(queries.split_names(models)),
+                                    exporter=exporter, python=python)
+        check_route(route)
+        check_exporter(exporter)
+        check_models(session, query.models)
+        check_packages(session, "x", [x])
+        check_packages(session, "y", [y])
+        return json_response(queries.matrix_grid(session, query))
+
+    return await cache.serve(request, build)

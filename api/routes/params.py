@@ -1,0 +1,66 @@
+"""Query parameters the routes share, and their checks against what is recorded (422 naming the parameter)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Query, Request, Response
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from api import queries
+from runner.worker.routes import EXPORTERS, ROUTES
+
+ModelsParam = Annotated[str, Query(description="comma-separated model names, e.g. resnet,transformer",
+                                   examples=["resnet"])]
+OptionalModelsParam = Annotated[str | None, Query(description="comma-separated model names; all when omitted")]
+RouteParam = Annotated[str, Query(description=" | ".join(ROUTES), examples=["onnxruntime"])]
+OptionalRouteParam = Annotated[str | None, Query(description=f"{' | '.join(ROUTES)}; all when omitted")]
+ExporterParam = Annotated[str | None, Query(description=" | ".join(EXPORTERS))]
+PythonParam = Annotated[str | None, Query(description="python minor version, e.g. 3.11")]
+RequireParam = Annotated[list[str] | None, Query(description="PEP 508 pins, repeatable: require=torch>=2.3")]
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the {"detail": "..."} errors a route may answer with.
+
+    Spelled out as JSON content: FastAPI would otherwise document them with the route's own media type, which is
+    text/plain for the lockfile routes.
+    """
+    schema = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+    return {code: {"description": "Error", "content": {"application/json": {"schema": schema}}} for code in codes}
+
+
+def json_response(model: BaseModel) -> Response:
+    return Response(content=model.model_dump_json(), media_type="application/json")
+
+
+def check_route(route: str | None) -> None:
+    if route is not None and route not in ROUTES:
+        raise queries.QueryError("route", f"expected one of {', '.join(ROUTES)}, got {route!r}")
+
+
+def check_exporter(exporter: str | None) -> None:
+    if exporter is not None and exporter not in EXPORTERS:
+        raise queries.QueryError("exporter", f"expected one of {', '.join(EXPORTERS)}, got {exporter!r}")
+
+
+def check_models(session: Session, models: list[str] | tuple[str, ...]) -> None:
+    unknown = queries.unknown_models(session, models)
+    if unknown:
+        known = sorted(queries.known_models(session))  # the full scan only on the error path
+        raise queries.QueryError("models", f"no results recorded for {unknown}; known: {known}")
+
+
+def check_packages(session: Session, param: str, names: list[str]) -> None:
+    unknown = queries.unknown_packages(session, names)
+    if unknown:
+        raise queries.QueryError(param, f"no recorded environment pins {', '.join(unknown)}; expected a package "
+                                        "name such as torch, tensorflow, onnx, onnxruntime")
+
+
+async def reject_nul(request: Request) -> None:  # async: runs on the loop, no thread hop
+    """Neither database stores a NUL character; a parameter carrying one is the caller's error, not ours."""
+    for name, value in [*request.query_params.multi_items(), *request.path_params.items()]:
+        if "\x00" in str(value):
+            raise queries.QueryError(name, "must not contain a NUL character")
