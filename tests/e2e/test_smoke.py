@@ -109,6 +109,16 @@ def test_served_lockfile_is_what_was_installed_and_uv_accepts_it(client: TestCli
     uv.venv(fresh, exe)
     uv.sync(fresh, uv.Lock(served, uv.parse_lock(served)))
     assert uv.freeze(fresh) == pins
+    # and a corpus case passes again in the round-tripped environment
+    from runner.execute import Job, execute
+
+    job = Job(key="resnet.onnxruntime.torchscript.op17", model="resnet", route="onnxruntime",
+              exporter="torchscript", opset=17)
+    outcome = execute(fresh, [job], corpus=ROOT / "matrix" / "corpus", workdir=tmp_path / "work",
+                      step_timeout=600, memory_limit=8 * 2**30)
+    steps = outcome.steps[job.key]
+    assert [str(s.status) for s in steps] == ["ok"] * 5, steps
+    assert steps[-1].max_abs_diff is not None and steps[-1].max_abs_diff < 1e-4
 
 
 def test_rerun_skips_what_is_recorded(smoke: tuple[str, dict]) -> None:
