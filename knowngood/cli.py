@@ -39,11 +39,11 @@ def _timestamp(text: str) -> dt.datetime:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from knowngood.migrate import upgrade
+    from knowngood.migrate import ensure_head
     from runner.run import run
 
     settings = _settings(args)
-    upgrade(settings.database_url)
+    ensure_head(settings.database_url)
     summary = run(args.spec, settings, force=args.force, shard=args.shard, only=args.only, corpus=args.corpus,
                   resolve_only=args.resolve_only)
     print(json.dumps({"run": summary.run_id, "environments": dict(summary.environments),

@@ -24,6 +24,27 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
+def ensure_head(database_url: str) -> None:
+    """Upgrade unless the database is already at head (a cheap check: the CLI starts often)."""
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from knowngood.db import make_engine
+
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError:
+        current = None
+    finally:
+        engine.dispose()
+    if current != head:
+        upgrade(database_url)
+
+
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
