@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.cache import ResponseCache
+from api.cache import CacheMiddleware, ResponseCache
 from api.lockfile import LockfileUnavailable
 from api.queries import QueryError
 from api.routes import chains, dashboard, failures, ingest, lockfile, matrix, runs
@@ -36,6 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.response_cache = ResponseCache(settings.response_cache_size, settings.response_cache_recheck)
+    app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
 
     @app.exception_handler(QueryError)
     def _query_error(_request: Request, exc: QueryError) -> JSONResponse:

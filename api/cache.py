@@ -6,11 +6,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import queries
 
@@ -19,30 +22,44 @@ Version = tuple[int, int]
 Build = Callable[[Session], Response]
 
 
+def cache_key(path: str, query_string: bytes) -> Key:
+    # Parsed as Starlette parses it, then sorted: `?a=1&b=2` and `?b=2&a=1` are one question.
+    return path, tuple(sorted(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)))
+
+
+@dataclass(frozen=True)
+class Entry:
+    version: Version
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+
+
 class ResponseCache:
     """A bounded LRU of successful response bodies, each valid for the data version it was computed at.
 
     The version (max case id, max environment id: two primary-key lookups) is read at most once per `recheck`
-    seconds per process, so a hit costs no database round trip and no thread hop; an answer is at most `recheck`
-    seconds behind newly recorded results (0: never). `size=0` turns the cache off.
+    seconds per process. Within that window a hit is answered by `CacheMiddleware` before routing: no parameter
+    parsing, no thread hop, no database round trip. An answer is therefore at most `recheck` seconds behind newly
+    recorded results (0: checked on every request). `size=0` turns the cache off.
     """
 
     def __init__(self, size: int, recheck: float = 0.0) -> None:
         self.size = size
         self.recheck = recheck
-        self._entries: OrderedDict[Key, tuple[Version, bytes, str | None, dict[str, str]]] = OrderedDict()
+        self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._version: Version | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
 
+    def fresh(self, key: Key) -> Entry | None:
+        """The entry for `key` if the data version was confirmed less than `recheck` seconds ago."""
+        if not self.size or self._version is None or time.monotonic() - self._checked_at >= self.recheck:
+            return None
+        return self._get(key, self._version)
+
     async def serve(self, request: Request, build: Build) -> Response:
         """The cached answer to this request, or `build(session)` run in the thread pool (and cached if 200)."""
-        key = (request.url.path, tuple(sorted(request.query_params.multi_items())))
-        if self.size and self._version is not None and time.monotonic() - self._checked_at < self.recheck:
-            hit = self._get(key, self._version)
-            if hit is not None:
-                return hit
-        return await run_in_threadpool(self._serve_sync, request, key, build)
+        return await run_in_threadpool(self._serve_sync, request, build)
 
     def clear(self) -> None:
         """Forget every answer, e.g. right after this process stored new results."""
@@ -50,36 +67,55 @@ class ResponseCache:
             self._entries.clear()
             self._version = None
 
-    def _serve_sync(self, request: Request, key: Key, build: Build) -> Response:
+    def _serve_sync(self, request: Request, build: Build) -> Response:
+        key = cache_key(request.scope["path"], request.scope["query_string"])
         with request.app.state.sessionmaker() as session:
             if not self.size:
                 return build(session)
             version = queries.data_version(session)
             with self._lock:
                 self._version, self._checked_at = version, time.monotonic()
-            hit = self._get(key, version)
-            if hit is not None:
-                return hit
+            entry = self._get(key, version)
+            if entry is not None:
+                return Response(content=entry.body, headers={k.decode(): v.decode() for k, v in entry.headers})
             response = build(session)
         if response.status_code == 200:
-            headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+            headers = tuple((k, v) for k, v in response.raw_headers if k != b"content-length")
             with self._lock:
-                self._entries[key] = (version, bytes(response.body), response.media_type, headers)
+                self._entries[key] = Entry(version, bytes(response.body), headers)
                 self._entries.move_to_end(key)
                 while len(self._entries) > self.size:
                     self._entries.popitem(last=False)
         return response
 
-    def _get(self, key: Key, version: Version) -> Response | None:
+    def _get(self, key: Key, version: Version) -> Entry | None:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or entry[0] != version:
+            if entry is None or entry.version != version:
                 return None
             self._entries.move_to_end(key)
-        return Response(content=entry[1], media_type=entry[2], headers=entry[3])
+        return entry
 
 
-async def get_cache(request: Request) -> ResponseCache:  # async: no thread hop on the hot path
+class CacheMiddleware:
+    """Answers GET requests whose response is cached and fresh before they reach routing; passes the rest on."""
+
+    def __init__(self, app: ASGIApp, cache: ResponseCache) -> None:
+        self.app = app
+        self.cache = cache
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            entry = self.cache.fresh(cache_key(scope["path"], scope["query_string"]))
+            if entry is not None:
+                headers = [*entry.headers, (b"content-length", str(len(entry.body)).encode())]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": entry.body})
+                return
+        await self.app(scope, receive, send)
+
+
+async def get_cache(request: Request) -> ResponseCache:  # async: no thread hop
     return request.app.state.response_cache  # type: ignore[no-any-return]
 
 

@@ -155,7 +155,8 @@ def known_good_chain_page(session: Session, query: ChainQuery) -> tuple[list[Cha
         return [], 0
     wanted = set(KEY_PACKAGES) | {a for r in query.require for a in aliases(r.name)}
     versions: dict[int, dict[str, str]] = defaultdict(dict)
-    for env_id, name, version in session.execute(
+    # Thousands of plain rows: read on the connection, without the ORM's per-row result processing.
+    for env_id, name, version in session.connection().execute(
         select(Package.environment_id, Package.name, Package.version).where(
             Package.name.in_(sorted(wanted))
         )
@@ -314,7 +315,7 @@ def matrix_grid(session: Session, query: MatrixQuery) -> MatrixOut:
     ]
     pins: dict[int, dict[str, str]] = defaultdict(dict)
     shown = {e.id for e in envs}
-    for env_id, name, version in session.execute(
+    for env_id, name, version in session.connection().execute(
         select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(sorted({*xs, *ys})))
     ):
         if env_id in shown:  # filtered here rather than binding every id (see known_good_chain_page)
