@@ -105,7 +105,11 @@ def cmd_lock(args: argparse.Namespace) -> int:
         if not chains:
             print("no known-good chain for that query", file=sys.stderr)
             return 1
-        sys.stdout.write(lockfile.render(session, chains[0], args.format))
+        try:
+            sys.stdout.write(lockfile.render(session, chains[0], args.format))
+        except lockfile.LockfileUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

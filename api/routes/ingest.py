@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import SessionDep, SettingsDep
@@ -36,11 +36,16 @@ def require_token(
     dependencies=[Depends(require_token)],
     status_code=status.HTTP_201_CREATED,
     responses={200: {"description": "everything in the document was already stored"},
+               400: {"description": "the body is not JSON"},
                401: {"description": "missing or wrong token, or ingest disabled"}},
 )
-def ingest(doc: snapshot.Snapshot, session: SessionDep, response: Response) -> dict[str, Any]:
+def ingest(doc: snapshot.Snapshot, session: SessionDep, request: Request, response: Response) -> dict[str, Any]:
     """Store runs, environments, cases and steps; idempotent on natural keys, all or nothing."""
     stored = snapshot.store(session, doc)
     if not stored.changed:
         response.status_code = status.HTTP_200_OK
+    else:
+        cache = getattr(request.app.state, "response_cache", None)
+        if cache is not None:
+            cache.clear()  # new results (or a run now finished) show at once
     return stored.as_dict()
