@@ -40,6 +40,7 @@ from api.app import create_app
 from knowngood import migrate
 from knowngood.db import make_engine
 from knowngood.models import Case, Environment, Package, Run, Step
+from knowngood.pgcluster import free_port, throwaway_cluster
 from knowngood.settings import Settings
 from runner.worker.routes import EXPORTERS, ROUTES
 
@@ -65,38 +66,8 @@ def hello_factory() -> FastAPI:
 # A throwaway PostgreSQL, as tests/conftest.py starts it.
 
 
-def _pg_bin(name: str) -> str:
-    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    exe = str(found[-1]) if found else shutil.which(name)
-    if not exe:
-        sys.exit(f"{name} not found: apt-get install postgresql")
-    return exe
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def postgres() -> Iterator[str]:
-    base = Path(tempfile.mkdtemp(prefix="knowngood-bench-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(base, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = base / "data", _free_port()
-    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                    "--no-sync"], check=True, capture_output=True)
-    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o", opts, "start"],
-                   check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+def postgres() -> contextlib.AbstractContextManager[str]:
+    return throwaway_cluster(prefix="knowngood-bench-pg-")
 
 
 def create_database(server: str, name: str) -> str:
@@ -254,7 +225,7 @@ def serve_worker(factory: str, port: int) -> None:
 
 @contextlib.contextmanager
 def serve(factory: str, env: dict[str, str], workers: int) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-worker", factory, str(port)]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}) for _ in range(workers)]
     base = f"http://127.0.0.1:{port}"

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import glob
-import os
 import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,41 +15,18 @@ from sqlalchemy.orm import Session
 from knowngood import migrate
 from knowngood.db import make_engine, make_sessionmaker, utcnow
 from knowngood.models import Case, Environment, Package, Run, Step
-
-
-def _pg_bin(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from knowngood.pgcluster import PostgresNotFound, server_binary, throwaway_cluster
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
-    """Start a PostgreSQL cluster of our own on a loopback port; as root, run it as `postgres`."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
-    base = Path(tempfile.mkdtemp(prefix="knowngood-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(base, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = base / "data", _free_port()
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
-                   check=True, capture_output=True)
-    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(base / "log"), "-w", "-o", opts, "start"],
-                   check=True, capture_output=True)
+    """A PostgreSQL cluster of our own on a loopback port, for the whole session."""
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        server_binary("initdb")
+    except PostgresNotFound as exc:
+        pytest.fail(str(exc))
+    with throwaway_cluster() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
