@@ -24,6 +24,12 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
      "ResolutionConflict({0})"),
     (re.compile(r"Failed to build `([A-Za-z0-9_.-]+?)(?:==|`)"), "BuildFailed({0})"),
     (re.compile(r"No module named '([\w.]+)'"), "ModuleNotFound({0})"),
+    # A dependency older than its user needs, installed because nobody declared the lower bound:
+    # "module 'ml_dtypes' has no attribute 'float4_e2m1fn'", "cannot import name 'x' from 'ml_dtypes'"
+    (re.compile(r"module '([\w.]+)' has no attribute '\w+'"), "IncompatibleDependency({0})"),
+    (re.compile(r"cannot import name '\w+' from '([\w.]+)'"), "IncompatibleDependency({0})"),
+    (re.compile(r"incompatible Protobuf Gencode/Runtime versions when loading (\w+)"),
+     "ProtobufGencodeMismatch({0})"),
     (re.compile(r"unrecognized namespace (\w+::\w+)"), "UnsupportedOperator({0})"),
     # onnx-tf: "BackendIsNotSupposedToImplementIt: GridSample is not implemented."
     (re.compile(r"BackendIsNotSupposedToImplementIt: (\w+)(?: version \d+)? is not implemented"),

@@ -29,6 +29,13 @@ REAL = [
      "export", {}, "UnsupportedOperator(knowngood::scaled_tanh)"),
     ("ModuleNotFoundError", "No module named 'tensorflow_probability'", "convert", {},
      "ModuleNotFound(tensorflow_probability)"),
+    ("AttributeError", "module 'ml_dtypes' has no attribute 'float4_e2m1fn'", "export", {},
+     "IncompatibleDependency(ml_dtypes)"),
+    ("ImportError", "cannot import name 'float4_e2m1fn' from 'ml_dtypes' (/root/.cache/knowngood/envs/3.11-x/lib/"
+     "python3.11/site-packages/ml_dtypes/__init__.py)", "export", {}, "IncompatibleDependency(ml_dtypes)"),
+    ("VersionError", "Detected incompatible Protobuf Gencode/Runtime versions when loading tf_keras/protobuf/"
+     "projector_config.proto: gencode 5.28.3 runtime 4.25.5. Runtime version cannot be older than the linked "
+     "gencode version.", "convert", {}, "ProtobufGencodeMismatch(tf_keras)"),
     ("ResolutionConflict",
      "  × No solution found when resolving dependencies:\n  ╰─▶ Because onnx-graphsurgeon<=0.0.1.dev5 has no usable "
      "wheels and all of:\n             onnx-graphsurgeon>=0.5.2,<=0.5.6\n             onnx-graphsurgeon>=0.5.8\n"
