@@ -2,7 +2,7 @@
 
 Both run in the same venv; the runner adds the CLI, spec planning, the recorded-case lookup, a worker
 process with per-step JSON lines, the time/memory watch and the database writes. Target: at most 1.15x.
-Rounds alternate (runner, bare, runner, bare) on this shared machine. Run: uv run python bench/overhead.py
+Rounds alternate (runner, bare, three times each) on this shared machine. Run: uv run python bench/overhead.py
 """
 
 from __future__ import annotations
@@ -70,13 +70,13 @@ def main() -> None:
         bare = [str(venv / "bin" / "python"), "-I", "-c", BARE, str(ROOT / "matrix" / "corpus"), tmp, cases]
         subprocess.run(runner, cwd=ROOT, capture_output=True, check=True)  # warm-up: DB, probes, page cache
         times: dict[str, list[float]] = {"runner": [], "bare": []}
-        for _ in range(2):
+        for _ in range(3):
             for label, argv, env in (("runner", runner, None), ("bare", bare, worker_env(venv, Path(tmp)))):
                 started = time.perf_counter()
                 subprocess.run(argv, cwd=ROOT, capture_output=True, check=True, env=env)
                 times[label].append(time.perf_counter() - started)
     table = Table(title=f"{len(plan.items[0][1])} smoke cases: runner vs bare script, same venv")
-    for col in ("", "round 1 s", "round 2 s", "median s"):
+    for col in ("", "round 1 s", "round 2 s", "round 3 s", "median s"):
         table.add_column(col, justify="right")
     for label, values in times.items():
         table.add_row(label, *(f"{v:.1f}" for v in values), f"{statistics.median(values):.1f}")

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
         description="Scratch folders for worker runs (exported models, step logs).",
     )
     jobs: int = Field(default=1, ge=1, description="environments processed at once")
+    resolve_ttl: float = Field(
+        default=600, ge=0,
+        description="seconds a resolution without a cutoff is reused before uv is asked again (0: always ask)",
+    )
     memory_budget_mb: int = Field(
         default=16_000, gt=0, description="sum of predicted worker peaks allowed at once with --jobs > 1"
     )

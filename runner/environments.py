@@ -21,6 +21,7 @@ class Resolved:
     lock: uv.Lock | None
     conflict: uv.Conflict | None = None
     missing_python: str | None = None
+    reused: bool = False  # taken from the database instead of asking uv again
 
     @property
     def status(self) -> str:

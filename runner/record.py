@@ -79,6 +79,8 @@ def save_environment(session: Session, resolved: Resolved) -> Environment:
             row.packages = [Package(name=p.name, version=p.version, hashes=list(p.hashes))
                             for p in resolved.lock.pins]
         session.add(row)
+    elif not resolved.reused:
+        row.resolved_at = utcnow()  # uv gave the same answer again: the resolution is fresh
     row.python_full = resolved.python_full or row.python_full
     if resolved.conflict:
         row.error = resolved.conflict.reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import shutil
@@ -161,7 +162,7 @@ def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expa
     progress, summary = ctx.progress, ctx.summary
     with ctx.Session() as session:
         run_row = session.get_one(Run, ctx.run_id)
-        resolved = _resolve(session, env)
+        resolved = _resolve(session, env, ctx.settings.resolve_ttl)
         env_row = record.save_environment(session, resolved)
         summary.count("environments", resolved.status)
         if resolved.lock is None or ctx.resolve_only:
@@ -256,19 +257,28 @@ def _predicted_peak(env_row: EnvironmentRow) -> int:
     return DEFAULT_PEAK
 
 
-def _resolve(session: Session, env: expand.Environment) -> environments.Resolved:
-    """A request with a cutoff resolves the same way forever: reuse its stored lock, skip uv."""
-    if env.cutoff:
-        row = record.stored_lock(session, env.hash)
-        if row is not None and (row.lock_text or row.status == "conflict"):
+def _resolve(session: Session, env: expand.Environment, ttl: float = 0) -> environments.Resolved:
+    """A request with a cutoff resolves the same way forever, and one without resolves the same way for a
+    while (`resolve_ttl`): reuse its stored lock or conflict then, and skip uv."""
+    row = record.stored_lock(session, env.hash)
+    fresh = row is not None and (
+        env.cutoff is not None or (dt.datetime.now(dt.UTC) - _aware(row.resolved_at)).total_seconds() < ttl
+    )
+    if fresh and row is not None:
+        if row.lock_text or row.status == "conflict":
             try:
                 exe, full = pythons.find(env.python)
             except InterpreterNotFound:
                 return environments.resolve(env)
-            if row.lock_text is None:  # a conflict under a cutoff stays a conflict
-                return environments.Resolved(env, exe, full, None, conflict=uv.Conflict(row.error or ""))
-            return environments.Resolved(env, exe, full, uv.Lock(row.lock_text, uv.parse_lock(row.lock_text)))
+            if row.lock_text is None:  # a conflict stays a conflict
+                return environments.Resolved(env, exe, full, None, conflict=uv.Conflict(row.error or ""), reused=True)
+            lock = uv.Lock(row.lock_text, uv.parse_lock(row.lock_text))
+            return environments.Resolved(env, exe, full, lock, reused=True)
     return environments.resolve(env)
+
+
+def _aware(when: dt.datetime) -> dt.datetime:
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)  # SQLite returns naive UTC
 
 
 def _forget(session: Session, env_row: EnvironmentRow, case: expand.Case) -> None:

@@ -38,6 +38,10 @@ REGISTRY = {
     "custom_op_onnx": "custom_op",
 }  # type: Dict[str, str]
 
+# Models whose build or export loads torch._dynamo (torch.library ops, torch.cond). The worker imports it
+# before TensorFlow only when one of these (or a dynamo export) is among its cases: loaded after TF, it aborts.
+LOADS_DYNAMO = frozenset(["custom_op", "custom_op_onnx", "control_flow_cond"])
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 

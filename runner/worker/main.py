@@ -149,6 +149,12 @@ def main(argv: list | None = None) -> int:
         sys.stderr.write(str(exc) + "\n")
         return 2
     workdir = job["workdir"]
+    # A corpus that does not say which of its models load torch._dynamo is assumed to (user files).
+    loads_dynamo = getattr(corpus, "LOADS_DYNAMO", None)
+    steps_mod.DYNAMO_GUARD = any(
+        case["exporter"] == "dynamo" or loads_dynamo is None or case["model"] in loads_dynamo
+        for case in job["cases"]
+    )
     for case in job["cases"]:
         run_case(out, corpus, workdir, case)
     out.emit(event="done", t=time.time())

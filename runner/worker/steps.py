@@ -233,6 +233,10 @@ ONNX2TF_OPTIONS = {
 }
 
 
+# Set by the worker: whether any of its cases may load torch._dynamo (costs ~2 s to import, so only then).
+DYNAMO_GUARD = True
+
+
 def before_tensorflow() -> None:
     """Import torch's compiler stack before TensorFlow loads, once per worker.
 
@@ -240,7 +244,7 @@ def before_tensorflow() -> None:
     inconsistency in registered CommandLine options". Cases share a worker, so a case that loaded TF
     would otherwise take down a later dynamo export or custom op; a user's own process imports torch first.
     """
-    if "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules or not DYNAMO_GUARD:
         return
     try:
         import torch._dynamo  # noqa: F401
