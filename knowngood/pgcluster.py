@@ -52,3 +52,22 @@ def throwaway_cluster(prefix: str = "knowngood-pg-") -> Iterator[str]:
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def database(server: str, *, template: str | None = None, prefix: str = "kg_") -> Iterator[str]:
+    """A new database on `server` (copied from `template`, else empty), dropped afterwards; yields its URL."""
+    from sqlalchemy import text
+
+    from knowngood.db import make_engine
+
+    name = f"{prefix}{os.urandom(6).hex()}"
+    admin = make_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 from knowngood import migrate
 from knowngood.db import make_engine, make_sessionmaker, utcnow
 from knowngood.models import Case, Environment, Package, Run, Step
-from knowngood.pgcluster import PostgresNotFound, server_binary, throwaway_cluster
+from knowngood.pgcluster import PostgresNotFound, database, server_binary, throwaway_cluster
 
 
 @pytest.fixture(scope="session")
@@ -56,44 +57,24 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         shutil.copy(template, path)
         yield f"sqlite:///{path}"
         return
-    server = request.getfixturevalue("postgres_server")
-    template = request.getfixturevalue("pg_template")
-    name = f"kg_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE {template}'))
-    yield f"{server}/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with database(request.getfixturevalue("postgres_server"), template=request.getfixturevalue("pg_template")) as url:
+        yield url
 
 
 @pytest.fixture
 def fresh_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
     """Factory: another migrated, empty database of the given kind ("sqlite" or "postgresql")."""
-    made: list[str] = []
+    with contextlib.ExitStack() as made:
 
-    def make(kind: str) -> str:
-        if kind == "sqlite":
-            path = tmp_path / f"fresh-{uuid.uuid4().hex[:8]}.db"
-            shutil.copy(request.getfixturevalue("sqlite_template"), path)
-            return f"sqlite:///{path}"
-        server, template = request.getfixturevalue("postgres_server"), request.getfixturevalue("pg_template")
-        name = f"kg_{uuid.uuid4().hex[:12]}"
-        admin = make_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE {template}'))
-        admin.dispose()
-        made.append(name)
-        return f"{server}/{name}"
+        def make(kind: str) -> str:
+            if kind == "sqlite":
+                path = tmp_path / f"fresh-{uuid.uuid4().hex[:8]}.db"
+                shutil.copy(request.getfixturevalue("sqlite_template"), path)
+                return f"sqlite:///{path}"
+            server, template = request.getfixturevalue("postgres_server"), request.getfixturevalue("pg_template")
+            return made.enter_context(database(server, template=template))
 
-    yield make
-    if made:
-        admin = make_engine(f"{request.getfixturevalue('postgres_server')}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            for name in made:
-                conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+        yield make
 
 
 @pytest.fixture

@@ -7,16 +7,16 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from knowngood import migrate
 from knowngood.db import make_engine, make_sessionmaker
 from knowngood.models import Case, Environment, Run
+from knowngood.pgcluster import database
 from matrix import expand, spec
 
 FAULTS = Path(__file__).parent / "fixtures" / "corpus" / "faults.py"
@@ -27,14 +27,8 @@ DEADLINE = 600  # seconds for all four together; the environments are tiny, so h
 @pytest.fixture
 def empty_pg(postgres_server: str) -> Iterator[str]:
     """An empty, unmigrated PostgreSQL database."""
-    name = f"kg_empty_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield f"{postgres_server}/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with database(postgres_server, prefix="kg_empty_") as url:
+        yield url
 
 
 def _all_at_once(argvs: list[list[str]], env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:
