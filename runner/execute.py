@@ -110,11 +110,32 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
-    # Stragglers that left the group but kept the session (daemonised converters).
+    # Children still in the group (one that ignored SIGTERM outlives its parent): SIGKILL is
+    # delivered asynchronously, so wait until none is left running before the next worker starts.
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return
+    deadline = time.monotonic() + 10.0
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Pids of the group's members that are not yet dead (zombies awaiting their reaper do not count)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ..."; comm may contain spaces and parentheses
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            alive.append(int(entry.name))
+    return alive
 
 
 def probe_memory(venv: Path, tmp: Path, timeout: float = 300) -> dict[str, object]:
