@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from api.cache import CacheMiddleware, ResponseCache
 from api.lockfile import LockfileUnavailable
-from api.queries import QueryError
+from api.queries import FactsCache, QueryError
 from api.routes import chains, dashboard, failures, ingest, lockfile, matrix, runs
 from api.routes.params import reject_nul
 from knowngood import __version__
@@ -35,6 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.env_facts = FactsCache()  # one per database: the app's engine
     app.state.response_cache = ResponseCache(settings.response_cache_size, settings.response_cache_recheck)
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
 

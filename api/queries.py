@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -127,16 +129,68 @@ def _chain_conditions(query: ChainQuery) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def known_good_chains(session: Session, query: ChainQuery) -> list[ChainOut]:
+@dataclass(frozen=True)
+class EnvironmentFacts:
+    """What ranking needs of one resolved environment: fixed once it is recorded (a new lock is a new row)."""
+
+    python: str  # as requested, e.g. "3.11"
+    versions: dict[str, str]  # the KEY_PACKAGES it pins
+    rank: tuple[Version, ...]
+
+
+class FactsCache:
+    """Per-process memo of EnvironmentFacts by environment id, so that ranking reads no package rows.
+
+    Environments and their packages are never changed after they are stored, so an entry never goes stale
+    for the database it was read from; hold one cache per database (the app keeps one in its state).
+    """
+
+    def __init__(self) -> None:
+        self._facts: dict[int, EnvironmentFacts] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, env_ids: Collection[int]) -> dict[int, EnvironmentFacts]:
+        missing = [e for e in env_ids if e not in self._facts]
+        if missing:
+            loaded = _load_facts(session, missing)
+            with self._lock:
+                self._facts.update(loaded)
+        return {e: self._facts[e] for e in env_ids if e in self._facts}
+
+
+def _load_facts(session: Session, env_ids: list[int]) -> dict[int, EnvironmentFacts]:
+    conn = session.connection()  # plain rows: no ORM per-row processing
+    pythons: dict[int, tuple[str, str]] = {}
+    versions: dict[int, dict[str, str]] = defaultdict(dict)
+    for i in range(0, len(env_ids), 5000):
+        chunk = env_ids[i: i + 5000]
+        for env_id, python, python_full in conn.execute(
+            select(Environment.id, Environment.python, Environment.python_full).where(Environment.id.in_(chunk))
+        ):
+            pythons[env_id] = (python, python_full or python)
+        for env_id, name, version in conn.execute(
+            select(Package.environment_id, Package.name, Package.version)
+            .where(Package.environment_id.in_(chunk), Package.name.in_(KEY_PACKAGES))
+        ):
+            versions[env_id][name] = version
+    return {e: EnvironmentFacts(python=pythons[e][0], versions=dict(versions[e]),
+                                rank=(*rank_key(versions[e]), _version(pythons[e][1])))
+            for e in pythons}
+
+
+def known_good_chains(session: Session, query: ChainQuery, facts: FactsCache | None = None) -> list[ChainOut]:
     """Environments in which every requested model passed on the route, newest versions first."""
-    return known_good_chain_page(session, query)[0]
+    return known_good_chain_page(session, query, facts)[0]
 
 
-def known_good_chain_page(session: Session, query: ChainQuery) -> tuple[list[ChainOut], int]:
+def known_good_chain_page(
+    session: Session, query: ChainQuery, facts: FactsCache | None = None,
+) -> tuple[list[ChainOut], int]:
     """The best `query.limit` chains (all if None), and how many chains matched in all.
 
-    Ranking needs only the key versions of every candidate; the evidence (cases, runs) is read for the
-    returned page only, so the cost grows with the number of environments, not of cases or steps.
+    One aggregate over the passing cases (an index-only scan) finds the candidates; their key versions come
+    from `facts` (read once per environment and process), so a request reads no package rows unless a
+    `require` names a package outside KEY_PACKAGES. The evidence (cases, runs) is read for the page only.
     """
     conditions = _chain_conditions(query)
     complete = (
@@ -145,29 +199,24 @@ def known_good_chain_page(session: Session, query: ChainQuery) -> tuple[list[Cha
         .group_by(Case.environment_id)
         .having(func.count(func.distinct(Case.model)) == len(query.models))
     )
-    env_query = select(Environment.id, Environment.python, Environment.python_full).where(
-        Environment.id.in_(complete)
-    )
-    if query.python:
-        env_query = env_query.where(Environment.python == query.python)
-    pythons = {row.id: row.python_full or row.python for row in session.execute(env_query)}
-    if not pythons:
+    candidates = list(session.connection().execute(complete).scalars())
+    if not candidates:
         return [], 0
-    wanted = set(KEY_PACKAGES) | {a for r in query.require for a in aliases(r.name)}
-    versions: dict[int, dict[str, str]] = defaultdict(dict)
-    # Thousands of plain rows: read on the connection, without the ORM's per-row result processing.
-    for env_id, name, version in session.connection().execute(
-        select(Package.environment_id, Package.name, Package.version).where(
-            Package.name.in_(sorted(wanted))
-        )
-    ):
-        # Every environment's key pins in one index-only range scan, filtered here: cheaper than binding a
-        # thousand ids, and than the nested loop PostgreSQL picks when it underestimates the candidates.
-        if env_id in pythons:
-            versions[env_id][name] = version
+    known = (facts or FactsCache()).get(session, candidates)
+    if query.python:
+        known = {e: f for e, f in known.items() if f.python == query.python}
+    versions = {e: f.versions for e, f in known.items()}
+    extra = sorted({a for r in query.require for a in aliases(r.name)} - set(KEY_PACKAGES))
+    if extra and versions:
+        versions = {e: dict(v) for e, v in versions.items()}
+        for env_id, name, version in session.connection().execute(
+            select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(extra))
+        ):  # one index range scan, filtered here: cheaper than binding a thousand ids
+            if env_id in versions:
+                versions[env_id][name] = version
     ranked = sorted(
-        (env_id for env_id in pythons if all(_satisfies(versions[env_id], r) for r in query.require)),
-        key=lambda e: (rank_key(versions[e]), _version(pythons[e]), e),
+        (env_id for env_id in versions if all(_satisfies(versions[env_id], r) for r in query.require)),
+        key=lambda e: (known[e].rank, e),
         reverse=True,
     )
     page = ranked if query.limit is None else ranked[: query.limit]

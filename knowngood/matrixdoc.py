@@ -130,9 +130,10 @@ def _chains(session: Session) -> list[str]:
              "| route | model | chains | newest known-good | torch | onnx | onnxruntime | tensorflow | max abs diff |",
              "|---|---|---|---|---|---|---|---|---|"]
     models = sorted(queries.known_models(session))
+    facts = queries.FactsCache()
     for route in ROUTES:
         for model in models:
-            chains = queries.known_good_chains(session, queries.ChainQuery.parse(model, route))
+            chains = queries.known_good_chains(session, queries.ChainQuery.parse(model, route), facts)
             if not chains:
                 continue
             best = chains[0]

@@ -126,6 +126,26 @@ def test_answers_follow_new_results(db_url: str, recorded: dict, make_case: Call
         assert lock.startswith("# knowngood lockfile for " + recorded["b"].name)
 
 
+def test_a_new_environment_is_ranked_with_its_own_versions(db_url: str, recorded: dict, make_environment: Callable,
+                                                          make_case: Callable) -> None:
+    """Versions are memoised per environment: one recorded after the first answer is read, not missed or mixed up."""
+    params = {"models": "resnet", "route": "onnxruntime", "python": "3.11"}
+    with TestClient(create_app(Settings(database_url=db_url, response_cache_size=0))) as client:
+        before = client.get("/api/v1/chains", params=params).json()
+        assert [c["versions"]["torch"] for c in before["chains"]] == ["2.4.1", "2.3.1"]
+        newer = make_environment({"torch": "2.6.0", "onnx": "1.18.0", "onnxruntime": "1.21.0",
+                                  "tensorflow-cpu": "2.19.0", "onnx2tf": "1.27.0", "onnxscript": "0.5.4"})
+        make_case(recorded["run"], newer, "resnet", "onnxruntime", max_abs_diff=1e-6)
+        after = client.get("/api/v1/chains", params=params).json()
+        assert [c["versions"]["torch"] for c in after["chains"]] == ["2.6.0", "2.4.1", "2.3.1"]
+        assert after["chains"][0]["versions"]["tensorflow-cpu"] == "2.19.0"
+        assert client.get("/api/v1/chains", params={**params, "require": "tensorflow<2.19"}).json()["total"] == 2
+        assert client.get("/api/v1/chains", params={**params, "require": "numpy==1.26.4"}).json()["total"] == 3
+        # a package outside the memoised key set is read from the lock
+        only = client.get("/api/v1/chains", params={**params, "require": "onnxscript>=0.5"}).json()
+        assert [c["name"] for c in only["chains"]] == [newer.name]
+
+
 # /matrix ---------------------------------------------------------------------------------------------------------
 
 

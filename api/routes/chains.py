@@ -49,7 +49,7 @@ async def chains(
     """Known-good chains, newest versions first, each with its evidence (run, date, per-model parity)."""
     def build(session: Session) -> Response:
         query = parse_query(session, models, route, exporter, python, require, limit)
-        page, total = queries.known_good_chain_page(session, query)
+        page, total = queries.known_good_chain_page(session, query, request.app.state.env_facts)
         return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total))
 
     return await cache.serve(request, build)

@@ -22,7 +22,7 @@ async def get_lockfile(
     """The best chain's environment as requirements (hashed), constraints, pylock.toml (PEP 751) or pyproject."""
     def build(session: Session) -> Response:
         query = parse_query(session, models, route, exporter, python, require, limit=1)
-        chains = queries.known_good_chains(session, query)
+        chains = queries.known_good_chains(session, query, request.app.state.env_facts)
         if not chains:
             raise HTTPException(404, detail="no known-good chain for these models, route and requirements")
         return text_response(lockfile.render(session, chains[0], format), format)
