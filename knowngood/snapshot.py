@@ -3,6 +3,11 @@
 Rows are keyed by natural keys, never by database ids: a run by its uuid, an environment by
 (request hash, lock hash), a case by its identity (environment, model, route, exporter, opset, model hash,
 runner version). The same document is the body of `POST /api/v1/runs`.
+
+Version 2 (what export writes) stores each lock as indices into one table of distinct lock blocks, since the
+same pinned package recurs across environments, and leaves out packages where the lock says them. Version 1
+(a `lock_text` and `packages` per environment) is still read. Either way a validated Snapshot is expanded:
+every environment has its `lock_text` and `packages`, and `encode` makes the compact form again.
 """
 
 from __future__ import annotations
@@ -10,20 +15,23 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from knowngood.models import Case, Environment, Package, Run, Step
 from runner.errors import KnowngoodError
+from runner.uv import parse_lock
 
 FORMAT = "knowngood-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what export writes
+READS = (1, 2)
 
 # The step statuses the runner writes (runner.results.StepStatus); a case is `pass` or its first non-ok status.
 StepStatus = Literal["ok", "fail", "error", "timeout", "crash", "oom", "skip"]
@@ -97,12 +105,14 @@ class EnvironmentDoc(_Doc):
     index_url: str = Field(max_length=500)
     cutoff: str | None = Field(default=None, max_length=40)
     status: str = Field(min_length=1, max_length=24)
+    lock: list[int] | None = Field(default=None, description="v2: the lock text as indices into lock_blocks")
     lock_text: str | None = None
     error: str | None = None
     signature: str | None = Field(default=None, max_length=300)
     resolved_at: dt.datetime
     memory: dict[str, Any] = Field(default_factory=dict)
-    packages: list[PackageDoc] = Field(default_factory=list)
+    packages: list[PackageDoc] | None = Field(
+        default=None, description="v2: omitted means the lock's pins; v1: omitted means none")
 
     def key(self) -> tuple[str, str | None]:
         return (self.hash, self.lock_hash)
@@ -126,14 +136,47 @@ class Snapshot(_Doc):
     """The whole document. Every case must name a run and an environment present in the same document."""
 
     format: Literal["knowngood-snapshot"] = FORMAT
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = 1  # documents from before versions were numbered are version 1
     exported_at: dt.datetime | None = None
     runs: list[RunDoc] = Field(default_factory=list)
+    lock_blocks: list[str] = Field(default_factory=list, description="v2: distinct lock blocks, see split_lock")
     environments: list[EnvironmentDoc] = Field(default_factory=list)
     cases: list[CaseDoc] = Field(default_factory=list)
 
+    @field_validator("format_version", mode="before")
+    @classmethod
+    def _known_version(cls, value: Any) -> Any:
+        if value not in READS:
+            raise ValueError(f"this knowngood reads versions {' and '.join(map(str, READS))}, got {value!r}")
+        return value
+
     @model_validator(mode="after")
-    def _references(self) -> Snapshot:
+    def _check(self) -> Snapshot:
+        self._expand()
+        self._references()
+        return self
+
+    def _expand(self) -> None:
+        """Give every environment its lock_text and packages; the one place v1 and v2 differ."""
+        if self.format_version == 1 and self.lock_blocks:
+            raise ValueError("lock_blocks: needs format_version 2")
+        for i, env in enumerate(self.environments):
+            if env.lock is not None:
+                if self.format_version == 1:
+                    raise ValueError(f"environments[{i}].lock: needs format_version 2")
+                if env.lock_text is not None:
+                    raise ValueError(f"environments[{i}]: give lock or lock_text, not both")
+                for j, block in enumerate(env.lock):
+                    if not 0 <= block < len(self.lock_blocks):
+                        raise ValueError(f"environments[{i}].lock[{j}]: block {block} is not in lock_blocks "
+                                         f"({len(self.lock_blocks)} blocks)")
+                env.lock_text = "".join(self.lock_blocks[b] for b in env.lock)
+                env.lock = None
+            if env.packages is None:
+                env.packages = [] if self.format_version == 1 else lock_packages(env.lock_text)
+        self.lock_blocks = []  # consumed: an expanded document does not refer to it
+
+    def _references(self) -> None:
         runs: set[str] = set()
         for i, run in enumerate(self.runs):
             if run.id in runs:
@@ -144,7 +187,7 @@ class Snapshot(_Doc):
             if env.key() in envs:
                 raise ValueError(f"environments[{i}]: environment {env.key()} appears twice")
             envs.add(env.key())
-            names = [p.name for p in env.packages]
+            names = [p.name for p in env.packages or ()]
             if len(set(names)) != len(names):
                 raise ValueError(f"environments[{i}].packages: a package appears twice")
         cases: set[tuple[Any, ...]] = set()
@@ -160,7 +203,30 @@ class Snapshot(_Doc):
             ordinals = [s.ordinal for s in case.steps]
             if len(set(ordinals)) != len(ordinals):
                 raise ValueError(f"cases[{i}].steps: a step ordinal appears twice")
-        return self
+
+
+_LINE = re.compile(r"[^\n]*\n|[^\n]+")  # split at \n only, so a stray \r or \f stays inside its line
+
+
+def split_lock(text: str) -> list[str]:
+    """A lock text as blocks: a line that does not start with whitespace plus the lines after it that do.
+
+    `"".join(split_lock(text)) == text`, line endings included; a leading comment line is a block of its own.
+    """
+    blocks: list[str] = []
+    for line in _LINE.findall(text):
+        if blocks and line[:1].isspace():
+            blocks[-1] += line
+        else:
+            blocks.append(line)
+    return blocks
+
+
+def lock_packages(lock_text: str | None) -> list[PackageDoc]:
+    """The packages of a lock, exactly as the runner stores them (runner.record)."""
+    if lock_text is None:
+        return []
+    return [PackageDoc(name=p.name, version=p.version, hashes=list(p.hashes)) for p in parse_lock(lock_text)]
 
 
 def describe(exc: ValidationError) -> str:
@@ -177,8 +243,9 @@ def describe(exc: ValidationError) -> str:
 
 def parse(data: Any) -> Snapshot:
     """Validate a decoded document; raise SnapshotError naming the first bad path."""
-    if isinstance(data, dict) and data.get("format") == FORMAT and data.get("format_version") not in (None, 1):
-        raise SnapshotError(f"format_version: this knowngood reads version {FORMAT_VERSION}, "
+    # Checked first: an unknown version's other differences would otherwise be reported instead.
+    if isinstance(data, dict) and data.get("format") == FORMAT and data.get("format_version", 1) not in READS:
+        raise SnapshotError(f"format_version: this knowngood reads versions {' and '.join(map(str, READS))}, "
                             f"got {data.get('format_version')!r}")
     try:
         return Snapshot.model_validate(data)
@@ -221,6 +288,7 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
         envs = list(session.scalars(env_query))
     env_key = {e.id: (e.hash, e.lock_hash) for e in envs}
     doc = Snapshot(
+        format_version=FORMAT_VERSION,
         exported_at=dt.datetime.now(dt.UTC),
         runs=[RunDoc(id=r.id, spec_name=r.spec_name, spec_hash=r.spec_hash, runner_version=r.runner_version,
                      corpus_version=r.corpus_version, host=r.host, cutoff=r.cutoff,
@@ -263,8 +331,25 @@ def _within(when: dt.datetime, window: tuple[dt.datetime, dt.datetime | None]) -
     return start <= at and (end is None or at <= end)
 
 
+def encode(doc: Snapshot) -> dict[str, Any]:
+    """The version 2 form of a validated document: locks as indices into a table of distinct blocks (in
+    first-seen order), packages only where they are not exactly the lock's."""
+    blocks: dict[str, int] = {}
+    environments = []
+    for env in doc.environments:
+        out = env.model_dump(mode="json", exclude={"lock", "lock_text", "packages"})
+        if env.lock_text is not None:
+            out["lock"] = [blocks.setdefault(block, len(blocks)) for block in split_lock(env.lock_text)]
+        if env.packages != lock_packages(env.lock_text):  # e.g. ingested from elsewhere: keep them as they are
+            out["packages"] = [p.model_dump(mode="json") for p in env.packages or ()]
+        environments.append(out)
+    data = doc.model_dump(mode="json", exclude={"lock_blocks", "environments", "cases"})
+    return {**data, "format_version": FORMAT_VERSION, "lock_blocks": list(blocks), "environments": environments,
+            "cases": [c.model_dump(mode="json") for c in doc.cases]}
+
+
 def dumps(doc: Snapshot, *, indent: int | None = None) -> str:
-    return json.dumps(doc.model_dump(mode="json"), indent=indent, ensure_ascii=False) + "\n"
+    return json.dumps(encode(doc), indent=indent, ensure_ascii=False) + "\n"
 
 
 def write(doc: Snapshot, path: str | Path) -> None:
@@ -356,8 +441,8 @@ def _store(session: Session, doc: Snapshot) -> Imported:
                                 else Environment.lock_hash.is_(None))
             row = session.scalars(query.order_by(Environment.id).limit(1)).first()
             if row is None:
-                fields = e.model_dump(exclude={"packages"})
-                row = Environment(**fields, packages=[Package(**p.model_dump()) for p in e.packages])
+                fields = e.model_dump(exclude={"lock", "packages"})
+                row = Environment(**fields, packages=[Package(**p.model_dump()) for p in e.packages or ()])
                 session.add(row)
                 out.environments_added += 1
             env_ids[e.key()] = row
