@@ -146,16 +146,24 @@ class FactsCache:
     """
 
     def __init__(self) -> None:
-        self._facts: dict[int, EnvironmentFacts] = {}
+        # Replaced whole, never mutated: a reader always sees facts and places that belong together.
+        self._state: tuple[dict[int, EnvironmentFacts], dict[int, int]] = ({}, {})
         self._lock = threading.Lock()
 
-    def get(self, session: Session, env_ids: Collection[int]) -> dict[int, EnvironmentFacts]:
-        missing = [e for e in env_ids if e not in self._facts]
+    def get(self, session: Session, env_ids: Collection[int]) -> tuple[dict[int, EnvironmentFacts], dict[int, int]]:
+        """The facts of `env_ids` (those that exist), and every known environment's place in the ranking.
+
+        Places are ints, so a request sorts its candidates without comparing a single Version.
+        """
+        missing = [e for e in env_ids if e not in self._state[0]]
         if missing:
             loaded = _load_facts(session, missing)
             with self._lock:
-                self._facts.update(loaded)
-        return {e: self._facts[e] for e in env_ids if e in self._facts}
+                facts = {**self._state[0], **loaded}
+                ranked = sorted(facts, key=lambda e: (facts[e].rank, e))
+                self._state = (facts, {e: i for i, e in enumerate(ranked)})
+        facts, order = self._state
+        return {e: facts[e] for e in env_ids if e in facts}, order
 
 
 def _load_facts(session: Session, env_ids: list[int]) -> dict[int, EnvironmentFacts]:
@@ -202,7 +210,7 @@ def known_good_chain_page(
     candidates = list(session.connection().execute(complete).scalars())
     if not candidates:
         return [], 0
-    known = (facts or FactsCache()).get(session, candidates)
+    known, place = (facts or FactsCache()).get(session, candidates)
     if query.python:
         known = {e: f for e, f in known.items() if f.python == query.python}
     versions = {e: f.versions for e, f in known.items()}
@@ -216,7 +224,7 @@ def known_good_chain_page(
                 versions[env_id][name] = version
     ranked = sorted(
         (env_id for env_id in versions if all(_satisfies(versions[env_id], r) for r in query.require)),
-        key=lambda e: (known[e].rank, e),
+        key=place.__getitem__,
         reverse=True,
     )
     page = ranked if query.limit is None else ranked[: query.limit]
