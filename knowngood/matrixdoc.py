@@ -82,11 +82,55 @@ def render(session: Session, out_dir: Path) -> Path:
     ]
     lines += _practitioner(session)
     lines += _chains(session)
+    lines += _converter_stacks(session)
     lines += _heatmaps(session, out_dir)
     lines += _failures(session)
     path = out_dir / "matrix.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _converter_stacks(session: Session) -> list[str]:
+    """Environments with the same Python, torch and TensorFlow but another onnx/onnxruntime/converter stack.
+
+    This is where the resolver's newest choice and an older, contemporary stack part ways (history.toml against
+    history-era.toml): the table shows which of them keeps the models working.
+    """
+    counts: dict[int, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    for env_id, route, status in session.execute(select(Case.environment_id, Case.route, Case.status)):
+        counts[env_id][route]["pass" if status == "pass" else "other"] += 1
+    envs = {e.id: e for e in session.scalars(select(Environment).where(Environment.id.in_(list(counts))))}
+    versions = _versions(session, list(envs))
+    groups: dict[tuple[str, str, str, str], list[int]] = defaultdict(list)
+    for env_id, env in envs.items():
+        v = versions[env_id]
+        tf = v.get("tensorflow") or v.get("tensorflow-cpu")
+        for converter in ("onnx2tf", "onnx-tf"):
+            if v.get("torch") and tf and converter in v:
+                groups[(env.python, v["torch"], tf, converter)].append(env_id)
+    stacks = {k: ids for k, ids in groups.items() if len({versions[e][k[3]] for e in ids}) > 1}
+    lines = ["## Same torch and TensorFlow, another converter release", "",
+             "Environments that pin the same Python, torch and TensorFlow but another release of the converter (with "
+             "the onnx and onnxruntime that came with it) — the resolver's newest stack (history.toml) beside the one "
+             "of that TensorFlow's own time (history-era.toml). Cells: cases passed / run on the route.", ""]
+    if not stacks:
+        return [*lines, "No such pair has been recorded yet.", ""]
+    routes = [r for r in ROUTES if any(r in counts[e] for ids in stacks.values() for e in ids)]
+    lines += ["| python | torch | tensorflow | onnx | onnxruntime | converter | " + " | ".join(routes) + " |",
+              "|---" * (6 + len(routes)) + "|"]
+    for (python, torch, tf, name), ids in sorted(
+        stacks.items(), key=lambda kv: (kv[0][3], queries.version_key(kv[0][2]), queries.version_key(kv[0][1]))
+    ):
+        for env_id in sorted(ids, key=lambda e: queries.version_key(versions[e][name])):
+            v = versions[env_id]
+            converter = f"{name} {v[name]}"
+            cells = []
+            for route in routes:
+                c = counts[env_id].get(route)
+                cells.append(f"{c['pass']}/{c['pass'] + c['other']}" if c else "")
+            lines.append(f"| {python} | {torch} | {tf} | {v.get('onnx', '')} | {v.get('onnxruntime', '')} | "
+                         f"{converter} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _practitioner(session: Session) -> list[str]:
