@@ -127,6 +127,32 @@ def split_requirement(req: str) -> tuple[str, str]:
     return canonicalize_name(m.group(1)), m.group(2).strip()
 
 
+# Companions released in lockstep with a framework: release 2.N goes with the framework's 2.N. Their own
+# requirement on `tensorflow` carries that coupling, but a spec that excludes `tensorflow` (to keep a single
+# copy, tensorflow-cpu) drops it, and the resolver then picks the newest tf-keras for every TF: a mismatch no
+# user's pip would produce. So a bare companion name is pinned to the environment's framework minor.
+TRACKS_MINOR_OF = {"tf-keras": ("tensorflow", "tensorflow-cpu")}
+
+
+def track_minor(requirements: tuple[str, ...], extras: tuple[str, ...]) -> tuple[str, ...]:
+    """`tf-keras` beside `tensorflow-cpu==2.19.1` → `tf-keras>=2.19,<2.20`; a companion with a specifier is kept."""
+    pins = {}
+    for req in requirements:
+        name, spec = split_requirement(req)
+        m = re.fullmatch(r"==\s*(\d+)\.(\d+)(\.[0-9A-Za-z.+-]*)?", spec)
+        if m:
+            pins[name] = (int(m.group(1)), int(m.group(2)))
+    out = []
+    for extra in extras:
+        name, spec = split_requirement(extra)
+        frameworks = [pins[f] for f in TRACKS_MINOR_OF.get(name, ()) if f in pins]
+        if not spec and frameworks:
+            major, minor = frameworks[0]
+            extra = f"{name}>={major}.{minor},<{major}.{minor + 1}"
+        out.append(extra)
+    return tuple(out)
+
+
 def expand_braces(pattern: str) -> list[str]:
     """`py3.{10,11}-*` → [`py3.10-*`, `py3.11-*`]."""
     m = re.search(r"\{([^{}]*)\}", pattern)
@@ -196,7 +222,8 @@ def plan(
             env = Environment(
                 python=python,
                 requirements=reqs,
-                extras=tuple(x for r in reqs for x in spec.companions.get(split_requirement(r)[0], ())),
+                extras=track_minor(reqs, tuple(x for r in reqs
+                                               for x in spec.companions.get(split_requirement(r)[0], ()))),
                 excludes=tuple(spec.excludes),
                 index=index_items,
                 cutoff=spec.exclude_newer,

@@ -49,6 +49,21 @@ def test_history_spans_every_torch_minor_against_every_tf_minor() -> None:
     assert len(plan.items) == 16 * 3 * 2  # torch 2.0-2.15 × TF 2.13-2.15 (of this history) × 2 converters
 
 
+def test_tf_keras_companion_follows_the_environments_tensorflow_minor() -> None:
+    """With `tensorflow` excluded, tf-keras's own pin on it is gone: the expander restores the minor coupling."""
+    loaded = spec.load(spec.SPECS_DIR / "history.toml")
+    plan = expand.plan(loaded, selectors=versions.resolve_selectors(loaded, fetch=_releases))
+    for env in plan.environments:
+        if any(r.startswith("onnx2tf") for r in env.requirements):
+            tf = next(r for r in env.requirements if r.startswith("tensorflow-cpu==")).removeprefix("tensorflow-cpu==")
+            minor = int(tf.split(".")[1])
+            assert f"tf-keras>=2.{minor},<2.{minor + 1}" in env.extras
+    # a companion that carries its own specifier, or a framework that is not pinned exactly, is left alone
+    assert expand.track_minor(("tensorflow==2.19.1",), ("tf-keras==2.18.0",)) == ("tf-keras==2.18.0",)
+    assert expand.track_minor(("tensorflow>=2.16",), ("tf-keras",)) == ("tf-keras",)
+    assert expand.track_minor(("tensorflow==2.20.0rc0",), ("tf-keras", "psutil")) == ("tf-keras>=2.20,<2.21", "psutil")
+
+
 def test_smoke_spec_is_the_issue_matrix() -> None:
     plan = expand.plan(spec.load(spec.SPECS_DIR / "smoke.toml"))
     assert len(plan.items) == 1
