@@ -43,6 +43,7 @@ def lint(session: nox.Session) -> None:
     _install(session)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", "migrations")
+    session.run("mypy")  # files and strictness from [tool.mypy] in pyproject.toml
 
 
 @nox.session(python=PYTHON)
