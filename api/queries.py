@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from api.schemas import (
     CaseOut,
+    CellStatus,
     ChainOut,
     EnvironmentOut,
     FailureExample,
@@ -42,6 +43,8 @@ KEY_PACKAGES = ("torch", "onnx", "onnxruntime", "tensorflow", "tensorflow-cpu", 
                 "numpy", "protobuf")
 # To a user these are one framework: a filter on either matches both.
 ALIASES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "tensorflow-cpu": ("tensorflow", "tensorflow-cpu")}
+# A result row of any shape (SQLAlchemy 2.1's Row is variadic: Row[Any] would be a one-column row).
+AnyRow = Row[*tuple[Any, ...]]
 
 
 class QueryError(ValueError):
@@ -237,7 +240,7 @@ def known_good_chain_page(
                    Environment.lock_hash, Environment.cutoff, Environment.index_url).where(Environment.id.in_(page))
         )
     }
-    evidence: dict[int, list[Row[Any]]] = defaultdict(list)
+    evidence: dict[int, list[AnyRow]] = defaultdict(list)
     for row in session.execute(
         select(Case.environment_id, Case.model, Case.exporter, Case.opset, Case.opset_emitted, Case.max_abs_diff,
                Case.recorded_at, Case.run_id).where(Case.environment_id.in_(page), *conditions)
@@ -247,7 +250,7 @@ def known_good_chain_page(
     for env_id in page:
         env, rows = envs[env_id], evidence[env_id]
         newest = max(rows, key=lambda r: r.recorded_at)
-        per_model: dict[str, Row[Any]] = {}
+        per_model: dict[str, AnyRow] = {}
         for row in rows:  # the worst passing diff per model is the honest figure
             worst = per_model.get(row.model)
             if worst is None or (row.max_abs_diff or 0) > (worst.max_abs_diff or 0):
@@ -378,7 +381,7 @@ def matrix_grid(session: Session, query: MatrixQuery) -> MatrixOut:
         if env_id in shown:  # filtered here rather than binding every id (see known_good_chain_page)
             pins[env_id][name] = version
 
-    def axis(env: Row[Any], names: tuple[str, ...]) -> str | None:
+    def axis(env: AnyRow, names: tuple[str, ...]) -> str | None:
         found = next((pins[env.id][n] for n in names if n in pins[env.id]), None)
         return found or _requested_pin(env.requirements, names)
 
@@ -392,8 +395,8 @@ def matrix_grid(session: Session, query: MatrixQuery) -> MatrixOut:
     out = []
     for (xv, yv), members in cells.items():
         passed, failed = sum(m.passed for m in members), sum(m.failed for m in members)
-        status = ("unresolved" if passed + failed == 0 else "pass" if failed == 0
-                  else "fail" if passed == 0 else "mixed")
+        status: CellStatus = ("unresolved" if passed + failed == 0 else "pass" if failed == 0
+                              else "fail" if passed == 0 else "mixed")
         out.append(MatrixCell(x=xv, y=yv, status=status, passed=passed, failed=failed,
                               environments=sorted(members, key=lambda m: m.name)))
     out.sort(key=lambda c: (version_key(c.x), version_key(c.y)))
@@ -417,11 +420,11 @@ class FailureQuery:
 @dataclass
 class _SignatureGroup:
     signature: str
+    first: dt.datetime
+    last: dt.datetime
     n: int = 0
     envs: set[int] = field(default_factory=set)
     example_id: int = 0
-    first: dt.datetime | None = None
-    last: dt.datetime | None = None
 
 
 def failures(session: Session, query: FailureQuery) -> FailuresOut:
@@ -436,15 +439,17 @@ def failures(session: Session, query: FailureQuery) -> FailuresOut:
                func.min(Case.recorded_at).label("first"), func.max(Case.recorded_at).label("last"))
         .where(*conditions).group_by(Case.signature, Case.environment_id)
     ):
-        g = by_sig.get(row.signature) or by_sig.setdefault(row.signature, _SignatureGroup(row.signature))
+        g = by_sig.get(row.signature) or by_sig.setdefault(
+            row.signature, _SignatureGroup(row.signature, first=row.first, last=row.last)
+        )
         g.n += row.n
         g.envs.add(row.environment_id)
         g.example_id = min(g.example_id or row.first_id, row.first_id)
-        g.first = row.first if g.first is None else min(g.first, row.first)
-        g.last = row.last if g.last is None else max(g.last, row.last)
+        g.first = min(g.first, row.first)
+        g.last = max(g.last, row.last)
     groups = sorted(by_sig.values(), key=lambda g: (-g.n, g.signature))[: query.limit]
     where = [*conditions, Case.signature.in_([g.signature for g in groups])]
-    seen: dict[str, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
+    seen: dict[str | None, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
     for sig, model, route in session.execute(select(Case.signature, Case.model, Case.route).where(*where).distinct()):
         seen[sig][0].add(model)
         seen[sig][1].add(route)
@@ -452,16 +457,16 @@ def failures(session: Session, query: FailureQuery) -> FailuresOut:
         select(Package.environment_id, Package.version).where(Package.name.in_(names))
     )}
     examples: dict[int, FailureExample] = {}
-    for row in session.execute(
+    for ex in session.execute(
         select(Case.id, Case.environment_id, Environment.name.label("env"), Case.model, Case.route,
                Step.name.label("step"), Step.error_type, Step.message)
         .join(Environment, Environment.id == Case.environment_id)
         .outerjoin(Step, (Step.case_id == Case.id) & (Step.signature == Case.signature))
         .where(Case.id.in_([g.example_id for g in groups])).order_by(Step.ordinal)
     ):
-        examples.setdefault(row.id, FailureExample(
-            environment_id=row.environment_id, environment=row.env, model=row.model, route=row.route,
-            step=row.step, error_type=row.error_type, message=row.message,
+        examples.setdefault(ex.id, FailureExample(
+            environment_id=ex.environment_id, environment=ex.env, model=ex.model, route=ex.route,
+            step=ex.step, error_type=ex.error_type, message=ex.message,
         ))
     out = []
     for g in groups:
@@ -488,7 +493,7 @@ def _environment_failures(session: Session, query: FailureQuery, names: tuple[st
     ).order_by(Environment.id)
     if query.python:
         env_query = env_query.where(Environment.python == query.python)
-    grouped: dict[str, list[Row[Any]]] = defaultdict(list)
+    grouped: dict[str, list[AnyRow]] = defaultdict(list)
     for env in session.execute(env_query):
         if _requests_route(env.requirements, query.route):
             grouped[env.signature].append(env)

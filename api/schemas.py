@@ -60,10 +60,13 @@ class MatrixEnvironment(BaseModel):
     failed: int
 
 
+CellStatus = Literal["pass", "fail", "mixed", "unresolved"]
+
+
 class MatrixCell(BaseModel):
     x: str | None = Field(description="version of the x package; null when the environment does not pin it")
     y: str | None
-    status: Literal["pass", "fail", "mixed", "unresolved"]
+    status: CellStatus
     passed: int
     failed: int
     environments: list[MatrixEnvironment]

@@ -115,15 +115,17 @@ def fill(engine: Engine, steps_wanted: int, seed: int = 0) -> Filled:
     rng = random.Random(seed)
     start = time.perf_counter()
     resolved_envs = max(1, round(steps_wanted / STEPS_PER_ENV))
-    combos = set()
+    combos: set[tuple[str, ...]] = set()
     while len(combos) < resolved_envs + resolved_envs * 15 // 85:
         combos.add(tuple(rng.choice(values) for values in AXES.values()))
     filler = [f"dep-{i:03d}" for i in range(92)]
     now = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    runs = [{"id": f"00000000-0000-4000-8000-{i:012d}", "spec_name": "nightly", "spec_hash": "0" * 64,
-             "runner_version": "0.1.0", "corpus_version": "c1", "host": "bench", "cutoff": "2026-11-01",
-             "started_at": now + dt.timedelta(days=i), "finished_at": now + dt.timedelta(days=i, hours=5),
-             "status": "finished", "counts": {}} for i in range(30)]
+    runs: list[dict[str, Any]] = [
+        {"id": f"00000000-0000-4000-8000-{i:012d}", "spec_name": "nightly", "spec_hash": "0" * 64,
+         "runner_version": "0.1.0", "corpus_version": "c1", "host": "bench", "cutoff": "2026-11-01",
+         "started_at": now + dt.timedelta(days=i), "finished_at": now + dt.timedelta(days=i, hours=5),
+         "status": "finished", "counts": {}} for i in range(30)
+    ]
     envs: list[dict[str, Any]] = []
     packages: list[dict[str, Any]] = []
     cases: list[dict[str, Any]] = []

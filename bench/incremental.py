@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).parents[1]
 TOY = ROOT / "tests" / "fixtures" / "corpus" / "slow.py"
@@ -33,7 +34,7 @@ packaging = ["==24.2", "==24.1", "==23.2", "==23.1", "==22.0"]
 """
 
 
-def _run(spec: str, db: str, env: dict[str, str]) -> tuple[float, dict]:
+def _run(spec: str, db: str, env: dict[str, str]) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "knowngood", "run", spec, "--db", db], cwd=ROOT, env=env,
                           capture_output=True, text=True, check=True)

@@ -170,13 +170,13 @@ def compare(
             select(Run).where(Run.spec_name == now_run.spec_name, Run.started_at < since)
             .order_by(Run.started_at.desc(), Run.id.desc()).limit(1)
         ).first()
-        before = state(session, now_run, before=since)
+        before_state = state(session, now_run, before=since)
     else:
         now_run = find_run(session, run)
         shards = [now_run]
         before_run = previous_run(session, now_run) if against in (None, "previous") else find_run(session, against)
-        before = state(session, before_run) if before_run else {}
-    report = Report(run=now_run, against=before_run, shards=shards, now=state(session, now_run), before=before)
+        before_state = state(session, before_run) if before_run else {}
+    report = Report(run=now_run, against=before_run, shards=shards, now=state(session, now_run), before=before_state)
     env_ids = {o.environment_id for o in (*report.now.values(), *report.before.values())}
     vers = versions(session, env_ids)
     for cell, now in sorted(report.now.items()):

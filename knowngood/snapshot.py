@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import select
@@ -29,13 +29,14 @@ from knowngood.models import Case, Environment, Package, Run, Step
 from runner.errors import KnowngoodError
 from runner.uv import parse_lock
 
-FORMAT = "knowngood-snapshot"
-FORMAT_VERSION = 2  # what export writes
+FORMAT: Final = "knowngood-snapshot"
+FORMAT_VERSION: Final = 2  # what export writes
 READS = (1, 2)
 
 # The step statuses the runner writes (runner.results.StepStatus); a case is `pass` or its first non-ok status.
 StepStatus = Literal["ok", "fail", "error", "timeout", "crash", "oom", "skip"]
 CaseStatus = Literal["pass", "fail", "error", "timeout", "crash", "oom", "skip"]
+RunStatus = Literal["running", "finished"]
 
 
 class SnapshotError(KnowngoodError, ValueError):
@@ -128,7 +129,7 @@ class RunDoc(_Doc):
     cutoff: str | None = Field(default=None, max_length=40)
     started_at: dt.datetime
     finished_at: dt.datetime | None = None
-    status: Literal["running", "finished"]
+    status: RunStatus
     counts: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -256,10 +257,8 @@ def parse(data: Any) -> Snapshot:
 # --- export -----------------------------------------------------------------------------------------------
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
+def _utc(value: dt.datetime) -> dt.datetime:
     """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones in the session's zone."""
-    if value is None:
-        return None
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
@@ -287,13 +286,15 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
     else:
         envs = list(session.scalars(env_query))
     env_key = {e.id: (e.hash, e.lock_hash) for e in envs}
+    # The status columns are plain strings; cast only narrows their type, the docs' Literal fields validate them.
     doc = Snapshot(
         format_version=FORMAT_VERSION,
         exported_at=dt.datetime.now(dt.UTC),
         runs=[RunDoc(id=r.id, spec_name=r.spec_name, spec_hash=r.spec_hash, runner_version=r.runner_version,
                      corpus_version=r.corpus_version, host=r.host, cutoff=r.cutoff,
-                     started_at=_utc(r.started_at), finished_at=_utc(r.finished_at),
-                     status=r.status, counts=r.counts or {}) for r in runs],
+                     started_at=_utc(r.started_at),
+                     finished_at=None if r.finished_at is None else _utc(r.finished_at),
+                     status=cast(RunStatus, r.status), counts=r.counts or {}) for r in runs],
         environments=sorted(
             (EnvironmentDoc(
                 hash=e.hash, lock_hash=e.lock_hash, name=e.name, python=e.python, python_full=e.python_full,
@@ -311,9 +312,9 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
                                                          lock_hash=env_key[c.environment_id][1]),
                 model=c.model, route=c.route, exporter=c.exporter, opset=c.opset, opset_emitted=c.opset_emitted,
                 model_hash=c.model_hash, corpus_version=c.corpus_version, runner_version=c.runner_version,
-                status=c.status, signature=c.signature, max_abs_diff=c.max_abs_diff,
+                status=cast(CaseStatus, c.status), signature=c.signature, max_abs_diff=c.max_abs_diff,
                 recorded_at=_utc(c.recorded_at),
-                steps=[StepDoc(ordinal=s.ordinal, name=s.name, status=s.status, seconds=s.seconds,
+                steps=[StepDoc(ordinal=s.ordinal, name=s.name, status=cast(StepStatus, s.status), seconds=s.seconds,
                                peak_rss=s.peak_rss, error_type=s.error_type, message=s.message,
                                signature=s.signature, max_abs_diff=s.max_abs_diff, details=s.details or {})
                        for s in sorted(c.steps, key=lambda s: s.ordinal)],
@@ -325,9 +326,8 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
 
 
 def _within(when: dt.datetime, window: tuple[dt.datetime, dt.datetime | None]) -> bool:
-    start, end = _utc(window[0]), _utc(window[1])
+    start, end = _utc(window[0]), None if window[1] is None else _utc(window[1])
     at = _utc(when)
-    assert start is not None and at is not None
     return start <= at and (end is None or at <= end)
 
 
@@ -439,13 +439,13 @@ def _store(session: Session, doc: Snapshot) -> Imported:
             query = select(Environment).where(Environment.hash == e.hash)
             query = query.where(Environment.lock_hash == e.lock_hash if e.lock_hash is not None
                                 else Environment.lock_hash.is_(None))
-            row = session.scalars(query.order_by(Environment.id).limit(1)).first()
-            if row is None:
+            env_row = session.scalars(query.order_by(Environment.id).limit(1)).first()
+            if env_row is None:
                 fields = e.model_dump(exclude={"lock", "packages"})
-                row = Environment(**fields, packages=[Package(**p.model_dump()) for p in e.packages or ()])
-                session.add(row)
+                env_row = Environment(**fields, packages=[Package(**p.model_dump()) for p in e.packages or ()])
+                session.add(env_row)
                 out.environments_added += 1
-            env_ids[e.key()] = row
+            env_ids[e.key()] = env_row
         session.flush()
         known: dict[int, set[tuple[Any, ...]]] = {}
         for c in doc.cases:

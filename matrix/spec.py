@@ -60,6 +60,10 @@ class Limits(BaseModel):
     memory_limit_mb: int = Field(default=12_000, gt=0, alias="memory-limit-mb")
 
 
+def _default_exporters() -> list[Literal["torchscript", "dynamo"]]:
+    return ["torchscript"]
+
+
 class Spec(BaseModel):
     """A matrix definition: axes of versions, models, routes, exporters and opsets."""
 
@@ -69,7 +73,7 @@ class Spec(BaseModel):
     description: str = ""
     models: list[str] = Field(min_length=1)
     routes: list[str] = Field(min_length=1)
-    exporters: list[Literal["torchscript", "dynamo"]] = Field(default_factory=lambda: ["torchscript"])
+    exporters: list[Literal["torchscript", "dynamo"]] = Field(default_factory=_default_exporters)
     opsets: list[StrictInt] = Field(default_factory=lambda: [17], min_length=1)
     exclude_newer: str | None = Field(default=None, alias="exclude-newer")
     excludes: list[str] = Field(default_factory=list, description="packages kept out of resolution")
@@ -299,5 +303,7 @@ def _line_of(raw_text: str, loc: tuple[str, ...]) -> int:
 
 
 def _same(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    norm = lambda t: tuple(x.replace("_", "-").lower() for x in t)  # noqa: E731
+    def norm(t: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(x.replace("_", "-").lower() for x in t)
+
     return bool(b) and norm(a) == norm(b)

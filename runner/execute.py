@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.results import StepResult, parse_lines
+from runner.results import StepResult, StepStatus, parse_lines
 from runner.worker.routes import ROUTES
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def execute(
                 message=message, details={"worker_log_tail": tail},
             ))
             for later, name in enumerate(ROUTES[by_key[key].route][ordinal + 1 :], start=ordinal + 1):
-                steps.append(StepResult(case=key, step=name, ordinal=later, status="skip",
+                steps.append(StepResult(case=key, step=name, ordinal=later, status=StepStatus.skip,
                                         message=f"{step_name}: {status}"))
             if on_case:
                 on_case(key, steps)
@@ -225,7 +225,7 @@ def execute(
             reason = corpus_error or f"worker exited with code {proc.returncode} before starting a case:\n{tail}"
             for job in remaining:
                 outcome.steps[job.key] = [StepResult(
-                    case=job.key, step=ROUTES[job.route][0], ordinal=0, status="error",
+                    case=job.key, step=ROUTES[job.route][0], ordinal=0, status=StepStatus.error,
                     error_type="CorpusError" if corpus_error else "WorkerFailed", message=reason,
                 )]
                 if on_case:
@@ -320,14 +320,16 @@ def _interrupted(
     return None
 
 
-def _death(returncode: int | None, killed_for: str | None, step_timeout: float, memory_limit: int) -> tuple[str, str]:
+def _death(
+    returncode: int | None, killed_for: str | None, step_timeout: float, memory_limit: int
+) -> tuple[StepStatus, str]:
     if killed_for == "timeout":
-        return "timeout", f"step exceeded {step_timeout:g} s; process group stopped"
+        return StepStatus.timeout, f"step exceeded {step_timeout:g} s; process group stopped"
     if killed_for == "memory":
-        return "oom", f"worker RSS passed the limit of {memory_limit // 2**20} MiB; process group killed"
+        return StepStatus.oom, f"worker RSS passed the limit of {memory_limit // 2**20} MiB; process group killed"
     if returncode is not None and returncode < 0:
         name = signal.Signals(-returncode).name
         if name == "SIGKILL":
-            return "oom", "worker killed by SIGKILL (likely the kernel's OOM killer)"
-        return "crash", f"worker died from {name}"
-    return "crash", f"worker exited with code {returncode} in the middle of the step"
+            return StepStatus.oom, "worker killed by SIGKILL (likely the kernel's OOM killer)"
+        return StepStatus.crash, f"worker died from {name}"
+    return StepStatus.crash, f"worker exited with code {returncode} in the middle of the step"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 _RULES: list[tuple[re.Pattern[str], str]] = [
     # torch.onnx (TorchScript): "Exporting the operator 'aten::grid_sampler' to ONNX opset version 15 is not supported"
@@ -47,7 +48,9 @@ def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def normalise(error_type: str | None, message: str | None, *, step: str = "", details: dict | None = None) -> str:
+def normalise(
+    error_type: str | None, message: str | None, *, step: str = "", details: Mapping[str, object] | None = None
+) -> str:
     """A short stable signature for a failed step, e.g. `ParityExceeded(input=1)`."""
     details = details or {}
     message = message or ""
