@@ -77,9 +77,15 @@ def _stamp(env: Environment, provenance: Provenance) -> str:
     )
 
 
+# Pinned in constraints too, though nobody asks for them by name: the measured data shows that letting the
+# resolver move them breaks working chains (IncompatibleDependency(ml_dtypes): onnx and onnx-ir need a newer
+# ml_dtypes than older TensorFlow allows).
+FRAGILE = ("ml-dtypes",)
+
+
 def _top_level(env: Environment) -> list[Package]:
-    """The pins a user writes by hand: what the environment asked for plus the frameworks and numpy/protobuf."""
-    asked = set(KEY_PACKAGES)
+    """The pins a user writes by hand: what the environment asked for, the frameworks, numpy, protobuf and FRAGILE."""
+    asked = set(KEY_PACKAGES) | set(FRAGILE)
     for text in env.requirements:
         try:
             asked.add(canonicalize_name(Requirement(text).name))

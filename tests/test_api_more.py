@@ -319,3 +319,15 @@ def test_openapi_documents_every_read_endpoint(client: TestClient) -> None:
     assert fmt["schema"]["enum"] == ["requirements", "constraints", "pylock", "pyproject"]
     assert {"MatrixOut", "FailuresOut", "RunsOut", "EnvironmentOut"} <= set(doc["components"]["schemas"])
 
+
+
+def test_constraints_pin_what_breaks_chains_when_it_moves() -> None:
+    """ml-dtypes is nobody's top-level requirement, but the data shows chains break when the resolver moves it."""
+    from api.lockfile import _top_level
+    from knowngood.models import Environment, Package
+
+    env = Environment(requirements=["torch==2.9.1", "tensorflow-cpu==2.17.1", "onnx2tf", "tf-keras>=2.17,<2.18"],
+                      packages=[Package(name=n, version=v, hashes=[]) for n, v in [
+                          ("absl-py", "2.1.0"), ("ml-dtypes", "0.4.1"), ("numpy", "1.26.4"), ("onnx2tf", "1.26.2"),
+                          ("tensorflow-cpu", "2.17.1"), ("tf-keras", "2.17.0"), ("torch", "2.9.1")]])
+    assert [p.name for p in _top_level(env)] == ["ml-dtypes", "numpy", "onnx2tf", "tensorflow-cpu", "tf-keras", "torch"]
