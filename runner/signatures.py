@@ -6,6 +6,14 @@ import re
 from collections.abc import Mapping
 
 _RULES: list[tuple[re.Pattern[str], str]] = [
+    # torch.onnx dynamo exporter: its "## Exception summary" names the cause under a generic first line
+    # ("Failed to convert the exported program to an ONNX model"), so it is read before anything else.
+    (re.compile(r"No ONNX function found for <OpOverload\(op='(\w+)\.(\w+)'"), "NoOnnxFunction({0}::{1})"),
+    (re.compile(r"No ONNX function found for <torch\._higher_order_ops\.\w+\.(\w+?)Op\b"),
+     "NoOnnxFunction({0})"),
+    (re.compile(r"GuardOnDataDependentSymNode|Could not guard on data-dependent expression"),
+     "DataDependentControlFlow"),
+    (re.compile(r"Exporting a ScriptModule is not supported"), "ScriptModuleNotSupported"),
     # torch.onnx (TorchScript): "Exporting the operator 'aten::grid_sampler' to ONNX opset version 15 is not supported"
     (re.compile(r"Exporting the operator '?([\w:.]+)'? to ONNX opset version \d+ is not supported"),
      "UnsupportedOperator({0})"),

@@ -58,6 +58,27 @@ SYNTHETIC = [
      "  × No solution found when resolving dependencies:\n  ╰─▶ Because onnx==1.17.0 depends on protobuf>=3.20.2 and "
      "you require protobuf==3.20.1, we can conclude that your requirements and onnx==1.17.0 are incompatible.",
      "", {}, "ResolutionConflict(protobuf)"),
+    # torch 2.8.0 dynamo exporter with the resolver's newest onnxscript: the cause is in the exception summary
+    ("ConversionError",
+     "Failed to convert the exported program to an ONNX model. \x1b[96mThis is step 3/3\x1b[0m of exporting the "
+     "model to ONNX. Next steps:\n- If there is a missing ONNX function, implement it and register it to the registry."
+     "\n## Exception summary\n<class 'torch.onnx._internal.exporter._errors.DispatchError'>: No ONNX function found "
+     "for <OpOverload(op='aten.convolution', overload='default')>. Failure message: No decompositions registered for "
+     "the real-valued input\n⬆️\n<class 'torch.onnx._internal.exporter._errors.ConversionError'>: Error when "
+     "translating node %convolution", "export", {}, "NoOnnxFunction(aten::convolution)"),
+    ("ConversionError",
+     "Failed to convert the exported program to an ONNX model.\n## Exception summary\n<class 'torch.onnx._internal."
+     "exporter._errors.DispatchError'>: No ONNX function found for <torch._higher_order_ops.cond.CondOp object at "
+     "0x7f3a2c1b2d90>. Failure message: No decompositions registered", "export", {}, "NoOnnxFunction(Cond)"),
+    ("TorchExportError",
+     "Failed to export the model with torch.export. \x1b[96mThis is step 1/3\x1b[0m of exporting the model to ONNX."
+     "\n## Exception summary\n<class 'torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode'>: Could not "
+     "guard on data-dependent expression Eq(u0, 1) (unhinted: Eq(u0, 1)).\n  File \"/work/main/matrix/corpus/"
+     "control_flow.py\", line 39, in forward\n    if bool(x.sum() > 0):", "export", {}, "DataDependentControlFlow"),
+    ("TorchExportError",
+     "Failed to export the model with torch.export.\n## Exception summary\n<class 'ValueError'>: Exporting a "
+     "ScriptModule is not supported. Maybe try converting your ScriptModule to an ExportedProgram using "
+     "`TS2EPConverter(mod, args, kwargs)` instead.", "export", {}, "ScriptModuleNotSupported"),
     ("ParityExceeded", "input 1 (branch=else): max abs diff 6.4 exceeds atol 1e-05", "parity", {"failed_input": 1},
      "ParityExceeded(input=1)"),
     ("Crash", "worker died from SIGSEGV", "convert", {}, "Crash(convert,SIGSEGV)"),
