@@ -99,15 +99,16 @@ def _converter_stacks(session: Session) -> list[str]:
     counts: dict[int, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
     for env_id, route, status in session.execute(select(Case.environment_id, Case.route, Case.status)):
         counts[env_id][route]["pass" if status == "pass" else "other"] += 1
-    envs = {e.id: e for e in session.scalars(select(Environment).where(Environment.id.in_(list(counts))))}
-    versions = _versions(session, list(envs))
+    pythons: dict[int, str] = {env_id: python for env_id, python in session.execute(
+        select(Environment.id, Environment.python).where(Environment.id.in_(list(counts))))}
+    versions = _versions(session, list(pythons))
     groups: dict[tuple[str, str, str, str], list[int]] = defaultdict(list)
-    for env_id, env in envs.items():
+    for env_id, python in pythons.items():
         v = versions[env_id]
         tf = v.get("tensorflow") or v.get("tensorflow-cpu")
         for converter in ("onnx2tf", "onnx-tf"):
             if v.get("torch") and tf and converter in v:
-                groups[(env.python, v["torch"], tf, converter)].append(env_id)
+                groups[(python, v["torch"], tf, converter)].append(env_id)
     stacks = {k: ids for k, ids in groups.items() if len({versions[e][k[3]] for e in ids}) > 1}
     lines = ["## Same torch and TensorFlow, another converter release", "",
              "Environments that pin the same Python, torch and TensorFlow but another release of the converter (with "

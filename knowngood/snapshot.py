@@ -148,7 +148,7 @@ class Snapshot(_Doc):
     @classmethod
     def _known_version(cls, value: Any) -> Any:
         if value not in READS:
-            raise ValueError(f"this knowngood reads versions {' and '.join(map(str, READS))}, got {value!r}")
+            raise ValueError(_unknown_version(value))
         return value
 
     @model_validator(mode="after")
@@ -230,6 +230,10 @@ def lock_packages(lock_text: str | None) -> list[PackageDoc]:
     return [PackageDoc(name=p.name, version=p.version, hashes=list(p.hashes)) for p in parse_lock(lock_text)]
 
 
+def _unknown_version(value: Any) -> str:
+    return f"this knowngood reads versions {' and '.join(map(str, READS))}, got {value!r}"
+
+
 def describe(exc: ValidationError) -> str:
     """The first error of a validation failure as `path: message`, e.g. `cases[3].steps[0].status: …`."""
     err = exc.errors()[0]
@@ -246,8 +250,7 @@ def parse(data: Any) -> Snapshot:
     """Validate a decoded document; raise SnapshotError naming the first bad path."""
     # Checked first: an unknown version's other differences would otherwise be reported instead.
     if isinstance(data, dict) and data.get("format") == FORMAT and data.get("format_version", 1) not in READS:
-        raise SnapshotError(f"format_version: this knowngood reads versions {' and '.join(map(str, READS))}, "
-                            f"got {data.get('format_version')!r}")
+        raise SnapshotError(f"format_version: {_unknown_version(data.get('format_version'))}")
     try:
         return Snapshot.model_validate(data)
     except ValidationError as exc:

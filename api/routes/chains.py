@@ -15,10 +15,8 @@ from api.routes.params import (
     PythonParam,
     RequireParam,
     RouteParam,
-    check_exporter,
-    check_models,
+    check_case_filters,
     check_packages,
-    check_route,
     json_response,
 )
 from api.schemas import ChainsOut
@@ -34,9 +32,7 @@ def parse_query(
 ) -> queries.ChainQuery:
     """Shared by /chains and /lockfile: parse, then check names against what is recorded."""
     query = queries.ChainQuery.parse(models, route, exporter=exporter, python=python, require=require, limit=limit)
-    check_route(route)
-    check_exporter(exporter)
-    check_models(session, query.models)
+    check_case_filters(session, route, exporter, query.models)
     check_packages(session, "require", [r.name for r in query.require])
     return query
 

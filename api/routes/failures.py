@@ -14,10 +14,8 @@ from api.routes.params import (
     OptionalModelsParam,
     OptionalRouteParam,
     PythonParam,
-    check_exporter,
-    check_models,
+    check_case_filters,
     check_packages,
-    check_route,
     json_response,
 )
 from api.schemas import FailuresOut
@@ -36,9 +34,7 @@ async def failures(
     def build(session: Session) -> Response:
         query = queries.FailureQuery(package=package, route=route, models=tuple(queries.split_names(models)),
                                      exporter=exporter, python=python, limit=limit)
-        check_route(route)
-        check_exporter(exporter)
-        check_models(session, query.models)
+        check_case_filters(session, route, exporter, query.models)
         check_packages(session, "package", [package])
         return json_response(queries.failures(session, query))
 

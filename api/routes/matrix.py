@@ -14,10 +14,8 @@ from api.routes.params import (
     OptionalModelsParam,
     OptionalRouteParam,
     PythonParam,
-    check_exporter,
-    check_models,
+    check_case_filters,
     check_packages,
-    check_route,
     json_response,
 )
 from api.schemas import MatrixOut
@@ -37,9 +35,7 @@ async def matrix(
     def build(session: Session) -> Response:
         query = queries.MatrixQuery(x=x, y=y, route=route, models=tuple(queries.split_names(models)),
                                     exporter=exporter, python=python)
-        check_route(route)
-        check_exporter(exporter)
-        check_models(session, query.models)
+        check_case_filters(session, route, exporter, query.models)
         check_packages(session, "x", [x])
         check_packages(session, "y", [y])
         return json_response(queries.matrix_grid(session, query))

@@ -52,6 +52,14 @@ def check_models(session: Session, models: list[str] | tuple[str, ...]) -> None:
         raise queries.QueryError("models", f"no results recorded for {unknown}; known: {known}")
 
 
+def check_case_filters(session: Session, route: str | None, exporter: str | None,
+                       models: list[str] | tuple[str, ...]) -> None:
+    """The filters every case query takes, in the order their errors are reported."""
+    check_route(route)
+    check_exporter(exporter)
+    check_models(session, models)
+
+
 def check_packages(session: Session, param: str, names: list[str]) -> None:
     unknown = queries.unknown_packages(session, names)
     if unknown:
