@@ -13,9 +13,9 @@ from api.lockfile import LockfileUnavailable
 from api.queries import FactsCache, QueryError
 from api.routes import chains, dashboard, failures, ingest, lockfile, matrix, runs
 from api.routes.params import reject_nul
-from knowngood import __version__
-from knowngood.db import make_engine, make_sessionmaker
-from knowngood.settings import Settings
+from store import __version__
+from store.db import make_engine, make_sessionmaker
+from store.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:

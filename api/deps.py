@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from knowngood.settings import Settings
+from store.settings import Settings
 
 
 def get_session(request: Request) -> Iterator[Session]:

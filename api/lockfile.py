@@ -25,9 +25,10 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 from sqlalchemy.orm import Session
 
-from api.queries import KEY_PACKAGES, Provenance
+from api.queries import Provenance
 from api.schemas import ChainOut
-from knowngood.models import Environment, Package
+from matrix.routes import KEY_PACKAGES
+from store.models import Environment, Package
 
 Format = Literal["requirements", "constraints", "pylock", "pyproject"]
 FORMATS: tuple[Format, ...] = ("requirements", "constraints", "pylock", "pyproject")

@@ -35,14 +35,9 @@ from api.schemas import (
     RunsOut,
     StepOut,
 )
-from knowngood.models import Case, Environment, Package, Run, Step
-from runner.worker.routes import ROUTE_PACKAGES
+from matrix.routes import ALIASES, KEY_PACKAGES, ROUTE_PACKAGES
+from store.models import Case, Environment, Package, Run, Step
 
-# The packages a user pins by hand; everything else follows from them.
-KEY_PACKAGES = ("torch", "onnx", "onnxruntime", "tensorflow", "tensorflow-cpu", "onnx2tf", "onnx-tf",
-                "numpy", "protobuf")
-# To a user these are one framework: a filter on either matches both.
-ALIASES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "tensorflow-cpu": ("tensorflow", "tensorflow-cpu")}
 # A result row of any shape (SQLAlchemy 2.1's Row is variadic: Row[Any] would be a one-column row).
 AnyRow = Row[*tuple[Any, ...]]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from knowngood.settings import Settings
 from matrix import expand, spec
 from runner import environments, uv
+from store.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 SMOKE = ROOT / "matrix" / "specs" / "smoke.toml"

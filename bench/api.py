@@ -40,12 +40,12 @@ from sqlalchemy import Engine, insert, text
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from api.app import create_app
-from knowngood import migrate
-from knowngood.db import make_engine
-from knowngood.models import Case, Environment, Package, Run, Step
-from knowngood.pgcluster import free_port, throwaway_cluster
-from knowngood.settings import Settings
-from runner.worker.routes import EXPORTERS, ROUTES
+from matrix.routes import EXPORTERS, ROUTES
+from store import migrate
+from store.db import make_engine
+from store.models import Case, Environment, Package, Run, Step
+from store.settings import Settings
+from tests.pgcluster import free_port, throwaway_cluster
 
 ROOT = Path(__file__).parents[1]
 

@@ -24,6 +24,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from bench._env import smoke_environment
 from runner import uv
+from store.locks import Lock
 
 
 def _pip_env(cache: Path) -> dict[str, str]:
@@ -33,7 +34,7 @@ def _pip_env(cache: Path) -> dict[str, str]:
     return env
 
 
-def ours(target: Path, python: Path, lock: uv.Lock) -> None:
+def ours(target: Path, python: Path, lock: Lock) -> None:
     uv.venv(target, python)
     uv.sync(target, lock)
 

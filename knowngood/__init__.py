@@ -1,3 +1,8 @@
-"""knowngood: measured compatibility of PyTorch, ONNX, ONNX Runtime, TensorFlow and converters."""
+"""knowngood: measured compatibility of PyTorch, ONNX, ONNX Runtime, TensorFlow and converters.
 
-__version__ = "0.1.0"
+The entry points live here (cli, report, docs); nothing below imports them.
+"""
+
+from store import __version__
+
+__all__ = ["__version__"]

@@ -9,9 +9,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from knowngood.settings import Settings
 from matrix.spec import SpecError
-from runner.errors import KnowngoodError
+from store.errors import KnowngoodError
+from store.settings import Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -39,8 +39,8 @@ def _timestamp(text: str) -> dt.datetime:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from knowngood.migrate import ensure_head
     from runner.run import run
+    from store.migrate import ensure_head
 
     settings = _settings(args)
     ensure_head(settings.database_url)
@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from knowngood.migrate import upgrade
+    from store.migrate import upgrade
 
     settings = _settings(args)
     upgrade(settings.database_url)
@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_chains(args: argparse.Namespace) -> int:
     from api import queries
-    from knowngood.db import make_engine, make_sessionmaker
+    from store.db import make_engine, make_sessionmaker
 
     engine = make_engine(_settings(args).database_url)
     with make_sessionmaker(engine)() as session:
@@ -96,7 +96,7 @@ def cmd_chains(args: argparse.Namespace) -> int:
 
 def cmd_lock(args: argparse.Namespace) -> int:
     from api import lockfile, queries
-    from knowngood.db import make_engine, make_sessionmaker
+    from store.db import make_engine, make_sessionmaker
 
     engine = make_engine(_settings(args).database_url)
     with make_sessionmaker(engine)() as session:
@@ -116,19 +116,19 @@ def cmd_lock(args: argparse.Namespace) -> int:
 def cmd_docs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from knowngood import matrixdoc
-    from knowngood.db import make_engine, make_sessionmaker
+    from knowngood import docs
+    from store.db import make_engine, make_sessionmaker
 
     engine = make_engine(_settings(args).database_url)
     with make_sessionmaker(engine)() as session:
-        path = matrixdoc.render(session, Path(args.out))
+        path = docs.render(session, Path(args.out))
     engine.dispose()
     print(f"wrote {path}")
     return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from knowngood import migrate
+    from store import migrate
 
     url = _settings(args).database_url
     if args.action == "upgrade":
@@ -136,8 +136,8 @@ def cmd_db(args: argparse.Namespace) -> int:
     elif args.action == "check":
         migrate.check(url)
     else:
-        from knowngood.db import make_engine, make_sessionmaker
         from runner.record import resignature
+        from store.db import make_engine, make_sessionmaker
 
         engine = make_engine(url)
         with make_sessionmaker(engine)() as session:
@@ -148,9 +148,9 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from knowngood import snapshot
-    from knowngood.db import make_engine, make_sessionmaker
-    from knowngood.migrate import upgrade
+    from store import snapshot
+    from store.db import make_engine, make_sessionmaker
+    from store.migrate import upgrade
 
     url = _settings(args).database_url
     upgrade(url)
@@ -170,7 +170,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from knowngood import report
-    from knowngood.db import make_engine, make_sessionmaker
+    from store.db import make_engine, make_sessionmaker
 
     engine = make_engine(_settings(args).database_url)
     try:
@@ -188,7 +188,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_db(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--db", help="database URL (default: KNOWNGOOD_DATABASE_URL or sqlite:///knowngood.db)")
+        sp.add_argument("--db", help="database URL (default: KNOWNGOOD_DATABASE_URL or sqlite:///store.db)")
         return sp
 
     sp = with_db(sub.add_parser("run", help="resolve, install, execute and record a spec"))

@@ -18,11 +18,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.queries import rank_key
-from knowngood.models import Case, Environment, Package, Run
-from runner.errors import KnowngoodError
+from matrix.routes import FRAMEWORKS
+from store.errors import KnowngoodError
+from store.models import Case, Environment, Package, Run
 
 # What a reader needs to place a combination; numpy and protobuf follow from these.
-SHOWN = ("torch", "onnx", "onnxruntime", "tensorflow", "tensorflow-cpu", "onnx2tf", "onnx-tf")
+SHOWN = FRAMEWORKS
 MAX_ROWS = 25  # per section: a CI summary is read in a minute
 
 Cell = tuple[str, str, str, str, int]  # environment request hash, model, route, exporter, opset

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from matrix.routes import ROUTE_PACKAGES, ROUTES
 from matrix.spec import LatestMinors, Spec
-from runner.worker.routes import ROUTE_PACKAGES, ROUTES
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 

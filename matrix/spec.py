@@ -13,7 +13,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from runner.worker.routes import EXPORTERS, ROUTES
+from matrix.routes import EXPORTERS, ROUTES
 
 SPECS_DIR = Path(__file__).parent / "specs"
 

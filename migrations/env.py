@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
-from knowngood import models  # noqa: F401  (registers the tables on Base.metadata)
-from knowngood.db import Base, make_engine
-from knowngood.settings import Settings
+from store import models  # noqa: F401  (registers the tables on Base.metadata)
+from store.db import Base, make_engine
+from store.settings import Settings
 
 # Any constant works; it only has to be the same for every process migrating this database.
 MIGRATION_LOCK_ID = 0x6B6E6F776E

@@ -9,6 +9,7 @@ from pathlib import Path
 from matrix.expand import Environment
 from runner import pythons, uv
 from runner.errors import InterpreterNotFound
+from store.locks import Lock
 
 MARKER = ".knowngood-lock"
 
@@ -18,7 +19,7 @@ class Resolved:
     env: Environment
     python_exe: Path | None
     python_full: str | None
-    lock: uv.Lock | None
+    lock: Lock | None
     conflict: uv.Conflict | None = None
     missing_python: str | None = None
     reused: bool = False  # taken from the database instead of asking uv again

@@ -1,10 +1,8 @@
-"""Errors a user can act on; the CLI maps each to its own exit code."""
+"""The runner's errors a user can act on: a missing interpreter, a missing or failing uv."""
 
 from __future__ import annotations
 
-
-class KnowngoodError(Exception):
-    exit_code = 1
+from store.errors import KnowngoodError
 
 
 class InterpreterNotFound(KnowngoodError):

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from matrix.routes import ROUTES
 from runner.results import StepResult, StepStatus, parse_lines
-from runner.worker.routes import ROUTES
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from knowngood.db import utcnow
-from knowngood.models import Case, Environment, Package, Run, Step
 from matrix.expand import Case as PlannedCase
 from matrix.expand import Plan
 from runner import RUNNER_VERSION, signatures
 from runner.environments import Resolved
 from runner.results import StepResult, case_status
+from store.db import utcnow
+from store.models import Case, Environment, Package, Run, Step
 
 
 def _text(value: str | None) -> str | None:

@@ -26,16 +26,17 @@ from rich.progress import (
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from knowngood.db import make_engine, make_sessionmaker
-from knowngood.models import Case as CaseRow
-from knowngood.models import Environment as EnvironmentRow
-from knowngood.models import Run
-from knowngood.settings import Settings
 from matrix import expand, versions
 from matrix import spec as spec_mod
 from runner import RUNNER_VERSION, environments, execute, pythons, record, uv
 from runner.errors import InterpreterNotFound, UvFailed
 from runner.results import StepResult, case_status
+from store.db import make_engine, make_sessionmaker
+from store.locks import Lock, parse_lock
+from store.models import Case as CaseRow
+from store.models import Environment as EnvironmentRow
+from store.models import Run
+from store.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ def _resolve(session: Session, env: expand.Environment, ttl: float = 0) -> envir
                 return environments.resolve(env)
             if row.lock_text is None:  # a conflict stays a conflict
                 return environments.Resolved(env, exe, full, None, conflict=uv.Conflict(row.error or ""), reused=True)
-            lock = uv.Lock(row.lock_text, uv.parse_lock(row.lock_text))
+            lock = Lock(row.lock_text, parse_lock(row.lock_text))
             return environments.Resolved(env, exe, full, lock, reused=True)
     return environments.resolve(env)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -17,6 +15,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from runner.errors import UvFailed, UvNotFound
+from store.locks import Lock, parse_lock
 
 log = logging.getLogger(__name__)
 
@@ -64,30 +63,6 @@ def _run(args: Sequence[str], *, input: str | None = None, timeout: float = 3600
 
 
 @dataclass(frozen=True)
-class Pin:
-    name: str
-    version: str
-    hashes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Lock:
-    """A resolved, pinned package set and the exact text uv wrote for it."""
-
-    text: str
-    pins: tuple[Pin, ...]
-
-    @property
-    def hash(self) -> str:
-        lines = sorted(f"{p.name}=={p.version}" for p in self.pins)
-        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-    def version(self, name: str) -> str | None:
-        name = canonicalize_name(name)
-        return next((p.version for p in self.pins if p.name == name), None)
-
-
-@dataclass(frozen=True)
 class Conflict:
     """uv could not resolve the request; `reason` is uv's own explanation."""
 
@@ -98,24 +73,6 @@ class Conflict:
 _TRANSIENT = ("error sending request", "Failed to fetch", "operation timed out", "dns error", "Connection reset")
 # Environments are made of wheels: building sdists would measure compilers, not compatibility.
 NO_BUILD = ("--no-build",)
-
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
-_HASH = re.compile(r"--hash=(\S+)")
-
-
-def parse_lock(text: str) -> tuple[Pin, ...]:
-    """Read `name==version --hash=...` entries from a compiled requirements file."""
-    logical = re.sub(r"\\\n", " ", text)
-    pins = []
-    for line in logical.splitlines():
-        line = line.strip()
-        if line.startswith("#"):
-            continue
-        m = _PIN.match(line)
-        if m:
-            pins.append(Pin(canonicalize_name(m.group(1)), m.group(2), tuple(_HASH.findall(line))))
-    return tuple(sorted(pins, key=lambda p: p.name))
-
 
 def compile(
     python: Path,

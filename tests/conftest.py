@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from knowngood import migrate
-from knowngood.db import make_engine, make_sessionmaker, utcnow
-from knowngood.models import Case, Environment, Package, Run, Step
-from knowngood.pgcluster import PostgresNotFound, database, server_binary, throwaway_cluster
+from store import migrate
+from store.db import make_engine, make_sessionmaker, utcnow
+from store.models import Case, Environment, Package, Run, Step
+from tests.pgcluster import PostgresNotFound, database, server_binary, throwaway_cluster
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +80,7 @@ def fresh_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callabl
 @pytest.fixture
 def db_dump() -> Callable[[str], dict[str, Any]]:
     """The database as a snapshot document minus its export time: equal dumps mean equal contents."""
-    from knowngood import snapshot
+    from store import snapshot
 
     def dump(url: str) -> dict[str, Any]:
         engine = make_engine(url)
@@ -120,7 +120,7 @@ def api_answers() -> Callable[[str], list[Any]]:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from knowngood.settings import Settings
+    from store.settings import Settings
 
     def answers(url: str) -> list[Any]:
         out: list[Any] = []

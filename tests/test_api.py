@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from knowngood.settings import Settings
+from store.settings import Settings
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from knowngood.models import Environment, Package
-from knowngood.settings import Settings
 from runner import pythons, uv
+from store.locks import Lock
+from store.models import Environment, Package
+from store.settings import Settings
 
 
 @pytest.fixture
@@ -249,11 +250,11 @@ def test_every_format_is_stamped(client: TestClient, recorded: dict) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_lock() -> tuple[Path, uv.Lock]:
+def tiny_lock() -> tuple[Path, Lock]:
     """A real lock, resolved once: six and packaging as of 2025-01-01."""
     exe, _ = pythons.find("3.11")
     lock = uv.compile(exe, ["six", "packaging"], cutoff="2025-01-01")
-    assert isinstance(lock, uv.Lock), lock
+    assert isinstance(lock, Lock), lock
     return exe, lock
 
 
@@ -269,7 +270,7 @@ def _uv(*args: str) -> str:
     ("pyproject", ["pip", "install", "-r"]),
 ])
 def test_served_lockfile_round_trips_through_uv(client: TestClient, session: Session, make_run: Callable,
-                                                make_case: Callable, tiny_lock: tuple[Path, uv.Lock],
+                                                make_case: Callable, tiny_lock: tuple[Path, Lock],
                                                 tmp_path: Path, fmt: str, install: list[str]) -> None:
     """Serve the lock of a real resolution, install it into a fresh venv, and get exactly the recorded set."""
     exe, lock = tiny_lock
@@ -324,7 +325,7 @@ def test_openapi_documents_every_read_endpoint(client: TestClient) -> None:
 def test_constraints_pin_what_breaks_chains_when_it_moves() -> None:
     """ml-dtypes is nobody's top-level requirement, but the data shows chains break when the resolver moves it."""
     from api.lockfile import _top_level
-    from knowngood.models import Environment, Package
+    from store.models import Environment, Package
 
     env = Environment(requirements=["torch==2.9.1", "tensorflow-cpu==2.17.1", "onnx2tf", "tf-keras>=2.17,<2.18"],
                       packages=[Package(name=n, version=v, hashes=[]) for n, v in [

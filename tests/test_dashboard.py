@@ -22,8 +22,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from knowngood.models import Environment
-from knowngood.settings import Settings
+from store.models import Environment
+from store.settings import Settings
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Also keep the screenshot here when set, e.g. KNOWNGOOD_DASHBOARD_SCREENSHOT=/tmp/kg/dashboard.png.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from knowngood.matrixdoc import render
+from knowngood.docs import render
 
 
 def _record(make_run: Callable, make_environment: Callable, make_case: Callable) -> dict:

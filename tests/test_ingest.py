@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from knowngood import cli
-from knowngood.settings import Settings
+from store.settings import Settings
 
 SMOKE = Path(__file__).parent / "fixtures" / "smoke-snapshot.json.gz"
 TOKEN = "s3cret-token"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import inspect
 
-from knowngood import migrate
-from knowngood.db import make_engine
+from store import migrate
+from store.db import make_engine
 
 
 def test_upgrade_head_matches_models(db_url: str) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from knowngood import cli, migrate
-from knowngood.db import make_engine
+from knowngood import cli
+from store import migrate
+from store.db import make_engine
 
 SMOKE = Path(__file__).parent / "fixtures" / "smoke-snapshot.json.gz"  # a real smoke run, exported
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from knowngood import migrate
-from knowngood.db import make_engine, make_sessionmaker
-from knowngood.models import Case, Environment, Run
 from matrix import expand, spec
+from store import migrate
+from store.db import make_engine, make_sessionmaker
+from store.models import Case, Environment, Run
 
 ROOT = Path(__file__).parents[1]
 SLOW = ROOT / "tests" / "fixtures" / "corpus" / "slow.py"

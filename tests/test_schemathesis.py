@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
 from api.app import create_app
-from knowngood.settings import Settings
+from store.settings import Settings
 
 # The document is the app's own; it does not touch the database, so any URL serves to load it.
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(Settings(database_url="sqlite://")))

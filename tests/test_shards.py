@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from knowngood import migrate
-from knowngood.db import make_engine, make_sessionmaker
-from knowngood.models import Case, Environment, Run
-from knowngood.pgcluster import database
 from matrix import expand, spec
+from store import migrate
+from store.db import make_engine, make_sessionmaker
+from store.models import Case, Environment, Run
+from tests.pgcluster import database
 
 FAULTS = Path(__file__).parent / "fixtures" / "corpus" / "faults.py"
 SHARDS = 4

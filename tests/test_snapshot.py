@@ -20,12 +20,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from knowngood import cli, snapshot
-from knowngood.db import make_engine, make_sessionmaker
-from knowngood.models import Environment, Run, Step
-from knowngood.settings import Settings
+from knowngood import cli
 from runner.results import StepStatus
-from runner.uv import parse_lock
+from store import snapshot
+from store.db import make_engine, make_sessionmaker
+from store.locks import parse_lock
+from store.models import Environment, Run, Step
+from store.settings import Settings
 
 SMOKE = Path(__file__).parent / "fixtures" / "smoke-snapshot.json.gz"  # a real smoke run, exported
 

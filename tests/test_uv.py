@@ -10,6 +10,7 @@ import pytest
 from matrix.expand import Environment
 from runner import environments, pythons, uv
 from runner.errors import InterpreterNotFound
+from store.locks import Lock, Pin, parse_lock
 
 WORKER_FILES = sorted((Path(__file__).parents[1] / "runner" / "worker").glob("*.py"))
 
@@ -43,12 +44,12 @@ def test_worker_is_python38_syntax(path: Path, tmp_path: Path) -> None:
 def test_compile_pins_with_hashes_under_a_cutoff() -> None:
     exe, _ = pythons.find("3.11")
     lock = uv.compile(exe, ["six", "packaging<25"], cutoff="2025-01-01")
-    assert isinstance(lock, uv.Lock)
+    assert isinstance(lock, Lock)
     assert lock.version("six") == "1.17.0"  # the newest six before the cutoff
     assert lock.version("packaging") == "24.2"
     assert all(p.hashes and p.hashes[0].startswith("sha256:") for p in lock.pins)
     again = uv.compile(exe, ["packaging<25", "six"], cutoff="2025-01-01")
-    assert isinstance(again, uv.Lock) and again.hash == lock.hash
+    assert isinstance(again, Lock) and again.hash == lock.hash
 
 
 def test_unresolvable_request_is_a_conflict_with_uvs_reason() -> None:
@@ -83,6 +84,6 @@ def test_uv_env_passes_index_settings_through(monkeypatch: pytest.MonkeyPatch) -
 def test_parse_lock_reads_continuation_lines() -> None:
     text = "six==1.17.0 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n# comment\nTyping_Extensions==4.12.2 \\\n" \
            "    --hash=sha256:cc\n"
-    pins = uv.parse_lock(text)
-    assert pins == (uv.Pin("six", "1.17.0", ("sha256:aa", "sha256:bb")),
-                    uv.Pin("typing-extensions", "4.12.2", ("sha256:cc",)))
+    pins = parse_lock(text)
+    assert pins == (Pin("six", "1.17.0", ("sha256:aa", "sha256:bb")),
+                    Pin("typing-extensions", "4.12.2", ("sha256:cc",)))

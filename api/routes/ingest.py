@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import SessionDep, SettingsDep
-from knowngood import snapshot
+from store import snapshot
 
 router = APIRouter(tags=["ingest"])
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from api import queries
-from runner.worker.routes import EXPORTERS, ROUTES
+from matrix.routes import EXPORTERS, ROUTES
 
 ModelsParam = Annotated[str, Query(description="comma-separated model names, e.g. resnet,transformer",
                                    examples=["resnet"])]

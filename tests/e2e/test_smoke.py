@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
-from knowngood.settings import Settings
 from runner import uv
+from store.locks import Lock, parse_lock
+from store.settings import Settings
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
@@ -42,8 +43,8 @@ def client(smoke: tuple[str, dict]) -> Iterator[TestClient]:
 
 
 def _cases(client: TestClient) -> dict[tuple[str, str], dict]:
-    from knowngood.db import make_engine, make_sessionmaker
-    from knowngood.models import Case
+    from store.db import make_engine, make_sessionmaker
+    from store.models import Case
 
     engine = make_engine(client.app.state.settings.database_url)  # type: ignore[attr-defined]
     out: dict[tuple[str, str], dict] = {}
@@ -93,7 +94,7 @@ def test_served_lockfile_is_what_was_installed_and_uv_accepts_it(client: TestCli
     resp = client.get("/api/v1/lockfile", params={"models": "resnet", "route": "onnxruntime"})
     assert resp.status_code == 200
     served = resp.text
-    pins = {p.name: p.version for p in uv.parse_lock(served)}
+    pins = {p.name: p.version for p in parse_lock(served)}
     assert {"torch", "onnx", "onnxruntime", "tensorflow-cpu", "onnx2tf", "numpy", "protobuf"} <= set(pins)
     assert "tensorflow" not in pins  # excluded: tensorflow-cpu provides the module
     chain = client.get("/api/v1/chains", params={"models": "resnet", "route": "onnxruntime"}).json()["chains"][0]
@@ -107,7 +108,7 @@ def test_served_lockfile_is_what_was_installed_and_uv_accepts_it(client: TestCli
 
     exe, _ = pythons.find("3.11")
     uv.venv(fresh, exe)
-    uv.sync(fresh, uv.Lock(served, uv.parse_lock(served)))
+    uv.sync(fresh, Lock(served, parse_lock(served)))
     assert uv.freeze(fresh) == pins
     # and a corpus case passes again in the round-tripped environment
     from runner.execute import Job, execute

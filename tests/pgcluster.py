@@ -59,7 +59,7 @@ def database(server: str, *, template: str | None = None, prefix: str = "kg_") -
     """A new database on `server` (copied from `template`, else empty), dropped afterwards; yields its URL."""
     from sqlalchemy import text
 
-    from knowngood.db import make_engine
+    from store.db import make_engine
 
     name = f"{prefix}{os.urandom(6).hex()}"
     admin = make_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")

@@ -25,9 +25,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from knowngood.models import Case, Environment, Package, Run, Step
-from runner.errors import KnowngoodError
-from runner.uv import parse_lock
+from store.errors import KnowngoodError
+from store.locks import parse_lock
+from store.models import Case, Environment, Package, Run, Step
 
 FORMAT: Final = "knowngood-snapshot"
 FORMAT_VERSION: Final = 2  # what export writes

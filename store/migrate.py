@@ -7,9 +7,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-import migrations
-
-MIGRATIONS_DIR = Path(migrations.__file__).parent
+# Found by path, not imported: migrations/ imports the store's models, so an import here would be a cycle.
+# Both folders sit side by side in the repository and in the wheel (see [tool.hatch.build] packages).
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def alembic_config(database_url: str) -> Config:
@@ -30,7 +30,7 @@ def ensure_head(database_url: str) -> None:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from knowngood.db import make_engine
+    from store.db import make_engine
 
     head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
     engine = make_engine(database_url)

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KNOWNGOOD_", extra="ignore")
 
     database_url: str = Field(
-        default="sqlite:///knowngood.db",
+        default="sqlite:///store.db",
         description="SQLAlchemy URL; SQLite file in the working directory by default.",
     )
     env_root: Path = Field(

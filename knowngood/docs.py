@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import queries
-from knowngood.models import Case, Environment, Package, Run
-from runner.worker.routes import ROUTES
+from matrix.routes import ROUTES
+from store.models import Case, Environment, Package, Run
 
 # The chain practitioners quote as the one that works.
 PRACTITIONER = {"torch": "2.0.1", "onnx": "1.14.0", "tensorflow": "2.13.0"}

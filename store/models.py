@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from sqlalchemy import BigInteger, Float, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from knowngood.db import Base, utcnow
+from store.db import Base, utcnow
 
 intpk = Annotated[int, mapped_column(primary_key=True)]
 name64 = Annotated[str, mapped_column(String(64))]

@@ -1,0 +1,35 @@
+"""Routes, exporters and framework names: the one table every layer reads (stdlib only, Python 3.8 syntax).
+
+The worker loads this file by path under each environment's interpreter; the service imports it as
+`matrix.routes`. Keep it pure data so both can.
+"""
+
+EXPORTERS = ("torchscript", "dynamo")
+
+ROUTES = {
+    # torch -> ONNX -> ONNX Runtime
+    "onnxruntime": ("export", "check", "reference", "runtime", "parity"),
+    # torch -> ONNX -> TensorFlow through onnx2tf
+    "onnx2tf": ("export", "check", "reference", "convert", "tf_run", "parity"),
+    # torch -> ONNX -> TensorFlow through the legacy onnx-tensorflow
+    "onnx-tf": ("export", "check", "reference", "convert", "tf_run", "parity"),
+    # torch -> Keras directly (no ONNX) through nobuco, the maintained direct converter
+    "nobuco": ("reference", "convert", "tf_run", "parity"),
+}
+
+# Which distribution must be in the environment for a route to make sense.
+ROUTE_PACKAGES = {
+    "onnxruntime": ("onnxruntime",),
+    "onnx2tf": ("onnx2tf",),
+    "onnx-tf": ("onnx-tf",),
+    "nobuco": ("nobuco",),
+}
+
+# The frameworks and converters a report names, in the order a person reads a chain.
+FRAMEWORKS = ("torch", "onnx", "onnxruntime", "tensorflow", "tensorflow-cpu", "onnx2tf", "onnx-tf")
+# The packages a user pins by hand: the frameworks, plus numpy and protobuf, whose moves break chains.
+KEY_PACKAGES = (*FRAMEWORKS, "numpy", "protobuf")
+# Versions the worker reports from inside an environment (importlib.metadata), beside the lock.
+WORKER_REPORTED = (*FRAMEWORKS, "numpy")
+# To a user these are one framework: a filter on either matches both.
+ALIASES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "tensorflow-cpu": ("tensorflow", "tensorflow-cpu")}
