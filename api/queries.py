@@ -622,3 +622,20 @@ def facets(session: Session) -> dict[str, list[str]]:
 
 def environment_row(session: Session, env_id: int) -> Environment | None:
     return session.get(Environment, env_id)
+
+
+def package_versions(
+    session: Session, environment_ids: Collection[int], names: Collection[str] | None = None,
+) -> dict[int, dict[str, str]]:
+    """Each environment's package versions (of `names` only, when given): the one read of Package rows by
+    environment that the report, the docs and the checker share."""
+    found: dict[int, dict[str, str]] = defaultdict(dict)
+    ids = sorted(set(environment_ids))
+    for start in range(0, len(ids), 500):  # stay under every backend's bound-parameter limit
+        query = select(Package.environment_id, Package.name, Package.version).where(
+            Package.environment_id.in_(ids[start:start + 500]))
+        if names is not None:
+            query = query.where(Package.name.in_(list(names)))
+        for env_id, name, version in session.execute(query):
+            found[env_id][name] = version
+    return found

@@ -12,19 +12,14 @@ from sqlalchemy.orm import Session
 
 from api import queries
 from matrix.routes import ROUTES
-from store.models import Case, Environment, Package, Run
+from store.models import Case, Environment, Run
 
 # The chain practitioners quote as the one that works.
 PRACTITIONER = {"torch": "2.0.1", "onnx": "1.14.0", "tensorflow": "2.13.0"}
 
 
 def _versions(session: Session, env_ids: list[int]) -> dict[int, dict[str, str]]:
-    out: dict[int, dict[str, str]] = defaultdict(dict)
-    for env_id, name, version in session.execute(
-        select(Package.environment_id, Package.name, Package.version).where(Package.environment_id.in_(env_ids))
-    ):
-        out[env_id][name] = version
-    return out
+    return queries.package_versions(session, env_ids)
 
 
 def heatmap_svg(grid: object, title: str) -> str:
