@@ -156,8 +156,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from matrix import expand, spec, versions
     from runner import uv
 
+    settings = _settings(args)
     loaded = spec.load(args.spec)
-    plan = expand.plan(loaded, index=uv.index_settings(), selectors=versions.resolve_selectors(loaded))
+    plan = expand.plan(loaded, index=uv.index_settings(), selectors=versions.resolve_selectors(loaded),
+                       max_environments=settings.max_environments)
     envs = [{"id": env.id, "hash": env.hash, "python": env.python, "requirements": list(env.requirements),
              "cases": [c.key for c in cases]} for env, cases in plan.items]
     if args.format == "json":

@@ -41,6 +41,18 @@ class LatestMinors(BaseModel):
 Selector = str | LatestMinors
 
 
+def check_pattern(pattern: str) -> str:
+    """An environment-id pattern whose braces pair up; `py3.{11` would otherwise match nothing, silently."""
+    depth = 0
+    for char in pattern:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0 or depth > 1:  # expand_braces takes one level: `{a,{b}}` is not nested alternation
+            break
+    if depth != 0:
+        raise ValueError(f"expected an environment-id pattern with balanced braces, got {pattern!r}")
+    return pattern
+
+
 def _package_name(text: str, expected: str) -> str:
     """`text` canonicalised if it is a valid distribution name (PEP 508), else ValueError(expected)."""
     try:
@@ -67,6 +79,8 @@ class Limits(BaseModel):
     prune: bool = Field(default=False, description="remove each environment's venv after its cases ran")
     step_timeout: float = Field(default=900.0, gt=0, alias="step-timeout", description="seconds")
     memory_limit_mb: int = Field(default=12_000, gt=0, alias="memory-limit-mb")
+    # Counted from the axes before their product is built: a few long axes multiply past any memory.
+    max_environments: int = Field(default=100_000, gt=0, alias="max-environments")
 
 
 def _default_exporters() -> list[Literal["torchscript", "dynamo"]]:
@@ -99,6 +113,11 @@ class Spec(BaseModel):
 
     path: Path | None = Field(default=None, exclude=True)
     source_hash: str = Field(default="", exclude=True)
+    source_text: str = Field(default="", exclude=True, repr=False)
+
+    def locate(self, *field: str) -> str:
+        """`path:line` of a field, for errors found after loading (by expansion)."""
+        return f"{self.path or '<spec>'}:{_line_of(self.source_text, field)}"
 
     @field_validator("routes")
     @classmethod
@@ -148,6 +167,13 @@ class Spec(BaseModel):
                         f"expected PEP 508 requirements such as 'psutil' or 'sng4onnx>=1', got {text!r}"
                     ) from None
         return {canonicalize_name(k): texts for k, texts in v.items()}
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            check_pattern(pattern)
+        return v
 
     @field_validator("excludes")
     @classmethod
@@ -233,10 +259,24 @@ def load(path: str | Path, *, corpus: str | Path | None = None) -> Spec:
             raise SpecError(f"{path}:{_line_of(raw_text, ('corpus',))}: corpus: expected a Python file with "
                             f"MODELS, got {spec.corpus!r} (no such file: {corpus})")
         spec.corpus = str(corpus)
+    if spec.corpus is not None:
+        _check_corpus_syntax(Path(spec.corpus))
     _check_models(path, raw_text, spec)
     spec.path = path
     spec.source_hash = hashlib.sha256(raw_text.encode()).hexdigest()
+    spec.source_text = raw_text
     return spec
+
+
+def _check_corpus_syntax(corpus: Path) -> None:
+    """Compile (not import: that needs torch) a user corpus, so `plan` reports what every worker would."""
+    try:
+        compile(corpus.read_bytes(), str(corpus), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise SpecError(f"{corpus}:{exc.lineno}: corpus: expected Python source, got a syntax error: "
+                        f"{exc.msg}") from None
+    except ValueError as exc:  # NUL bytes
+        raise SpecError(f"{corpus}: corpus: expected Python source, got {exc}") from None
 
 
 def _read(path: Path) -> str:

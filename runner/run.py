@@ -121,8 +121,9 @@ def run(
     started = time.monotonic()
     console = console or Console(stderr=True)
     spec = spec_mod.load(spec_path, corpus=corpus)
-    plan = expand.plan(spec, index=uv.index_settings(), selectors=versions.resolve_selectors(spec))
-    items = shard_of([(e, c) for e, c in plan.items if not only or expand.matches(only, e.id)], shard)
+    plan = expand.plan(spec, index=uv.index_settings(), selectors=versions.resolve_selectors(spec),
+                       max_environments=settings.max_environments)
+    items = shard_of(expand.select(plan, only), shard)
     engine = make_engine(settings.database_url)
     Session = make_sessionmaker(engine)
     with Session() as session, _progress(console) as progress:

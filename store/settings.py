@@ -48,4 +48,8 @@ class Settings(BaseSettings):
     response_cache_recheck: float = Field(
         default=1.0, ge=0, description="Seconds between checks for newly recorded results (0: on every request).",
     )
+    max_environments: int = Field(
+        default=100_000, gt=0,
+        description="largest plan a run or `plan` expands (a spec's limits.max-environments may lower it)",
+    )
     keep_workdirs: bool = False
