@@ -30,6 +30,9 @@ class Settings(BaseSettings):
         default_factory=lambda: _cache_home() / "knowngood" / "work",
         description="Scratch folders for worker runs (exported models, step logs).",
     )
+    uv: str | None = Field(
+        default=None, description="path of the uv binary (KNOWNGOOD_UV); `uv` on PATH when unset",
+    )
     jobs: int = Field(default=1, ge=1, description="environments processed at once")
     resolve_ttl: float = Field(
         default=600, ge=0,
