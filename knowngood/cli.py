@@ -30,7 +30,7 @@ exit codes:
   2 usage: a bad flag or setting, spec, plan or query (argparse's own code)
   3 no interpreter for a Python version the run needs
   4 uv not found (PATH, or KNOWNGOOD_UV)
-  5 uv failed (the index could not be reached, an install failed)
+  5 the package index could not be reached, or uv failed (e.g. an install)
   6 the database cannot be opened or reached
   7 an output path cannot be written (its directory does not exist)
 """

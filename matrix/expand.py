@@ -14,6 +14,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from matrix import versions
 from matrix.routes import ROUTE_PACKAGES, ROUTES
 from matrix.spec import LatestMinors, Spec, SpecError, check_pattern
 
@@ -77,8 +78,7 @@ class Environment:
 
     @property
     def index_url(self) -> str:
-        settings = dict(self.index)
-        return settings.get("UV_DEFAULT_INDEX") or settings.get("UV_INDEX_URL") or "https://pypi.org/simple"
+        return versions.index_url(dict(self.index))  # the one place that knows the default index
 
 
 @dataclass(frozen=True, kw_only=True)

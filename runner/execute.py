@@ -60,11 +60,14 @@ def worker_env(venv: Path, tmp: Path) -> dict[str, str]:
     """A minimal environment, as if the venv were activated: its bin first on PATH."""
     env = {k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ}
     env.update(
+        # onnx2tf simplifies the graph by running the `onnxsim` command by name (three passes) and only warns
+        # when that fails: without the venv's bin first it would convert the unsimplified graph, or simplify with
+        # whatever onnxsim the host has, and the result would not be the environment's.
         PATH=os.pathsep.join([str(venv / "bin"), "/usr/local/bin", "/usr/bin", "/bin"]),
         VIRTUAL_ENV=str(venv),
         TMPDIR=str(tmp),
         TF_CPP_MIN_LOG_LEVEL="2",
-        CUDA_VISIBLE_DEVICES="",
+        CUDA_VISIBLE_DEVICES="",  # CPU only: results must not depend on which host had a GPU
         PYTHONHASHSEED="0",
         PYTHONUNBUFFERED="1",
     )
