@@ -205,7 +205,11 @@ def execute(
                 env=worker_env(venv, workdir / "tmp"), cwd=workdir, start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
-            killed_for = _watch(proc, out_file, step_timeout, memory_limit, outcome, collector.feed)
+            try:
+                killed_for = _watch(proc, out_file, step_timeout, memory_limit, outcome, collector.feed)
+            except BaseException:
+                stop(proc)  # `on_case` failed (e.g. the database went away) while the worker ran: take it down too
+                raise
         records = collector.finish()
         tail = log_file.read_text(errors="replace")[-3000:]
         progressed = collector.progressed
