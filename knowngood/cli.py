@@ -8,17 +8,117 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from matrix.spec import SpecError
 from store.errors import KnowngoodError
 from store.settings import Settings
 
+# Exit codes, one per kind of failure a caller (CI, a shell script) may want to tell apart. 3, 4 and 5 are the
+# runner's (runner/errors.py); the CLI owns the rest. Printed by --help (EXIT_CODES below).
+EXIT_NOTHING = 1
+EXIT_USAGE = 2  # as argparse exits on a bad flag
+EXIT_DATABASE = 6
+EXIT_OUTPUT = 7
+EXIT_CODES = """\
+exit codes:
+  0 success
+  1 nothing found (chains, lock: no known-good chain for the query)
+  2 usage: a bad flag or setting, spec, plan or query (argparse's own code)
+  3 no interpreter for a Python version the run needs
+  4 uv not found (PATH, or KNOWNGOOD_UV)
+  5 the package index could not be reached, or uv failed (e.g. an install)
+  6 the database cannot be opened or reached
+  7 an output path cannot be written (its directory does not exist)
+"""
+
+
+class UsageError(KnowngoodError):
+    exit_code = EXIT_USAGE
+
+
+class DatabaseUnavailable(KnowngoodError):
+    exit_code = EXIT_DATABASE
+
+
+class OutputUnwritable(KnowngoodError):
+    exit_code = EXIT_OUTPUT
+
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {"database_url": args.db} if getattr(args, "db", None) else {}
+    overrides: dict[str, Any] = {"database_url": args.db} if getattr(args, "db", None) else {}
     if getattr(args, "jobs", None):
         overrides["jobs"] = args.jobs
-    return Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        # Flags are checked by argparse, so a value refused here came from a KNOWNGOOD_* variable.
+        err = exc.errors()[0]
+        name = f"KNOWNGOOD_{str(err['loc'][0]).upper()}"
+        raise UsageError(f"{name}: {err['msg']}, got {err.get('input')!r}") from None
+    _check_url(settings.database_url, "--db" if getattr(args, "db", None) else "KNOWNGOOD_DATABASE_URL")
+    return settings
+
+
+def _check_url(url: str, source: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise UsageError(f"{source}: expected a database URL such as sqlite:///store.db or "
+                         f"postgresql://user@host/db, got {url!r}") from None
+
+
+def _database(args: argparse.Namespace) -> Settings:
+    """Settings whose database can be opened: one connection up front, so a wrong URL is one line, not a
+    traceback from deep inside a migration or a query."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    from store.db import make_engine
+
+    settings = _settings(args)
+    url = make_url(settings.database_url)
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        # SQLite creates the file but not its folder, and says only "unable to open database file".
+        folder = Path(str(url.database)).parent
+        if not folder.is_dir():
+            raise DatabaseUnavailable(f"cannot open database {shown}: directory {folder} does not exist")
+    try:
+        engine = make_engine(settings.database_url)
+    except ArgumentError as exc:  # e.g. a driver we do not ship
+        raise UsageError(f"--db: {exc}") from None
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as exc:
+        reason = (str(exc.orig or exc).strip().splitlines() or ["no reason given"])[0]
+        raise DatabaseUnavailable(f"cannot open database {shown}: {reason}") from None
+    finally:
+        engine.dispose()
+    return settings
+
+
+def _writable(path: Path, label: str) -> None:
+    """Refuse an output path whose folder is missing: we create our own folder, not a whole tree a typo made."""
+    if not path.parent.is_dir():
+        raise OutputUnwritable(f"{label}: cannot write here: directory {path.parent} does not exist")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -42,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runner.run import run
     from store.migrate import ensure_head
 
-    settings = _settings(args)
+    settings = _database(args)
     ensure_head(settings.database_url)
     summary = run(args.spec, settings, force=args.force, shard=args.shard, only=args.only, corpus=args.corpus,
                   resolve_only=args.resolve_only)
@@ -56,8 +156,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from matrix import expand, spec, versions
     from runner import uv
 
+    settings = _settings(args)
     loaded = spec.load(args.spec)
-    plan = expand.plan(loaded, index=uv.index_settings(), selectors=versions.resolve_selectors(loaded))
+    plan = expand.plan(loaded, index=uv.index_settings(), selectors=versions.resolve_selectors(loaded),
+                       max_environments=settings.max_environments)
     envs = [{"id": env.id, "hash": env.hash, "python": env.python, "requirements": list(env.requirements),
              "cases": [c.key for c in cases]} for env, cases in plan.items]
     if args.format == "json":
@@ -75,54 +177,84 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from api.app import create_app
     from store.migrate import upgrade
 
-    settings = _settings(args)
+    settings = _database(args)
     upgrade(settings.database_url)
     print(f"serving http://{args.host}:{args.port}/  (API under /api/v1, docs at /docs)", file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0
 
 
+def _chain_query(session: Any, args: argparse.Namespace) -> Any:
+    """The query the flags ask for, with the same checks (and words) the API answers with 422."""
+    from api import queries
+    from matrix.routes import ROUTES
+
+    if args.route not in ROUTES:
+        raise UsageError(f"--route: expected one of {', '.join(ROUTES)}, got {args.route!r}")
+    try:
+        query = queries.ChainQuery.parse(args.models, args.route)
+    except queries.QueryError as exc:
+        raise UsageError(f"--{exc}") from None
+    unknown = queries.unknown_models(session, query.models)
+    if unknown:
+        known = sorted(queries.known_models(session))
+        raise UsageError(f"--models: no results recorded for {unknown}; known: {known}")
+    return query
+
+
 def cmd_chains(args: argparse.Namespace) -> int:
     from api import queries
     from store.db import make_engine, make_sessionmaker
 
-    engine = make_engine(_settings(args).database_url)
-    with make_sessionmaker(engine)() as session:
-        chains = queries.known_good_chains(session, queries.ChainQuery.parse(args.models, args.route))
+    engine = make_engine(_database(args).database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            chains = queries.known_good_chains(session, _chain_query(session, args))
+    finally:
+        engine.dispose()
+    if not chains:
+        print("no known-good chain for that query", file=sys.stderr)
+        return EXIT_NOTHING
     for chain in chains:
         print(json.dumps(chain.model_dump(mode="json")))
-    return 0 if chains else 1
+    return 0
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
     from api import lockfile, queries
     from store.db import make_engine, make_sessionmaker
 
-    engine = make_engine(_settings(args).database_url)
-    with make_sessionmaker(engine)() as session:
-        query = queries.ChainQuery.parse(args.models, args.route)
-        chains = queries.known_good_chains(session, query)
-        if not chains:
-            print("no known-good chain for that query", file=sys.stderr)
-            return 1
-        try:
-            sys.stdout.write(lockfile.render(session, chains[0], args.format))
-        except lockfile.LockfileUnavailable as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+    engine = make_engine(_database(args).database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            chains = queries.known_good_chains(session, _chain_query(session, args))
+            if not chains:
+                print("no known-good chain for that query", file=sys.stderr)
+                return EXIT_NOTHING
+            try:
+                sys.stdout.write(lockfile.render(session, chains[0], args.format))
+            except lockfile.LockfileUnavailable as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+    finally:
+        engine.dispose()
     return 0
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from knowngood import docs
     from store.db import make_engine, make_sessionmaker
 
-    engine = make_engine(_settings(args).database_url)
-    with make_sessionmaker(engine)() as session:
-        path = docs.render(session, Path(args.out))
-    engine.dispose()
+    out = Path(args.out)
+    _writable(out, f"--out {out}")
+    engine = make_engine(_database(args).database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            path = docs.render(session, out)
+    except OSError as exc:
+        raise OutputUnwritable(f"--out {out}: cannot write here: {exc.strerror}") from None
+    finally:
+        engine.dispose()
     print(f"wrote {path}")
     return 0
 
@@ -130,7 +262,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
 def cmd_db(args: argparse.Namespace) -> int:
     from store import migrate
 
-    url = _settings(args).database_url
+    url = _database(args).database_url
     if args.action == "upgrade":
         migrate.upgrade(url)
     elif args.action == "check":
@@ -152,13 +284,18 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     from store.db import make_engine, make_sessionmaker
     from store.migrate import upgrade
 
-    url = _settings(args).database_url
+    if args.action == "export":
+        _writable(Path(args.path), args.path)
+    url = _database(args).database_url
     upgrade(url)
     engine = make_engine(url)
     try:
         with make_sessionmaker(engine)() as session:
             if args.action == "export":
-                doc = snapshot.export(session, args.path, run_ids=args.run or None)
+                try:
+                    doc = snapshot.export(session, args.path, run_ids=args.run or None)
+                except OSError as exc:
+                    raise OutputUnwritable(f"{args.path}: cannot write here: {exc.strerror}") from None
                 result = {"runs": len(doc.runs), "environments": len(doc.environments), "cases": len(doc.cases)}
             else:
                 result = snapshot.import_(session, args.path).as_dict()
@@ -172,7 +309,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from knowngood import report
     from store.db import make_engine, make_sessionmaker
 
-    engine = make_engine(_settings(args).database_url)
+    engine = make_engine(_database(args).database_url)
     try:
         with make_sessionmaker(engine)() as session:
             rep = report.compare(session, run=args.run, against=args.against, since=args.since)
@@ -183,7 +320,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="knowngood", description=__doc__)
+    p = argparse.ArgumentParser(prog="knowngood", description=__doc__, epilog=EXIT_CODES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log uv and worker commands")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -193,7 +331,7 @@ def parser() -> argparse.ArgumentParser:
 
     sp = with_db(sub.add_parser("run", help="resolve, install, execute and record a spec"))
     sp.add_argument("spec")
-    sp.add_argument("--jobs", type=int)
+    sp.add_argument("--jobs", type=_positive, help="environments processed at once (default 1)")
     sp.add_argument("--shard", type=_shard, help="run only shard I of N, e.g. 2/4")
     sp.add_argument("--force", action="store_true", help="re-run cases that are already recorded")
     sp.add_argument("--resolve-only", action="store_true",
@@ -255,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KnowngoodError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -6,6 +6,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from matrix import versions
 from matrix.routes import ROUTE_PACKAGES, ROUTES
-from matrix.spec import LatestMinors, Spec
+from matrix.spec import LatestMinors, Spec, SpecError, check_pattern
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 
@@ -28,6 +30,10 @@ SHORT = {
     "onnx2tf": "onnx2tf",
     "onnx-tf": "onnxtf",
 }
+
+
+class PlanError(SpecError):
+    """A spec that loads but expands to a plan we refuse: too large, empty, or with a pattern matching nothing."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,8 +78,7 @@ class Environment:
 
     @property
     def index_url(self) -> str:
-        settings = dict(self.index)
-        return settings.get("UV_DEFAULT_INDEX") or settings.get("UV_INDEX_URL") or "https://pypi.org/simple"
+        return versions.index_url(dict(self.index))  # the one place that knows the default index
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +171,28 @@ def matches(patterns: Iterable[str], env_id: str) -> bool:
     return any(fnmatch.fnmatchcase(env_id, p) for pat in patterns for p in expand_braces(pat))
 
 
+def _unmatched(patterns: Iterable[str], ids: list[str], where: str) -> None:
+    """Refuse a pattern that matches none of `ids`: a typo would otherwise change the plan silently."""
+    for pattern in patterns:
+        if not any(matches([pattern], i) for i in ids):
+            python = ids[0].split("-")[0] if ids else "py3.11"
+            raise PlanError(f"{where}: pattern {pattern!r} matches none of the {len(ids)} environments"
+                            f"{f' (e.g. {ids[0]})' if ids else ''}; expected a pattern such as '{python}-*'")
+
+
+def select(plan: Plan, only: list[str] | None) -> list[tuple[Environment, tuple[Case, ...]]]:
+    """The plan's items whose environment id matches one of `only` (`--only`), each pattern matching some."""
+    if not only:
+        return list(plan.items)
+    for pattern in only:
+        try:
+            check_pattern(pattern)
+        except ValueError as exc:
+            raise PlanError(f"--only: {exc}") from None
+    _unmatched(only, [env.id for env in plan.environments], "--only")
+    return [(e, c) for e, c in plan.items if matches(only, e.id)]
+
+
 def corpus_hashes(corpus_path: Path, models: Iterable[str]) -> tuple[str, dict[str, str]]:
     """The corpus version (hash of all its source) and each model's hash (its family file)."""
     files = sorted(corpus_path.glob("*.py")) if corpus_path.is_dir() else [corpus_path]
@@ -189,8 +216,13 @@ def plan(
     spec: Spec,
     index: Mapping[str, str] | None = None,
     selectors: Mapping[str, list[str]] | None = None,
+    *,
+    max_environments: int | None = None,
 ) -> Plan:
-    """Expand a spec; `selectors` maps axis → concrete specifiers where `latest-minors` was resolved."""
+    """Expand a spec; `selectors` maps axis → concrete specifiers where `latest-minors` was resolved.
+
+    Refuses (PlanError) more than `max_environments` (or the spec's lower limit), include/exclude patterns that
+    match nothing, and a plan left without environments or cases."""
     corpus_path = Path(spec.corpus).resolve() if spec.corpus else CORPUS_DIR
     version, model_hashes = corpus_hashes(corpus_path, spec.models)
     cases = tuple(dict.fromkeys(
@@ -215,7 +247,8 @@ def plan(
         axes[name] = list(dict.fromkeys(resolved))
     index_items = tuple(sorted((index or {}).items()))
     packages = [n for n in axes if n != "python"]
-    items = []
+    _check_size(spec, axes, min(spec.limits.max_environments, max_environments or spec.limits.max_environments))
+    items, ids = [], []
     for python in axes["python"]:
         for combo in itertools.product(*(axes[p] for p in packages)):
             reqs = tuple(_requirement(p, s) for p, s in zip(packages, combo, strict=True))
@@ -228,9 +261,29 @@ def plan(
                 index=index_items,
                 cutoff=spec.exclude_newer,
             )
+            ids.append(env.id)
             if spec.include and not matches(spec.include, env.id):
                 continue
             if spec.exclude and matches(spec.exclude, env.id):
                 continue
             items.append((env, tuple(c for c in cases if _route_applies(c.route, env))))
+    _unmatched(spec.include, ids, f"{spec.locate('include')}: include")
+    _unmatched(spec.exclude, ids, f"{spec.locate('exclude')}: exclude")
+    if not items:
+        field = "exclude" if spec.exclude else "include"
+        raise PlanError(f"{spec.locate(field)}: {field}: no environment is left after include and exclude "
+                        f"(they drop all {len(ids)} environment{'s' * (len(ids) != 1)}); expected at least one")
+    if not any(c for _, c in items):
+        raise PlanError(f"{spec.locate('routes')}: routes: no case applies to any environment: expected the "
+                        f"converter of each route ({', '.join(spec.routes)}) on an axis")
     return Plan(spec=spec, corpus_path=corpus_path, corpus_version=version, items=tuple(items))
+
+
+def _check_size(spec: Spec, axes: Mapping[str, list[str]], limit: int) -> None:
+    """Count the product from the axis lengths, so a plan too large to hold is refused before it is built."""
+    total = math.prod(len(values) for values in axes.values())
+    if total > limit:
+        factors = " × ".join(f"{name} {len(values)}" for name, values in axes.items())
+        raise PlanError(f"{spec.locate('axes')}: axes: the plan has {total:,} environments ({factors}), more "
+                        f"than the limit of {limit:,}; expected fewer axis values, or a higher "
+                        "limits.max-environments (and KNOWNGOOD_MAX_ENVIRONMENTS)")

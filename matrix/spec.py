@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import tomllib
@@ -10,7 +11,7 @@ from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidName, canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from matrix.routes import EXPORTERS, ROUTES
@@ -40,6 +41,26 @@ class LatestMinors(BaseModel):
 Selector = str | LatestMinors
 
 
+def check_pattern(pattern: str) -> str:
+    """An environment-id pattern whose braces pair up; `py3.{11` would otherwise match nothing, silently."""
+    depth = 0
+    for char in pattern:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0 or depth > 1:  # expand_braces takes one level: `{a,{b}}` is not nested alternation
+            break
+    if depth != 0:
+        raise ValueError(f"expected an environment-id pattern with balanced braces, got {pattern!r}")
+    return pattern
+
+
+def _package_name(text: str, expected: str) -> str:
+    """`text` canonicalised if it is a valid distribution name (PEP 508), else ValueError(expected)."""
+    try:
+        return canonicalize_name(text, validate=True)
+    except InvalidName:
+        raise ValueError(expected) from None
+
+
 def _check_specifier(value: str) -> str:
     value = value.strip()
     if value in ("*", ""):
@@ -58,6 +79,8 @@ class Limits(BaseModel):
     prune: bool = Field(default=False, description="remove each environment's venv after its cases ran")
     step_timeout: float = Field(default=900.0, gt=0, alias="step-timeout", description="seconds")
     memory_limit_mb: int = Field(default=12_000, gt=0, alias="memory-limit-mb")
+    # Counted from the axes before their product is built: a few long axes multiply past any memory.
+    max_environments: int = Field(default=100_000, gt=0, alias="max-environments")
 
 
 def _default_exporters() -> list[Literal["torchscript", "dynamo"]]:
@@ -90,6 +113,11 @@ class Spec(BaseModel):
 
     path: Path | None = Field(default=None, exclude=True)
     source_hash: str = Field(default="", exclude=True)
+    source_text: str = Field(default="", exclude=True, repr=False)
+
+    def locate(self, *field: str) -> str:
+        """`path:line` of a field, for errors found after loading (by expansion)."""
+        return f"{self.path or '<spec>'}:{_line_of(self.source_text, field)}"
 
     @field_validator("routes")
     @classmethod
@@ -116,8 +144,15 @@ class Spec(BaseModel):
     @field_validator("exclude_newer")
     @classmethod
     def _cutoff(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?", v):
-            raise ValueError(f"expected a date like '2025-08-01' or '2025-08-01T00:00:00Z', got {v!r}")
+        if v is None:
+            return v
+        expected = f"expected a date like '2025-08-01' or '2025-08-01T00:00:00Z', got {v!r}"
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?", v):
+            raise ValueError(expected)
+        try:  # the shape alone lets "2025-13-45" through, and uv would be the one to refuse it
+            dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{expected} (no such date)") from None
         return v
 
     @field_validator("companions")
@@ -133,10 +168,18 @@ class Spec(BaseModel):
                     ) from None
         return {canonicalize_name(k): texts for k, texts in v.items()}
 
+    @field_validator("include", "exclude")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            check_pattern(pattern)
+        return v
+
     @field_validator("excludes")
     @classmethod
     def _excludes(cls, v: list[str]) -> list[str]:
-        return [canonicalize_name(x) for x in v]
+        # uv reads these as lines of an excludes file: anything but a bare name would be read as something else.
+        return [_package_name(x, f"expected a package name such as 'tensorflow', got {x!r}") for x in v]
 
     @field_validator("axes", mode="before")
     @classmethod
@@ -149,7 +192,10 @@ class Spec(BaseModel):
                 raise ValueError(
                     f"axis {key!r}: expected a non-empty list of version selectors, got {values!r}"
                 )
-            name = "python" if key == "python" else canonicalize_name(key)
+            # The key becomes a requirement line on uv's stdin: a newline in it would add uv options
+            # ("-i URL"), and the result would be stored as if it came from the configured index.
+            name = "python" if key == "python" else _package_name(
+                key, f"expected a package name such as 'torch' as the axis key, got {key!r}")
             checked: list[Any] = []
             for item in values:
                 if isinstance(item, str):
@@ -190,18 +236,11 @@ class Spec(BaseModel):
             raise ValueError("axes: expected a 'python' axis, e.g. python = [\"3.11\"]")
         return self
 
-    @property
-    def step_timeout(self) -> float:
-        return self.limits.step_timeout
-
 
 def load(path: str | Path, *, corpus: str | Path | None = None) -> Spec:
     """Read and validate a spec file; `corpus` (a path from the command line) replaces the spec's own."""
     path = Path(path)
-    try:
-        raw_text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
+    raw_text = _read(path)
     try:
         data = tomllib.loads(raw_text)
     except tomllib.TOMLDecodeError as exc:
@@ -220,10 +259,40 @@ def load(path: str | Path, *, corpus: str | Path | None = None) -> Spec:
             raise SpecError(f"{path}:{_line_of(raw_text, ('corpus',))}: corpus: expected a Python file with "
                             f"MODELS, got {spec.corpus!r} (no such file: {corpus})")
         spec.corpus = str(corpus)
+    if spec.corpus is not None:
+        _check_corpus_syntax(Path(spec.corpus))
     _check_models(path, raw_text, spec)
     spec.path = path
     spec.source_hash = hashlib.sha256(raw_text.encode()).hexdigest()
+    spec.source_text = raw_text
     return spec
+
+
+def _check_corpus_syntax(corpus: Path) -> None:
+    """Compile (not import: that needs torch) a user corpus, so `plan` reports what every worker would."""
+    try:
+        compile(corpus.read_bytes(), str(corpus), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise SpecError(f"{corpus}:{exc.lineno}: corpus: expected Python source, got a syntax error: "
+                        f"{exc.msg}") from None
+    except ValueError as exc:  # NUL bytes
+        raise SpecError(f"{corpus}: corpus: expected Python source, got {exc}") from None
+
+
+def _read(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: expected a TOML spec file, got a directory") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec file: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(f"{path}:{line}: expected UTF-8 text, got byte 0x{raw[exc.start]:02x}") from None
 
 
 def _check_models(path: Path, raw_text: str, spec: Spec) -> None:

@@ -1,7 +1,9 @@
-"""An environment's life: locate python → resolve → install (or reuse by marker) → remove."""
+"""An environment's life: locate python → resolve (or reuse a stored resolution) → install (or reuse by
+marker) → remove."""
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +11,8 @@ from pathlib import Path
 from matrix.expand import Environment
 from runner import pythons, uv
 from runner.errors import InterpreterNotFound
-from store.locks import Lock
+from store.locks import Lock, parse_lock
+from store.models import Environment as EnvironmentRow
 
 MARKER = ".knowngood-lock"
 
@@ -31,16 +34,36 @@ class Resolved:
         return "conflict" if self.conflict else "resolved"
 
 
-def resolve(env: Environment) -> Resolved:
-    """Compile the environment's lock; a missing interpreter or a conflict is a result."""
+def resolve(
+    env: Environment, stored: EnvironmentRow | None = None, *, ttl: float = 0, uv_path: str | None = None
+) -> Resolved:
+    """The environment's lock; a missing interpreter or a conflict is a result.
+
+    `stored` is the newest stored resolution of the same request. A request with a cutoff resolves the same way
+    forever, and one without resolves the same way for a while (`ttl` seconds): its lock or conflict is reused
+    then, and uv is not asked."""
     try:
-        exe, full = pythons.find(env.python)
+        exe, full = pythons.find(env.python, uv_path)
     except InterpreterNotFound as exc:
         return Resolved(env, None, None, None, missing_python=str(exc))
-    result = uv.compile(exe, env.all_requirements, excludes=env.excludes, cutoff=env.cutoff)
+    if stored is not None and _fresh(env, stored, ttl):
+        if stored.lock_text is not None:
+            return Resolved(env, exe, full, Lock(stored.lock_text, parse_lock(stored.lock_text)), reused=True)
+        if stored.status == "conflict":  # a conflict stays a conflict
+            return Resolved(env, exe, full, None, conflict=uv.Conflict(stored.error or ""), reused=True)
+    result = uv.compile(exe, env.all_requirements, excludes=env.excludes, cutoff=env.cutoff, uv_path=uv_path)
     if isinstance(result, uv.Conflict):
         return Resolved(env, exe, full, None, conflict=result)
     return Resolved(env, exe, full, result)
+
+
+def _fresh(env: Environment, stored: EnvironmentRow, ttl: float) -> bool:
+    if env.cutoff is not None:
+        return True
+    resolved_at = stored.resolved_at
+    if resolved_at.tzinfo is None:
+        resolved_at = resolved_at.replace(tzinfo=dt.UTC)  # SQLite returns naive UTC
+    return (dt.datetime.now(dt.UTC) - resolved_at).total_seconds() < ttl
 
 
 def venv_path(env_root: Path, resolved: Resolved) -> Path:
@@ -48,7 +71,7 @@ def venv_path(env_root: Path, resolved: Resolved) -> Path:
     return env_root / f"{resolved.env.python}-{resolved.lock.hash[:16]}"
 
 
-def install(env_root: Path, resolved: Resolved) -> tuple[Path, bool]:
+def install(env_root: Path, resolved: Resolved, *, uv_path: str | None = None) -> tuple[Path, bool]:
     """Create the venv for a lock, or reuse it when its marker names the same lock. Returns (path, built)."""
     assert resolved.lock is not None and resolved.python_exe is not None
     path = venv_path(env_root, resolved)
@@ -58,8 +81,8 @@ def install(env_root: Path, resolved: Resolved) -> tuple[Path, bool]:
     if path.exists():
         shutil.rmtree(path)  # a half-built venv from an interrupted run
     path.parent.mkdir(parents=True, exist_ok=True)
-    uv.venv(path, resolved.python_exe)
-    uv.sync(path, resolved.lock)
+    uv.venv(path, resolved.python_exe, uv_path=uv_path)
+    uv.sync(path, resolved.lock, uv_path=uv_path)
     marker.write_text(resolved.lock.hash + "\n")  # written last: its presence means complete
     return path, True
 

@@ -19,8 +19,11 @@ class InterpreterNotFound(KnowngoodError):
 class UvNotFound(KnowngoodError):
     exit_code = 4
 
-    def __init__(self) -> None:
-        super().__init__("uv is not on PATH; install it with `pip install uv` (or set KNOWNGOOD_UV)")
+    def __init__(self, configured: str | None = None) -> None:
+        if configured:
+            super().__init__(f"KNOWNGOOD_UV: expected the path of a uv binary, got {configured!r} (not executable)")
+        else:
+            super().__init__("uv is not on PATH; install it with `pip install uv` (or set KNOWNGOOD_UV)")
 
 
 class UvFailed(KnowngoodError):

@@ -49,10 +49,9 @@ class Job:
 
 @dataclass
 class Outcome:
-    """What came back for one environment: step results per case key, and the worker's figures."""
+    """What came back for one environment: step results per case key, worker attempts and peak memory."""
 
     steps: dict[str, list[StepResult]] = field(default_factory=dict)
-    worker: dict[str, object] = field(default_factory=dict)
     attempts: int = 0
     peak_rss: int = 0
 
@@ -61,11 +60,14 @@ def worker_env(venv: Path, tmp: Path) -> dict[str, str]:
     """A minimal environment, as if the venv were activated: its bin first on PATH."""
     env = {k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ}
     env.update(
+        # onnx2tf simplifies the graph by running the `onnxsim` command by name (three passes) and only warns
+        # when that fails: without the venv's bin first it would convert the unsimplified graph, or simplify with
+        # whatever onnxsim the host has, and the result would not be the environment's.
         PATH=os.pathsep.join([str(venv / "bin"), "/usr/local/bin", "/usr/bin", "/bin"]),
         VIRTUAL_ENV=str(venv),
         TMPDIR=str(tmp),
         TF_CPP_MIN_LOG_LEVEL="2",
-        CUDA_VISIBLE_DEVICES="",
+        CUDA_VISIBLE_DEVICES="",  # CPU only: results must not depend on which host had a GPU
         PYTHONHASHSEED="0",
         PYTHONUNBUFFERED="1",
     )
@@ -173,7 +175,10 @@ def execute(
     memory_limit: int,
     on_case: Callable[[str, list[StepResult]], None] | None = None,
 ) -> Outcome:
-    """Run every job in the venv; restart the worker after a crash until each job has its steps."""
+    """Run every job in the venv; restart the worker after a crash until each job has its steps.
+
+    `on_case` gets each case as soon as its `case_end` line arrives, while the worker goes on: a runner
+    killed later loses only the case that was running."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
     outcome = Outcome()
@@ -193,16 +198,21 @@ def execute(
         out_file.touch()
         argv = [str(venv / "bin" / "python"), "-I", str(WORKER), "--cases", str(cases_file), "--out", str(out_file)]
         log.debug("+ %s", shlex.join(argv))
+        collector = _Collector(by_key, outcome, on_case)
         with open(log_file, "wb") as log_fh:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
                 env=worker_env(venv, workdir / "tmp"), cwd=workdir, start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
-            killed_for = _watch(proc, out_file, step_timeout, memory_limit, outcome)
-        records = parse_lines(out_file.read_text(encoding="utf-8", errors="replace").splitlines())
+            try:
+                killed_for = _watch(proc, out_file, step_timeout, memory_limit, outcome, collector.feed)
+            except BaseException:
+                stop(proc)  # `on_case` failed (e.g. the database went away) while the worker ran: take it down too
+                raise
+        records = collector.finish()
         tail = log_file.read_text(errors="replace")[-3000:]
-        progressed = _collect(records, by_key, outcome, on_case)
+        progressed = collector.progressed
         started = _interrupted(records, by_key, outcome)
         if started is not None:
             key, step_name, ordinal = started
@@ -235,63 +245,89 @@ def execute(
 
 
 def _watch(
-    proc: subprocess.Popen[bytes], out_file: Path, step_timeout: float, memory_limit: int, outcome: Outcome
+    proc: subprocess.Popen[bytes], out_file: Path, step_timeout: float, memory_limit: int, outcome: Outcome,
+    on_record: Callable[[dict[str, object]], None],
 ) -> str | None:
-    """Poll until the worker exits; kill it on a step timeout or past the memory limit."""
+    """Poll until the worker exits, passing on each complete line; kill it on a step timeout or past the
+    memory limit."""
     current_start: float | None = None
-    offset = 0
-    buffer = b""
+    killed_for: str | None = None
+    reader = _LineReader(out_file)
     while proc.poll() is None:
         time.sleep(POLL_SECONDS)
-        with open(out_file, "rb") as fh:
-            fh.seek(offset)
-            chunk = fh.read()
-        offset += len(chunk)
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            event = json.loads(line).get("event") if line.strip() else None
+        for rec in reader.read():
+            event = rec.get("event")
             if event == "start":
                 current_start = time.monotonic()
             elif event in ("end", "case_end"):
                 current_start = None
+            on_record(rec)
         rss = _tree_rss(proc.pid)
         outcome.peak_rss = max(outcome.peak_rss, rss)
         if rss > memory_limit:
             stop(proc)
-            return "memory"
+            killed_for = "memory"
+            break
         if current_start is not None and time.monotonic() - current_start > step_timeout:
             stop(proc)
-            return "timeout"
-    stop(proc)  # reap children the worker left behind
-    return None
+            killed_for = "timeout"
+            break
+    else:
+        stop(proc)  # reap children the worker left behind
+    for rec in reader.read(final=True):  # what the worker wrote between the last poll and its exit
+        on_record(rec)
+    return killed_for
 
 
-def _collect(
-    records: list[dict[str, object]],
-    by_key: dict[str, Job],
-    outcome: Outcome,
-    on_case: Callable[[str, list[StepResult]], None] | None,
-) -> bool:
-    progressed = False
-    pending: dict[str, list[StepResult]] = {}
-    for rec in records:
+class _LineReader:
+    """The worker's JSON lines, read as they are appended; a line is taken only once its newline is there."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.buffer = path, 0, b""
+
+    def read(self, *, final: bool = False) -> list[dict[str, object]]:
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read()
+        self.offset += len(chunk)
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        if final and self.buffer:  # a last line without its newline: whole, or torn by the worker's death
+            lines.append(self.buffer)
+            self.buffer = b""
+        return parse_lines([line.decode("utf-8", errors="replace") for line in lines])
+
+
+class _Collector:
+    """One worker attempt's lines → step results per case, handed to `on_case` at each `case_end`."""
+
+    def __init__(self, by_key: dict[str, Job], outcome: Outcome,
+                 on_case: Callable[[str, list[StepResult]], None] | None) -> None:
+        self.by_key, self.outcome, self.on_case = by_key, outcome, on_case
+        self.records: list[dict[str, object]] = []
+        self.pending: dict[str, list[StepResult]] = {}
+        self.progressed = False
+
+    def feed(self, rec: dict[str, object]) -> None:
+        self.records.append(rec)
         event = rec.get("event")
-        if event == "worker":
-            outcome.worker = rec
-        elif event == "end":
+        if event == "end":
             result = StepResult.model_validate(rec)
-            pending.setdefault(result.case, []).append(result)
+            self.pending.setdefault(result.case, []).append(result)
         elif event == "case_end":
             key = str(rec["case"])
-            if key in by_key:
-                outcome.steps[key] = pending.pop(key, [])
-                if on_case:
-                    on_case(key, outcome.steps[key])
-                progressed = True
-    for key, steps in pending.items():  # the case that was running when the worker died
-        outcome.steps.setdefault(key, []).extend(steps)
-    return progressed
+            if key in self.by_key:
+                self.outcome.steps[key] = self.pending.pop(key, [])
+                if self.on_case:
+                    self.on_case(key, self.outcome.steps[key])
+                self.progressed = True
+
+    def finish(self) -> list[dict[str, object]]:
+        """Keep the steps of the case that was running when the worker died; return every line read."""
+        for key, steps in self.pending.items():
+            self.outcome.steps.setdefault(key, []).extend(steps)
+        self.pending = {}
+        return self.records
 
 
 def _interrupted(

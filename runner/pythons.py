@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 from packaging.version import Version
 
+from runner import uv
 from runner.errors import InterpreterNotFound
 
 
@@ -31,7 +31,7 @@ def _reports(path: Path, version: str) -> str | None:
 
 
 @functools.cache
-def find(version: str) -> tuple[Path, str]:
+def find(version: str, uv_path: str | None = None) -> tuple[Path, str]:
     """Locate Python `version` ("3.11"): pyenv installs, then PATH (shims skipped), then uv's own list."""
     looked: list[str] = []
     candidates: list[Path] = []
@@ -50,14 +50,8 @@ def find(version: str) -> tuple[Path, str]:
     for exe in candidates:
         if exe.is_file() and (full := _reports(exe, version)):
             return exe.resolve(), full
-    uv = shutil.which("uv")
-    if uv:
-        looked.append("uv python find")
-        proc = subprocess.run(
-            [uv, "python", "find", "--no-config", version],  # finds uv-managed interpreters too (Docker)
-            capture_output=True, text=True, check=False,
-        )
-        exe = Path(proc.stdout.strip())
-        if proc.returncode == 0 and not _is_shim(exe) and (full := _reports(exe, version)):
-            return exe.resolve(), full
+    looked.append("uv python find")
+    managed = uv.find_python(version, uv_path=uv_path)  # finds uv-managed interpreters too (Docker)
+    if managed is not None and not _is_shim(managed) and (full := _reports(managed, version)):
+        return managed.resolve(), full
     raise InterpreterNotFound(version, looked)

@@ -1,12 +1,14 @@
-"""Results → database: one transaction per case, idempotent on the natural keys."""
+"""Results → database: the only writer of runs, environments and cases; one transaction per case, idempotent on
+the natural keys."""
 
 from __future__ import annotations
 
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,6 +27,7 @@ def _text(value: str | None) -> str | None:
 
 
 def start_run(session: Session, plan: Plan) -> Run:
+    """Record a new run, and mark the spec's earlier runs that never finished as interrupted."""
     run = Run(
         id=str(uuid.uuid4()),
         spec_name=plan.spec.name,
@@ -35,6 +38,10 @@ def start_run(session: Session, plan: Plan) -> Run:
         cutoff=plan.spec.exclude_newer,
         counts={"environments": len(plan.items), "cases": plan.case_count},
     )
+    # A killed run cannot say so itself; the next run of its spec is the first to know. A shard of the same
+    # spec that is still running is marked too, and its own finish_run sets it back to finished.
+    session.execute(update(Run).where(Run.spec_name == plan.spec.name, Run.status == "running")
+                    .values(status="interrupted"))
     session.add(run)
     session.commit()
     return run
@@ -96,6 +103,26 @@ def save_environment(session: Session, resolved: Resolved) -> Environment:
     return row
 
 
+def install_failed(session: Session, row: Environment, error: str) -> None:
+    row.status, row.error = "install-failed", error
+    row.signature = f"InstallFailed({row.name})"
+    session.commit()
+
+
+def installed(session: Session, row: Environment, probes: Callable[[], dict[str, Any]]) -> None:
+    """Mark the environment installed; `probes` (import-memory figures) is measured once per environment."""
+    row.status = "installed"
+    if "probes" not in row.memory:
+        row.memory = {**row.memory, "probes": probes()}
+    session.commit()
+
+
+def worker_figures(session: Session, row: Environment, peak_rss: int, attempts: int) -> None:
+    """Keep the worker's peak memory: the next run admits this environment by it (--jobs > 1)."""
+    row.memory = {**row.memory, "worker_peak_rss": peak_rss, "worker_attempts": attempts}
+    session.commit()
+
+
 def recorded(session: Session, env_row: Environment) -> set[tuple[str, str, str, int, str]]:
     """Natural keys of the cases already stored for this environment and runner version."""
     rows = session.execute(
@@ -112,9 +139,17 @@ def natural_key(case: PlannedCase) -> tuple[str, str, str, int, str]:
 
 def save_case(
     session: Session, run: Run, env_row: Environment, case: PlannedCase, corpus_version: str,
-    steps: list[StepResult],
+    steps: list[StepResult], *, replace: bool = False,
 ) -> Case | None:
-    """Store one case and its steps; returns None if it was already stored (idempotent)."""
+    """Store one case and its steps; returns None if it was already stored (idempotent) or could not be.
+
+    `replace` (--force) deletes the stored case in the same transaction: a kill or a failed insert keeps it."""
+    if replace:
+        session.execute(delete(Case).where(
+            Case.environment_id == env_row.id, Case.model == case.model, Case.route == case.route,
+            Case.exporter == case.exporter, Case.opset == case.opset, Case.model_hash == case.model_hash,
+            Case.runner_version == RUNNER_VERSION,
+        ))
     row = Case(
         run_id=run.id,
         environment_id=env_row.id,

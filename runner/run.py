@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import shutil
@@ -23,17 +22,14 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from matrix import expand, versions
 from matrix import spec as spec_mod
-from runner import RUNNER_VERSION, environments, execute, pythons, record, uv
-from runner.errors import InterpreterNotFound, UvFailed
+from runner import environments, execute, record, uv
+from runner.errors import UvFailed
 from runner.results import StepResult, case_status
 from store.db import make_engine, make_sessionmaker
-from store.locks import Lock, parse_lock
-from store.models import Case as CaseRow
 from store.models import Environment as EnvironmentRow
 from store.models import Run
 from store.settings import Settings
@@ -121,8 +117,9 @@ def run(
     started = time.monotonic()
     console = console or Console(stderr=True)
     spec = spec_mod.load(spec_path, corpus=corpus)
-    plan = expand.plan(spec, index=uv.index_settings(), selectors=versions.resolve_selectors(spec))
-    items = shard_of([(e, c) for e, c in plan.items if not only or expand.matches(only, e.id)], shard)
+    plan = expand.plan(spec, index=uv.index_settings(), selectors=versions.resolve_selectors(spec),
+                       max_environments=settings.max_environments)
+    items = shard_of(expand.select(plan, only), shard)
     engine = make_engine(settings.database_url)
     Session = make_sessionmaker(engine)
     with Session() as session, _progress(console) as progress:
@@ -163,7 +160,8 @@ def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expa
     progress, summary = ctx.progress, ctx.summary
     with ctx.Session() as session:
         run_row = session.get_one(Run, ctx.run_id)
-        resolved = _resolve(session, env, ctx.settings.resolve_ttl)
+        resolved = environments.resolve(env, record.stored_lock(session, env.hash), ttl=ctx.settings.resolve_ttl,
+                                        uv_path=ctx.settings.uv)
         env_row = record.save_environment(session, resolved)
         summary.count("environments", resolved.status)
         if resolved.lock is None or ctx.resolve_only:
@@ -194,26 +192,20 @@ def _install_and_execute(
 ) -> None:
     progress, summary, settings = ctx.progress, ctx.summary, ctx.settings
     try:
-        venv, built = environments.install(settings.env_root, resolved)
+        venv, built = environments.install(settings.env_root, resolved, uv_path=settings.uv)
     except UvFailed as exc:
-        env_row.status, env_row.error = "install-failed", str(exc)
-        env_row.signature = f"InstallFailed({env.id})"
-        session.commit()
+        record.install_failed(session, env_row, str(exc))
         progress.console.print(f"[red]{env.id}: install failed[/]")
         progress.advance(ctx.case_task, len(todo))
         return
     with summary.lock:
         summary.installs += built
-    env_row.status = "installed"
-    if "probes" not in env_row.memory:
-        env_row.memory = {**env_row.memory, "probes": _probes(venv, settings.work_root / "probe")}
-    session.commit()
+    record.installed(session, env_row, lambda: _probes(venv, settings.work_root / "probe"))
     by_key = {c.key: c for c in todo}
 
     def on_case(key: str, steps: list[StepResult]) -> None:
-        if ctx.force:
-            _forget(session, env_row, by_key[key])
-        record.save_case(session, run_row, env_row, by_key[key], ctx.plan.corpus_version, steps)
+        # Called as each case ends, while the worker goes on: the case is in the database before the next starts.
+        record.save_case(session, run_row, env_row, by_key[key], ctx.plan.corpus_version, steps, replace=ctx.force)
         status = case_status(steps)
         summary.count("cases", status)
         progress.advance(ctx.case_task)
@@ -229,8 +221,7 @@ def _install_and_execute(
         memory_limit=ctx.memory_limit,
         on_case=on_case,
     )
-    env_row.memory = {**env_row.memory, "worker_peak_rss": outcome.peak_rss, "worker_attempts": outcome.attempts}
-    session.commit()
+    record.worker_figures(session, env_row, outcome.peak_rss, outcome.attempts)
     if not settings.keep_workdirs:
         shutil.rmtree(workdir, ignore_errors=True)
     if ctx.plan.spec.limits.prune:
@@ -256,39 +247,6 @@ def _predicted_peak(env_row: EnvironmentRow) -> int:
     if both.get("peak_rss"):
         return int(both["peak_rss"] * 1.5)  # cases add models and converter state on top of the imports
     return DEFAULT_PEAK
-
-
-def _resolve(session: Session, env: expand.Environment, ttl: float = 0) -> environments.Resolved:
-    """A request with a cutoff resolves the same way forever, and one without resolves the same way for a
-    while (`resolve_ttl`): reuse its stored lock or conflict then, and skip uv."""
-    row = record.stored_lock(session, env.hash)
-    fresh = row is not None and (
-        env.cutoff is not None or (dt.datetime.now(dt.UTC) - _aware(row.resolved_at)).total_seconds() < ttl
-    )
-    if fresh and row is not None:
-        if row.lock_text or row.status == "conflict":
-            try:
-                exe, full = pythons.find(env.python)
-            except InterpreterNotFound:
-                return environments.resolve(env)
-            if row.lock_text is None:  # a conflict stays a conflict
-                return environments.Resolved(env, exe, full, None, conflict=uv.Conflict(row.error or ""), reused=True)
-            lock = Lock(row.lock_text, parse_lock(row.lock_text))
-            return environments.Resolved(env, exe, full, lock, reused=True)
-    return environments.resolve(env)
-
-
-def _aware(when: dt.datetime) -> dt.datetime:
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)  # SQLite returns naive UTC
-
-
-def _forget(session: Session, env_row: EnvironmentRow, case: expand.Case) -> None:
-    session.execute(delete(CaseRow).where(
-        CaseRow.environment_id == env_row.id, CaseRow.model == case.model, CaseRow.route == case.route,
-        CaseRow.exporter == case.exporter, CaseRow.opset == case.opset, CaseRow.model_hash == case.model_hash,
-        CaseRow.runner_version == RUNNER_VERSION,
-    ))
-    session.commit()
 
 
 def _progress(console: Console) -> Progress:

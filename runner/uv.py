@@ -1,4 +1,6 @@
-"""The only module that spawns uv: compile → Lock | Conflict, venv, sync, freeze."""
+"""The only module that spawns uv: compile → Lock | Conflict, venv, sync, freeze, python find.
+
+Every function takes `uv_path`, the configured binary (Settings.uv, KNOWNGOOD_UV); None means `uv` on PATH."""
 
 from __future__ import annotations
 
@@ -34,10 +36,11 @@ INDEX_VARIABLES = (
 )
 
 
-def uv_binary() -> str:
-    exe = os.environ.get("KNOWNGOOD_UV") or shutil.which("uv")
+def uv_binary(uv_path: str | None = None) -> str:
+    """The uv to run: the configured one (Settings.uv), else `uv` on PATH."""
+    exe = shutil.which(uv_path or "uv")
     if not exe:
-        raise UvNotFound()
+        raise UvNotFound(uv_path)
     return exe
 
 
@@ -54,8 +57,10 @@ def index_settings() -> dict[str, str]:
     return {k: os.environ[k] for k in INDEX_VARIABLES if os.environ.get(k)}
 
 
-def _run(args: Sequence[str], *, input: str | None = None, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    cmd = [uv_binary(), *args]
+def _run(
+    args: Sequence[str], *, uv_path: str | None, input: str | None = None, timeout: float = 3600
+) -> subprocess.CompletedProcess[str]:
+    cmd = [uv_binary(uv_path), *args]
     log.debug("+ %s", shlex.join(cmd))
     return subprocess.run(
         cmd, input=input, capture_output=True, text=True, env=uv_env(), timeout=timeout, check=False
@@ -80,6 +85,7 @@ def compile(
     *,
     excludes: Sequence[str] = (),
     cutoff: str | None = None,
+    uv_path: str | None = None,
 ) -> Lock | Conflict:
     """Resolve `requirements` for `python`; a conflict is a result, not an exception."""
     with tempfile.TemporaryDirectory(prefix="knowngood-compile-") as tmp:
@@ -93,7 +99,7 @@ def compile(
             args += ["--excludes", str(exclude_file)]
         if cutoff:
             args += ["--exclude-newer", cutoff]
-        proc = _run(args, input="\n".join(requirements) + "\n")
+        proc = _run(args, input="\n".join(requirements) + "\n", uv_path=uv_path)
     if proc.returncode != 0:
         reason = proc.stderr.strip()
         if any(marker in reason for marker in _TRANSIENT):
@@ -103,27 +109,40 @@ def compile(
     return Lock(text=proc.stdout, pins=parse_lock(proc.stdout))
 
 
-def venv(path: Path, python: Path) -> None:
-    proc = _run(["venv", "--quiet", "--python", str(python), "--no-project", "--allow-existing", str(path)])
+def venv(path: Path, python: Path, *, uv_path: str | None = None) -> None:
+    proc = _run(["venv", "--quiet", "--python", str(python), "--no-project", "--allow-existing", str(path)],
+                uv_path=uv_path)
     if proc.returncode != 0:
         raise UvFailed(f"uv venv {path} failed:\n{proc.stderr.strip()}")
 
 
-def sync(path: Path, lock: Lock) -> None:
+def sync(path: Path, lock: Lock, *, uv_path: str | None = None) -> None:
     """Install exactly the lock into the venv at `path`, hashes checked, from uv's shared cache."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="knowngood-lock-", delete=False) as fh:
         fh.write(lock.text)
     try:
         proc = _run(["pip", "sync", fh.name, "--python", str(path / "bin" / "python"), "--require-hashes",
-                     "--quiet", "--color", "never", *NO_BUILD])
+                     "--quiet", "--color", "never", *NO_BUILD], uv_path=uv_path)
     finally:
         os.unlink(fh.name)
     if proc.returncode != 0:
         raise UvFailed(f"uv pip sync into {path} failed:\n{proc.stderr.strip()}")
 
 
-def freeze(path: Path) -> dict[str, str]:
-    proc = _run(["pip", "freeze", "--python", str(path / "bin" / "python")])
+def freeze(path: Path, *, uv_path: str | None = None) -> dict[str, str]:
+    proc = _run(["pip", "freeze", "--python", str(path / "bin" / "python")], uv_path=uv_path)
     if proc.returncode != 0:
         raise UvFailed(f"uv pip freeze failed:\n{proc.stderr.strip()}")
     return {canonicalize_name(a): b for a, _, b in (ln.partition("==") for ln in proc.stdout.split()) if b}
+
+
+def find_python(version: str, *, uv_path: str | None = None) -> Path | None:
+    """`uv python find`: the interpreter uv would pick for `version`, uv-managed ones included (Docker), or None.
+
+    None also when uv itself is missing: this is the last place the runner looks, not a requirement."""
+    try:
+        proc = _run(["python", "find", "--no-config", version], uv_path=uv_path, timeout=60)
+    except UvNotFound:
+        return None
+    path = proc.stdout.strip()
+    return Path(path) if proc.returncode == 0 and path else None

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
         default_factory=lambda: _cache_home() / "knowngood" / "work",
         description="Scratch folders for worker runs (exported models, step logs).",
     )
+    uv: str | None = Field(
+        default=None, description="path of the uv binary (KNOWNGOOD_UV); `uv` on PATH when unset",
+    )
     jobs: int = Field(default=1, ge=1, description="environments processed at once")
     resolve_ttl: float = Field(
         default=600, ge=0,
@@ -47,5 +50,9 @@ class Settings(BaseSettings):
     )
     response_cache_recheck: float = Field(
         default=1.0, ge=0, description="Seconds between checks for newly recorded results (0: on every request).",
+    )
+    max_environments: int = Field(
+        default=100_000, gt=0,
+        description="largest plan a run or `plan` expands (a spec's limits.max-environments may lower it)",
     )
     keep_workdirs: bool = False

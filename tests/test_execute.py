@@ -97,3 +97,13 @@ def test_user_corpus_without_the_interface_says_what_is_missing(tmp_path: Path, 
     (step,) = outcome.steps[_job("m").key]
     assert step.status == "error" and step.error_type == "CorpusError"
     assert str(user) in (step.message or "") and fragment in (step.message or "")
+
+
+def test_each_case_is_handed_over_as_its_end_line_arrives(tmp_path: Path) -> None:
+    """A finished case must reach the database while the worker still runs: a kill then loses nothing done."""
+    calls: list[tuple[str, float]] = []
+    execute(VENV, [_job("broken"), _job("hang")], corpus=CORPUS, workdir=tmp_path, step_timeout=4,
+            memory_limit=2**32, on_case=lambda key, steps: calls.append((key.split(".")[0], time.monotonic())))
+    assert [model for model, _ in calls] == ["broken", "hang"]
+    # `broken` ended at once; `hang` only when its step timed out four seconds later
+    assert calls[1][1] - calls[0][1] > 2.5

@@ -81,6 +81,10 @@ def test_sigkill_mid_run_then_resume_gives_exactly_the_plan(tiny: tuple[Path, st
     assert summary["skipped_recorded"] == sum(partial.values())
     assert _recorded(db) == _planned(path)  # nothing missing, nothing twice
     assert set(_recorded(db).values()) == {1}
+    engine = make_engine(db)
+    with make_sessionmaker(engine)() as s:  # the killed run could not say so; the resumed one did
+        assert sorted(s.scalars(select(Run.status).order_by(Run.started_at))) == ["finished", "interrupted"]
+    engine.dispose()
 
 
 def test_jobs_and_shards_cover_the_plan_and_rerun_skips(tiny: tuple[Path, str, dict[str, str]]) -> None:

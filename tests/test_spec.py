@@ -105,6 +105,19 @@ BAD = [
     ("[axes]", "[limits]\nstep-timeout = -1\n[axes]", "limits.step-timeout: Input should be greater than 0", 6),
     ('name = "t"', 'name = "has space"', "name: String should match pattern", 1),
     ('name = "t"', "name = ", "not valid TOML", None),
+    # issue 15 item 7: an axis key is a package name; a newline in it would reach uv's stdin as an option line
+    ('torch = ["==2.0.1"]', '"six\\n-i https://elsewhere.example/simple" = ["==1.16.0"]',
+     "axes: expected a package name such as 'torch' as the axis key, got 'six\\n-i https://elsewhere", 5),
+    ('torch = ["==2.0.1"]', '"to rch" = ["==2.0.1"]', "expected a package name such as 'torch' as the axis key", 5),
+    ('routes = ["onnxruntime"]', 'routes = ["onnxruntime"]\nexcludes = ["tensorflow", "not a name"]',
+     "excludes: expected a package name such as 'tensorflow', got 'not a name'", 4),
+    ('routes = ["onnxruntime"]', 'routes = ["onnxruntime"]\nexcludes = ["tensorflow>=2"]',
+     "excludes: expected a package name such as 'tensorflow', got 'tensorflow>=2'", 4),
+    ('routes = ["onnxruntime"]', 'routes = ["onnxruntime"]\n[companions]\nonnx2tf = ["psutil\\n-i x"]',
+     "expected PEP 508 requirements", 4),
+    # issue 15 item 10: a date that matches the shape but is not a date
+    ('routes = ["onnxruntime"]', 'routes = ["onnxruntime"]\nexclude-newer = "2025-13-45"',
+     "expected a date like '2025-08-01'", 4),
 ]
 
 
@@ -124,3 +137,16 @@ def test_malformed_spec_messages(tmp_path: Path, old: str, new: str, fragment: s
 def test_missing_file() -> None:
     with pytest.raises(SpecError, match="no such spec file"):
         spec.load("matrix/specs/nope.toml")
+
+
+def test_a_directory_is_not_a_spec(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"expected a TOML spec file, got a directory"):
+        spec.load(tmp_path)
+
+
+def test_non_utf8_spec_names_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(GOOD.replace('"t"', '"t"\ndescription = "caf\xe9"').encode("latin-1"))
+    with pytest.raises(SpecError) as info:
+        spec.load(path)
+    assert str(info.value).startswith(f"{path}:2: expected UTF-8 text, got byte 0xe9")

@@ -87,3 +87,70 @@ def test_parse_lock_reads_continuation_lines() -> None:
     pins = parse_lock(text)
     assert pins == (Pin("six", "1.17.0", ("sha256:aa", "sha256:bb")),
                     Pin("typing-extensions", "4.12.2", ("sha256:cc",)))
+
+
+def test_only_uv_py_spawns_uv() -> None:
+    """The seam: no other runner module looks uv up or builds a uv command line; KNOWNGOOD_UV is read by Settings."""
+    runner = Path(__file__).parents[1] / "runner"
+    offenders = [p.name for p in runner.glob("*.py") if p.name != "uv.py"
+                 and any(s in p.read_text() for s in ('which("uv")', '"python", "find"'))]
+    offenders += [p.name for p in runner.glob("*.py") if 'environ.get("KNOWNGOOD_UV")' in p.read_text()]
+    assert offenders == []
+
+
+def test_configured_uv_is_the_one_that_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KNOWNGOOD_UV reaches Settings.uv, and that binary (a wrapper logging its argv, then the real uv) is run."""
+    from store.settings import Settings
+
+    log = tmp_path / "argv.log"
+    wrapper = tmp_path / "uv-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {uv.uv_binary()} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("KNOWNGOOD_UV", str(wrapper))
+    settings = Settings()
+    assert settings.uv == str(wrapper)
+    assert uv.find_python("3.11", uv_path=settings.uv) is not None
+    resolved = environments.resolve(Environment(python="3.11", requirements=("six",), cutoff="2025-01-01"),
+                                    uv_path=settings.uv)
+    assert resolved.lock is not None and resolved.lock.version("six") == "1.17.0"
+    assert [line.split()[:2] for line in log.read_text().splitlines()] == [["python", "find"], ["pip", "compile"]]
+
+
+def test_a_configured_uv_that_is_not_there(tmp_path: Path) -> None:
+    from runner.errors import UvNotFound
+
+    missing = str(tmp_path / "no-uv")
+    assert uv.find_python("3.11", uv_path=missing) is None  # the last place to look, not a requirement
+    with pytest.raises(UvNotFound, match=r"KNOWNGOOD_UV: expected the path of a uv binary, got '.*no-uv'"):
+        uv.compile(Path("/usr/bin/python3"), ["six"], uv_path=missing)
+
+
+def _stored(lock_text: str | None, status: str, error: str | None = None, age: float = 0) -> object:
+    import datetime as dt
+
+    from store.models import Environment as EnvironmentRow
+
+    return EnvironmentRow(lock_text=lock_text, status=status, error=error,
+                          resolved_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age))
+
+
+LOCK = "six==1.17.0 \\\n    --hash=sha256:" + "a" * 64 + "\n"
+
+
+@pytest.mark.parametrize(("cutoff", "age", "reused"),
+                         [("2025-01-01", 10**6, True), (None, 5, True), (None, 700, False)])
+def test_a_stored_resolution_is_reused_without_asking_uv(tmp_path: Path, cutoff: str | None, age: float,
+                                                        reused: bool) -> None:
+    """With a cutoff, or within the ttl, the stored lock or conflict is the answer; uv (absent here) is not asked."""
+    from runner.errors import UvNotFound
+
+    env = Environment(python="3.11", requirements=("six",), cutoff=cutoff)
+    no_uv = str(tmp_path / "no-uv")
+    for stored in (_stored(LOCK, "installed", age=age), _stored(None, "conflict", "no solution", age=age)):
+        if not reused:
+            with pytest.raises(UvNotFound):
+                environments.resolve(env, stored, ttl=600, uv_path=no_uv)  # type: ignore[arg-type]
+            continue
+        got = environments.resolve(env, stored, ttl=600, uv_path=no_uv)  # type: ignore[arg-type]
+        assert got.reused and got.python_exe is not None
+        assert (got.lock.version("six") if got.lock else got.conflict) in ("1.17.0", uv.Conflict("no solution"))
