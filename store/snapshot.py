@@ -36,7 +36,7 @@ READS = (1, 2)
 # The step statuses the runner writes (runner.results.StepStatus); a case is `pass` or its first non-ok status.
 StepStatus = Literal["ok", "fail", "error", "timeout", "crash", "oom", "skip"]
 CaseStatus = Literal["pass", "fail", "error", "timeout", "crash", "oom", "skip"]
-RunStatus = Literal["running", "finished"]
+RunStatus = Literal["running", "finished", "interrupted"]  # interrupted: killed, marked by a later run
 
 
 class SnapshotError(KnowngoodError, ValueError):

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from matrix import expand, spec
 from runner import environments, record
 from runner.results import StepResult, StepStatus
+from store import snapshot
 from store.locks import Lock, parse_lock
 from store.models import Case, Run
 
@@ -50,6 +51,12 @@ def test_a_later_run_of_the_same_spec_marks_a_killed_one_interrupted(session: Se
     assert session.get_one(Run, later.id).status == "running"
     record.finish_run(session, later, {})
     assert session.get_one(Run, later.id).status == "finished"
+    # the marked run still travels: a snapshot with it exports and imports again
+    import json
+
+    built = snapshot.build(session)
+    assert {r.status for r in built.runs} >= {"interrupted", "finished"}
+    assert snapshot.parse(json.loads(snapshot.dumps(built))).runs == built.runs
 
 
 def test_force_replaces_a_case_in_one_transaction(session: Session, tmp_path: Path) -> None:
