@@ -88,8 +88,9 @@ def cmd_chains(args: argparse.Namespace) -> int:
 
     engine = make_engine(_settings(args).database_url)
     with make_sessionmaker(engine)() as session:
-        chains = queries.known_good_chains(session, queries.ChainQuery.parse(args.models, args.route))
-    for chain in chains:
+        query = queries.ChainQuery.parse(args.models, args.route)
+        chains = [*queries.known_good_chains(session, query), *queries.split_chain_page(session, query)[0]]
+    for chain in chains:  # joint chains first, then split ones; each line says which in "kind"
         print(json.dumps(chain.model_dump(mode="json")))
     return 0 if chains else 1
 
@@ -101,12 +102,17 @@ def cmd_lock(args: argparse.Namespace) -> int:
     engine = make_engine(_settings(args).database_url)
     with make_sessionmaker(engine)() as session:
         query = queries.ChainQuery.parse(args.models, args.route)
-        chains = queries.known_good_chains(session, query)
-        if not chains:
-            print("no known-good chain for that query", file=sys.stderr)
+        chains = [] if args.side else queries.known_good_chains(session, query)
+        split = [] if chains else queries.split_chain_page(session, query)[0]
+        if not chains and not (split and args.side):
+            print("only split chains are known good for that query: pass --side research (the export "
+                  "environment) or --side production (the runtime environment)" if split
+                  else "no known-good chain for that query", file=sys.stderr)
             return 1
         try:
-            sys.stdout.write(lockfile.render(session, chains[0], args.format))
+            text = (lockfile.render(session, chains[0], args.format) if chains
+                    else lockfile.render_side(session, split[0], args.side, args.format))
+            sys.stdout.write(text)
         except lockfile.LockfileUnavailable as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -221,6 +227,8 @@ def parser() -> argparse.ArgumentParser:
         if name == "lock":
             sp.add_argument("--format", default="requirements",
                             choices=["requirements", "constraints", "pylock", "pyproject"])
+            sp.add_argument("--side", choices=["research", "production"],
+                            help="one side of the best split chain (export or runtime environment)")
         sp.set_defaults(func=func)
 
     sp = with_db(sub.add_parser("docs", help="generate docs/matrix.md and its heatmaps from the database"))

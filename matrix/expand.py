@@ -8,12 +8,12 @@ import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from matrix.routes import ROUTE_PACKAGES, ROUTES
+from matrix.routes import BOTH_SIDES, EXPORT_SIDE, ROUTE_PACKAGES, ROUTES, SPLIT_ROUTES
 from matrix.spec import LatestMinors, Spec
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
@@ -40,6 +40,7 @@ class Environment:
     excludes: tuple[str, ...] = ()
     index: tuple[tuple[str, str], ...] = ()
     cutoff: str | None = None
+    kind: str = "joint"  # joint | export | runtime (ARCHITECTURE.md: environment kinds)
 
     @property
     def id(self) -> str:
@@ -53,6 +54,8 @@ class Environment:
                 parts.append(f"{short}[{spec}]")
             else:
                 parts.append(short)
+        if self.kind != "joint":
+            parts.append(self.kind)  # a suffix, so patterns such as 'py3.11-torch2.4*' still select it
         return "-".join(parts)
 
     @property
@@ -64,6 +67,8 @@ class Environment:
             "index": list(self.index),
             "cutoff": self.cutoff,
         }
+        if self.kind != "joint":  # joint environments were hashed before kinds existed: their hashes stay
+            payload["kind"] = self.kind
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -85,10 +90,12 @@ class Case:
     exporter: str
     opset: int
     model_hash: str = field(default="", compare=False)
+    artifact: str = ""  # split chains, runtime side: the key of the artifact the case starts from
 
     @property
     def key(self) -> str:
-        return f"{self.model}.{self.route}.{self.exporter}.op{self.opset}"
+        key = f"{self.model}.{self.route}.{self.exporter}.op{self.opset}"
+        return f"{key}.{self.artifact[:12]}" if self.artifact else key
 
 
 @dataclass(frozen=True)
@@ -234,3 +241,60 @@ def plan(
                 continue
             items.append((env, tuple(c for c in cases if _route_applies(c.route, env))))
     return Plan(spec=spec, corpus_path=corpus_path, corpus_version=version, items=tuple(items))
+
+
+# --- split chains ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A plan cut into its two sides: export environments with their export cases, runtime environments with
+    their routes, and which export environment feeds which runtime environment (one pair per combination)."""
+
+    plan: Plan
+    exports: tuple[tuple[Environment, tuple[Case, ...]], ...]
+    runtimes: tuple[tuple[Environment, tuple[str, ...]], ...]
+    pairs: tuple[tuple[str, str], ...]  # (export environment hash, runtime environment hash)
+
+    @property
+    def installs(self) -> int:
+        return len(self.exports) + len(self.runtimes)
+
+
+def _side(reqs: tuple[str, ...], export: bool) -> tuple[str, ...]:
+    """The requirements of one side: torch and its exporter's needs, or everything a runtime needs."""
+    def on_export_side(req: str) -> bool:
+        name = split_requirement(req)[0]
+        return name in EXPORT_SIDE or name in BOTH_SIDES
+    def on_runtime_side(req: str) -> bool:
+        return split_requirement(req)[0] not in EXPORT_SIDE
+    keep = on_export_side if export else on_runtime_side
+    return tuple(r for r in reqs if keep(r))
+
+
+def split(plan: Plan) -> SplitPlan:
+    """Cut every environment of a joint plan into an export and a runtime environment, each built once."""
+    exports: dict[str, tuple[Environment, dict[Case, None]]] = {}
+    runtimes: dict[str, tuple[Environment, dict[str, None]]] = {}
+    pairs: dict[tuple[str, str], None] = {}
+    for env, cases in plan.items:
+        routes = [c.route for c in cases if c.route in SPLIT_ROUTES and c.route != "export"]
+        exported = [c for c in cases if c.route in routes]
+        if not exported:
+            continue  # nothing here goes through an ONNX file (e.g. nobuco only): joint environments cover it
+        export_env = replace(env, kind="export", requirements=_side(env.requirements, True),
+                             extras=_side(env.extras, True))
+        runtime_env = replace(env, kind="runtime", requirements=_side(env.requirements, False),
+                              extras=_side(env.extras, False))
+        entry = exports.setdefault(export_env.hash, (export_env, {}))
+        for c in exported:
+            entry[1][Case(model=c.model, route="export", exporter=c.exporter, opset=c.opset,
+                          model_hash=c.model_hash)] = None
+        runtimes.setdefault(runtime_env.hash, (runtime_env, {}))[1].update(dict.fromkeys(routes))
+        pairs[(export_env.hash, runtime_env.hash)] = None
+    return SplitPlan(
+        plan=plan,
+        exports=tuple((e, tuple(cs)) for e, cs in exports.values()),
+        runtimes=tuple((e, tuple(rs)) for e, rs in runtimes.values()),
+        pairs=tuple(pairs),
+    )

@@ -85,6 +85,11 @@ class Spec(BaseModel):
     include: list[str] = Field(default_factory=list, description="environment-id patterns to keep")
     exclude: list[str] = Field(default_factory=list, description="environment-id patterns to drop")
     corpus: str | None = None
+    mode: Literal["joint", "split", "both"] = Field(
+        default="joint",
+        description="joint: torch and the runtime side in one environment (a hybrid container); split: export "
+        "environments make artifacts that runtime environments without torch convert and run; both: each",
+    )
     axes: dict[str, list[Selector]]
     limits: Limits = Field(default_factory=Limits)
 
