@@ -20,6 +20,13 @@ import tempfile
 FORMAT = 1
 
 
+def _clear_metadata(message) -> None:  # type: ignore[no-untyped-def]
+    # metadata_props (IR 10) on graphs, nodes and values carry source locations, module paths and rewrite-rule
+    # names: the dynamo exporter writes them, and they change with every torch release while the graph doesn't.
+    if "metadata_props" in message.DESCRIPTOR.fields_by_name:
+        del message.metadata_props[:]
+
+
 def _rename_values(graph, names: dict) -> None:  # type: ignore[no-untyped-def]
     """Rename internal values in order of first appearance; graph inputs and outputs keep their names (a user
     feeds them by name). Subgraphs (If/Loop bodies) share the mapping, as they may read outer values."""
@@ -31,11 +38,14 @@ def _rename_values(graph, names: dict) -> None:  # type: ignore[no-untyped-def]
             names[name] = "v%d" % len(names)
         return names[name]
 
+    _clear_metadata(graph)
     for init in graph.initializer:
         init.name = new(init.name)
+        _clear_metadata(init)
     for node in graph.node:
         node.name = ""
         node.doc_string = ""
+        _clear_metadata(node)
         for i, name in enumerate(node.input):
             node.input[i] = new(name)
         for i, name in enumerate(node.output):
@@ -69,6 +79,7 @@ def graph_key(path: str) -> str:
     _rename_values(graph, names)
     for value in list(graph.input) + list(graph.output):
         value.doc_string = ""
+        _clear_metadata(value)
     # value_info carries shape inference results that some torch releases write and others don't.
     del graph.value_info[:]
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
@@ -82,7 +93,16 @@ def save(root: str, onnx_path: str, examples: list, reference: list, meta: dict)
     key = graph_key(onnx_path)
     final = os.path.join(root, key[:2], key)
     if os.path.isfile(os.path.join(final, "meta.json")):
-        return {"key": key, "stored": False, "path": final}
+        # The same graph from another export: accept it only if this export's inputs and torch's outputs agree
+        # with the stored ones, so a normalisation that dropped something meaningful cannot merge two graphs.
+        differs = _differs(Loaded(final), examples, reference, float(meta["atol"]), float(meta["rtol"]))
+        if differs is None:
+            return {"key": key, "stored": False, "dedup": "same graph, same inputs and reference outputs",
+                    "path": final}
+        key = hashlib.sha256((key + differs).encode()).hexdigest()
+        final = os.path.join(root, key[:2], key)
+        if os.path.isfile(os.path.join(final, "meta.json")):
+            return {"key": key, "stored": False, "dedup": "kept apart: " + differs, "path": final}
     os.makedirs(os.path.dirname(final), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".incoming-", dir=os.path.dirname(final))
     model = onnx.load(onnx_path)  # external data inlined: one file to hand over, and one to hash
@@ -103,6 +123,22 @@ def save(root: str, onnx_path: str, examples: list, reference: list, meta: dict)
         shutil.rmtree(tmp, ignore_errors=True)
         return {"key": key, "stored": False, "path": final}
     return {"key": key, "stored": True, "path": final}
+
+
+def _differs(stored, examples: list, reference: list, atol: float, rtol: float):  # type: ignore[no-untyped-def]
+    """Why this export may not share the stored artifact, or None when inputs and reference outputs agree."""
+    import numpy as np
+
+    mine = [[a.detach().cpu().numpy() for a in e.args] for e in examples]
+    if [[a.shape for a in x] for x in mine] != [[a.shape for a in x] for x in stored.inputs] or not all(
+            np.array_equal(a, b) for x, y in zip(mine, stored.inputs) for a, b in zip(x, y)):
+        return "example inputs differ"
+    for outs, kept in zip(reference, stored.reference):
+        for a, b in zip(outs, kept):
+            a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+            if a.shape != b.shape or not np.allclose(a, b, atol=atol, rtol=rtol, equal_nan=True):
+                return "reference outputs differ"
+    return None
 
 
 class Loaded:
