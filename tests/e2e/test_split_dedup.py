@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from store.db import make_engine, make_sessionmaker
 from store.models import Artifact, Case, Environment, Step
@@ -68,9 +69,12 @@ def test_same_graphs_from_two_torch_releases_are_converted_once_and_a_killed_swe
                              start_new_session=True)
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline and first.poll() is None:
-        if (tmp_path / "dedup.db").exists() and _counts(db)["exports"]:
-            break
         time.sleep(2)
+        try:
+            if _counts(db)["exports"]:
+                break
+        except OperationalError:  # the run is still creating the schema
+            continue
     if first.poll() is None:
         os.killpg(first.pid, signal.SIGKILL)
     first.wait()
