@@ -261,15 +261,34 @@ class SplitPlan:
         return len(self.exports) + len(self.runtimes)
 
 
+# Converters that start from torch itself (no ONNX file): they exist only in joint environments, and they pull
+# torch in as a dependency, so they never join a runtime side.
+JOINT_ONLY = tuple(p for route, packages in ROUTE_PACKAGES.items() if route not in SPLIT_ROUTES for p in packages)
+
+
 def _side(reqs: tuple[str, ...], export: bool) -> tuple[str, ...]:
     """The requirements of one side: torch and its exporter's needs, or everything a runtime needs."""
-    def on_export_side(req: str) -> bool:
+    def keep(req: str) -> bool:
         name = split_requirement(req)[0]
-        return name in EXPORT_SIDE or name in BOTH_SIDES
-    def on_runtime_side(req: str) -> bool:
-        return split_requirement(req)[0] not in EXPORT_SIDE
-    keep = on_export_side if export else on_runtime_side
+        if export:
+            return name in EXPORT_SIDE or name in BOTH_SIDES
+        return name not in EXPORT_SIDE and name not in JOINT_ONLY
     return tuple(r for r in reqs if keep(r))
+
+
+def _runtime_routes(env: Environment, routes: Iterable[str]) -> tuple[str, ...]:
+    """The split routes a runtime side can run: its converter is there; ONNX Runtime where it was asked for or
+    comes with a converter (onnx2tf and onnx-tf depend on it)."""
+    names = {split_requirement(r)[0] for r in env.all_requirements}
+    converters = {p for route, packages in ROUTE_PACKAGES.items() if route != "onnxruntime" for p in packages}
+    out = []
+    for route in dict.fromkeys(routes):
+        if route not in SPLIT_ROUTES or route == "export":
+            continue
+        needed = set(ROUTE_PACKAGES.get(route, ()))
+        if needed & names or (route == "onnxruntime" and names & converters):
+            out.append(route)
+    return tuple(out)
 
 
 def split(plan: Plan) -> SplitPlan:
@@ -278,14 +297,14 @@ def split(plan: Plan) -> SplitPlan:
     runtimes: dict[str, tuple[Environment, dict[str, None]]] = {}
     pairs: dict[tuple[str, str], None] = {}
     for env, cases in plan.items:
-        routes = [c.route for c in cases if c.route in SPLIT_ROUTES and c.route != "export"]
-        exported = [c for c in cases if c.route in routes]
-        if not exported:
-            continue  # nothing here goes through an ONNX file (e.g. nobuco only): joint environments cover it
         export_env = replace(env, kind="export", requirements=_side(env.requirements, True),
                              extras=_side(env.extras, True))
         runtime_env = replace(env, kind="runtime", requirements=_side(env.requirements, False),
                               extras=_side(env.extras, False))
+        routes = _runtime_routes(runtime_env, (c.route for c in cases))
+        exported = [c for c in cases if c.route in routes]
+        if not exported:
+            continue  # nothing here goes through an ONNX file (e.g. nobuco only): joint environments cover it
         entry = exports.setdefault(export_env.hash, (export_env, {}))
         for c in exported:
             entry[1][Case(model=c.model, route="export", exporter=c.exporter, opset=c.opset,

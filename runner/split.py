@@ -7,6 +7,7 @@ time when `limits.prune` removes each venv after use; the artifacts they leave a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from matrix import expand
-from runner import RUNNER_VERSION, execute
-from store.models import Artifact, Case, Environment
+from runner import RUNNER_VERSION, execute, uv
+from store.models import Artifact, Case, Environment, Package
 
 if TYPE_CHECKING:
     from runner.run import Context
@@ -49,6 +50,32 @@ def _torch_order(env: expand.Environment) -> tuple[Version, str]:
             except InvalidVersion:
                 break
     return Version("0"), env.id
+
+
+# A CUDA build of torch is mostly these; dropping them from uv's cache is what bounds a sweep's disk.
+_TORCH_BUILD = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
+
+
+def _by_torch(exports: Items) -> list[Items]:
+    """Consecutive export environments grouped by their torch requirement (already sorted by it)."""
+    groups: list[Items] = []
+    for item in exports:
+        if groups and _torch_order(groups[-1][0][0])[0] == _torch_order(item[0])[0]:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _drop_torch_build(ctx: Context, group: Items) -> None:
+    """After a torch release's last export environment: remove its build from uv's cache (limits.prune-cache)."""
+    with ctx.Session() as session:
+        names = set(session.scalars(
+            select(Package.name).join(Environment, Environment.id == Package.environment_id)
+            .where(Environment.hash.in_([env.hash for env, _ in group]))))
+    doomed = sorted(n for n in names if _TORCH_BUILD.match(n))
+    ctx.progress.console.print(f"[dim]pruning uv's cache: {', '.join(doomed) or 'nothing'}[/]")
+    uv.cache_clean(doomed)
 
 
 def runtime_cases(
@@ -92,7 +119,10 @@ def run_split(ctx: Context, split: expand.SplitPlan, process_all: Callable[[Any,
         progress.update(ctx.env_task, total=(progress.tasks[ctx.env_task].total or 0) + split.installs)
         progress.update(ctx.case_task, total=(progress.tasks[ctx.case_task].total or 0)
                         + sum(len(c) for _, c in exports))
-    process_all(ctx, list(exports))
+    for group in _by_torch(exports):
+        process_all(ctx, group)
+        if ctx.plan.spec.limits.prune_cache:
+            _drop_torch_build(ctx, group)
     with ctx.Session() as session:
         runtimes = [(env, runtime_cases(session, split, env, routes)) for env, routes in split.runtimes]
     progress.update(ctx.case_task, total=(progress.tasks[ctx.case_task].total or 0)

@@ -127,3 +127,12 @@ def freeze(path: Path) -> dict[str, str]:
     if proc.returncode != 0:
         raise UvFailed(f"uv pip freeze failed:\n{proc.stderr.strip()}")
     return {canonicalize_name(a): b for a, _, b in (ln.partition("==") for ln in proc.stdout.split()) if b}
+
+
+def cache_clean(packages: Sequence[str]) -> None:
+    """Remove these packages (every version) from uv's shared cache; venvs linked from it keep their files."""
+    if not packages:
+        return
+    proc = _run(["cache", "clean", *packages], timeout=600)
+    if proc.returncode != 0:
+        raise UvFailed(f"uv cache clean failed: {proc.stderr.strip()[-2000:]}")
