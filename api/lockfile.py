@@ -26,7 +26,7 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy.orm import Session
 
 from api.queries import Provenance
-from api.schemas import ChainOut
+from api.schemas import ChainOut, SplitChainOut
 from matrix.routes import KEY_PACKAGES
 from store.models import Environment, Package
 
@@ -251,3 +251,20 @@ def _parse_html(text: str) -> list[dict[str, Any]]:
     parser = _Anchors()
     parser.feed(text)
     return parser.files
+
+
+SIDES = ("research", "production")
+
+
+def render_side(session: Session, chain: SplitChainOut, side: str, fmt: str) -> str:
+    """One side of a split chain: the research side (export environment, torch) or the production side
+    (runtime environment, no torch), stamped with the other side it was proven with."""
+    mine, other = (chain.research, chain.production) if side == "research" else (chain.production, chain.research)
+    env = session.get_one(Environment, mine.environment_id)
+    text = render_environment(env, Provenance(chain.run_id, chain.recorded_at, tuple(m.model for m in chain.models)),
+                              fmt)
+    note = (f"# {side} side of a split chain: the graphs exported in {chain.research.name} passed when run in "
+            f"{chain.production.name}; the {'production' if side == 'research' else 'research'} side's lockfile is "
+            f"side={'production' if side == 'research' else 'research'} (lock {other.lock_hash[:12]})\n")
+    head, _, rest = text.partition("\n# resolved against")
+    return head + "\n" + note + "# resolved against" + rest

@@ -14,12 +14,13 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import ColumnElement, Row, exists, func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from api.schemas import (
     CaseOut,
     CellStatus,
     ChainOut,
+    ChainSide,
     EnvironmentOut,
     FailureExample,
     FailureOut,
@@ -33,6 +34,7 @@ from api.schemas import (
     RunEnvironment,
     RunOut,
     RunsOut,
+    SplitChainOut,
     StepOut,
 )
 from matrix.routes import ALIASES, KEY_PACKAGES, ROUTE_PACKAGES
@@ -121,7 +123,9 @@ def rank_key(versions: dict[str, str]) -> tuple[Version, ...]:
 
 
 def _chain_conditions(query: ChainQuery) -> list[ColumnElement[bool]]:
-    conditions = [Case.model.in_(query.models), Case.route == query.route, Case.status == "pass"]
+    # Joint chains only: a runtime environment's cases start from a stored artifact and need their export side.
+    conditions = [Case.model.in_(query.models), Case.route == query.route, Case.status == "pass",
+                  Case.artifact_id.is_(None)]
     if query.exporter:
         conditions.append(Case.exporter == query.exporter)
     return conditions
@@ -610,7 +614,8 @@ def facets(session: Session) -> dict[str, list[str]]:
     merged = candidates - set(unknown_packages(session, sorted(candidates)))
     first = [n for n in ("torch", "tensorflow", "onnx", "onnxruntime", "onnx2tf", "onnx-tf", "numpy", "protobuf")
              if n in merged]
-    combos = session.execute(select(Case.model, Case.route, Case.exporter).distinct()).all()  # one pass, not three
+    combos = session.execute(  # one pass, not three; `export` is the research side of split chains, not a route
+        select(Case.model, Case.route, Case.exporter).where(Case.route != "export").distinct()).all()
     return {
         "models": sorted({c.model for c in combos}),
         "routes": sorted({c.route for c in combos}),
@@ -639,3 +644,84 @@ def package_versions(
         for env_id, name, version in session.execute(query):
             found[env_id][name] = version
     return found
+
+
+# --- split chains ------------------------------------------------------------------------------------------
+
+
+def split_chain_page(
+    session: Session, query: ChainQuery, facts: FactsCache | None = None,
+) -> tuple[list[SplitChainOut], int]:
+    """Export → runtime pairs in which every requested model passed: the export environment stored the graph
+    (its `export` case passed) and the runtime environment converted and ran that graph within tolerance.
+
+    Any export environment pairs with any runtime environment that ran the same graph: the file is the
+    interface, so the two sides may even use different Pythons. Ranked by the research side, then production.
+    """
+    runtime, export = aliased(Case), aliased(Case)
+    conditions = [runtime.model.in_(query.models), runtime.route == query.route, runtime.status == "pass",
+                  runtime.artifact_id.is_not(None), export.route == "export", export.status == "pass",
+                  export.artifact_id == runtime.artifact_id, export.model == runtime.model]
+    if query.exporter:
+        conditions.append(export.exporter == query.exporter)
+    pairs = session.execute(
+        select(export.environment_id, runtime.environment_id)
+        .where(*conditions)
+        .group_by(export.environment_id, runtime.environment_id)
+        .having(func.count(func.distinct(runtime.model)) == len(query.models))
+    ).all()
+    if not pairs:
+        return [], 0
+    known, place = (facts or FactsCache()).get(session, {e for pair in pairs for e in pair})
+
+    def fits(e: int, r: int) -> bool:
+        if e not in known or r not in known:
+            return False
+        if query.python and {known[e].python, known[r].python} != {query.python}:
+            return False
+        merged = {**known[r].versions, **known[e].versions}
+        return all(_satisfies(merged, req) for req in query.require)
+
+    ranked = sorted(((e, r) for e, r in pairs if fits(e, r)), key=lambda p: (place[p[0]], place[p[1]]),
+                    reverse=True)
+    page = ranked if query.limit is None else ranked[: query.limit]
+    if not page:
+        return [], len(ranked)
+    ids = {e for pair in page for e in pair}
+    envs = {row.id: row for row in session.execute(
+        select(Environment.id, Environment.name, Environment.python, Environment.python_full,
+               Environment.lock_hash, Environment.cutoff, Environment.index_url).where(Environment.id.in_(ids)))}
+    evidence: dict[tuple[int, int], list[AnyRow]] = defaultdict(list)
+    wanted = set(page)
+    for row in session.execute(
+        select(export.environment_id.label("export_id"), runtime.environment_id.label("runtime_id"), runtime.model,
+               export.exporter, export.opset, runtime.opset_emitted, runtime.max_abs_diff, runtime.recorded_at,
+               runtime.run_id)
+        .where(*conditions, runtime.environment_id.in_({r for _, r in page}))
+    ):
+        if (row.export_id, row.runtime_id) in wanted:
+            evidence[row.export_id, row.runtime_id].append(row)
+
+    def side(env_id: int) -> ChainSide:
+        env = envs[env_id]
+        return ChainSide(environment_id=env_id, name=env.name, python=env.python, python_full=env.python_full,
+                         versions={n: v for n, v in known[env_id].versions.items() if n in KEY_PACKAGES},
+                         lock_hash=env.lock_hash or "", cutoff=env.cutoff, index_url=env.index_url)
+
+    chains = []
+    for pair in page:
+        rows = evidence[pair]
+        newest = max(rows, key=lambda r: r.recorded_at)
+        per_model: dict[str, AnyRow] = {}
+        for row in rows:  # the worst passing diff per model is the honest figure
+            worst = per_model.get(row.model)
+            if worst is None or (row.max_abs_diff or 0) > (worst.max_abs_diff or 0):
+                per_model[row.model] = row
+        chains.append(SplitChainOut(
+            research=side(pair[0]), production=side(pair[1]), run_id=newest.run_id, recorded_at=newest.recorded_at,
+            cases_passed=len(rows),
+            models=[ModelEvidence(model=r.model, exporter=r.exporter, opset=r.opset, opset_emitted=r.opset_emitted,
+                                  max_abs_diff=r.max_abs_diff)
+                    for r in sorted(per_model.values(), key=lambda r: query.models.index(r.model))],
+        ))
+    return chains, len(ranked)

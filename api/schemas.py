@@ -27,6 +27,7 @@ class ModelEvidence(BaseModel):
 class ChainOut(BaseModel):
     """An environment in which every requested model passed on the route, with its evidence."""
 
+    kind: Literal["joint"] = Field(default="joint", description="torch and the runtime side in one environment")
     environment_id: int
     name: str
     python: str
@@ -41,11 +42,41 @@ class ChainOut(BaseModel):
     models: list[ModelEvidence]
 
 
+class ChainSide(BaseModel):
+    """One environment of a split chain: the research side (export) or the production side (runtime)."""
+
+    environment_id: int
+    name: str
+    python: str
+    python_full: str | None
+    versions: dict[str, str]
+    lock_hash: str
+    cutoff: str | None
+    index_url: str
+
+
+class SplitChainOut(BaseModel):
+    """An export environment and a runtime environment (no torch) that together passed every requested model:
+    the export side's stored graph, converted and run on the runtime side, matched PyTorch."""
+
+    kind: Literal["split"] = "split"
+    research: ChainSide = Field(description="the export environment: torch, onnx, onnxscript")
+    production: ChainSide = Field(description="the runtime environment: what the deployment installs")
+    run_id: str
+    recorded_at: Timestamp
+    cases_passed: int
+    models: list[ModelEvidence]
+
+
 class ChainsOut(BaseModel):
     models: list[str]
     route: str
     chains: list[ChainOut]
     total: int | None = Field(default=None, description="chains matching before `limit` was applied")
+    split_chains: list[SplitChainOut] = Field(
+        default_factory=list, description="export → runtime pairs, best first (each side is its own lockfile)"
+    )
+    split_total: int = Field(default=0, description="split chains matching before `limit` was applied")
 
 
 class MatrixEnvironment(BaseModel):

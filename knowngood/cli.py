@@ -209,13 +209,14 @@ def cmd_chains(args: argparse.Namespace) -> int:
     engine = make_engine(_database(args).database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            chains = queries.known_good_chains(session, _chain_query(session, args))
+            query = _chain_query(session, args)
+            chains = [*queries.known_good_chains(session, query), *queries.split_chain_page(session, query)[0]]
     finally:
         engine.dispose()
     if not chains:
         print("no known-good chain for that query", file=sys.stderr)
         return EXIT_NOTHING
-    for chain in chains:
+    for chain in chains:  # joint chains first, then split ones; each line says which in "kind"
         print(json.dumps(chain.model_dump(mode="json")))
     return 0
 
@@ -227,12 +228,17 @@ def cmd_lock(args: argparse.Namespace) -> int:
     engine = make_engine(_database(args).database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            chains = queries.known_good_chains(session, _chain_query(session, args))
-            if not chains:
-                print("no known-good chain for that query", file=sys.stderr)
+            query = _chain_query(session, args)
+            chains = [] if args.side else queries.known_good_chains(session, query)
+            split = [] if chains else queries.split_chain_page(session, query)[0]
+            if not chains and not (split and args.side):
+                print("only split chains are known good for that query: pass --side research (the export "
+                      "environment) or --side production (the runtime environment)" if split
+                      else "no known-good chain for that query", file=sys.stderr)
                 return EXIT_NOTHING
             try:
-                sys.stdout.write(lockfile.render(session, chains[0], args.format))
+                sys.stdout.write(lockfile.render(session, chains[0], args.format) if chains
+                                 else lockfile.render_side(session, split[0], args.side, args.format))
             except lockfile.LockfileUnavailable as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
@@ -359,6 +365,8 @@ def parser() -> argparse.ArgumentParser:
         if name == "lock":
             sp.add_argument("--format", default="requirements",
                             choices=["requirements", "constraints", "pylock", "pyproject"])
+            sp.add_argument("--side", choices=["research", "production"],
+                            help="one side of the best split chain (export or runtime environment)")
         sp.set_defaults(func=func)
 
     sp = with_db(sub.add_parser("docs", help="generate docs/matrix.md and its heatmaps from the database"))

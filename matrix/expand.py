@@ -9,13 +9,13 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
 from matrix import versions
-from matrix.routes import ROUTE_PACKAGES, ROUTES
+from matrix.routes import BOTH_SIDES, EXPORT_SIDE, ROUTE_PACKAGES, ROUTES, SPLIT_ROUTES
 from matrix.spec import LatestMinors, Spec, SpecError, check_pattern
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
@@ -46,6 +46,7 @@ class Environment:
     excludes: tuple[str, ...] = ()
     index: tuple[tuple[str, str], ...] = ()
     cutoff: str | None = None
+    kind: str = "joint"  # joint | export | runtime (ARCHITECTURE.md: environment kinds)
 
     @property
     def id(self) -> str:
@@ -59,6 +60,8 @@ class Environment:
                 parts.append(f"{short}[{spec}]")
             else:
                 parts.append(short)
+        if self.kind != "joint":
+            parts.append(self.kind)  # a suffix, so patterns such as 'py3.11-torch2.4*' still select it
         return "-".join(parts)
 
     @property
@@ -70,6 +73,8 @@ class Environment:
             "index": list(self.index),
             "cutoff": self.cutoff,
         }
+        if self.kind != "joint":  # joint environments were hashed before kinds existed: their hashes stay
+            payload["kind"] = self.kind
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -90,10 +95,12 @@ class Case:
     exporter: str
     opset: int
     model_hash: str = field(default="", compare=False)
+    artifact: str = ""  # split chains, runtime side: the key of the artifact the case starts from
 
     @property
     def key(self) -> str:
-        return f"{self.model}.{self.route}.{self.exporter}.op{self.opset}"
+        key = f"{self.model}.{self.route}.{self.exporter}.op{self.opset}"
+        return f"{key}.{self.artifact[:12]}" if self.artifact else key
 
 
 @dataclass(frozen=True)
@@ -287,3 +294,79 @@ def _check_size(spec: Spec, axes: Mapping[str, list[str]], limit: int) -> None:
         raise PlanError(f"{spec.locate('axes')}: axes: the plan has {total:,} environments ({factors}), more "
                         f"than the limit of {limit:,}; expected fewer axis values, or a higher "
                         "limits.max-environments (and KNOWNGOOD_MAX_ENVIRONMENTS)")
+
+
+# --- split chains ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A plan cut into its two sides: export environments with their export cases, runtime environments with
+    their routes, and which export environment feeds which runtime environment (one pair per combination)."""
+
+    plan: Plan
+    exports: tuple[tuple[Environment, tuple[Case, ...]], ...]
+    runtimes: tuple[tuple[Environment, tuple[str, ...]], ...]
+    pairs: tuple[tuple[str, str], ...]  # (export environment hash, runtime environment hash)
+
+    @property
+    def installs(self) -> int:
+        return len(self.exports) + len(self.runtimes)
+
+
+# Converters that start from torch itself (no ONNX file): they exist only in joint environments, and they pull
+# torch in as a dependency, so they never join a runtime side.
+JOINT_ONLY = tuple(p for route, packages in ROUTE_PACKAGES.items() if route not in SPLIT_ROUTES for p in packages)
+
+
+def _side(reqs: tuple[str, ...], export: bool) -> tuple[str, ...]:
+    """The requirements of one side: torch and its exporter's needs, or everything a runtime needs."""
+    def keep(req: str) -> bool:
+        name = split_requirement(req)[0]
+        if export:
+            return name in EXPORT_SIDE or name in BOTH_SIDES
+        return name not in EXPORT_SIDE and name not in JOINT_ONLY
+    return tuple(r for r in reqs if keep(r))
+
+
+def _runtime_routes(env: Environment, routes: Iterable[str]) -> tuple[str, ...]:
+    """The split routes a runtime side can run: its converter is there; ONNX Runtime where it was asked for or
+    comes with a converter (onnx2tf and onnx-tf depend on it)."""
+    names = {split_requirement(r)[0] for r in env.all_requirements}
+    converters = {p for route, packages in ROUTE_PACKAGES.items() if route != "onnxruntime" for p in packages}
+    out = []
+    for route in dict.fromkeys(routes):
+        if route not in SPLIT_ROUTES or route == "export":
+            continue
+        needed = set(ROUTE_PACKAGES.get(route, ()))
+        if needed & names or (route == "onnxruntime" and names & converters):
+            out.append(route)
+    return tuple(out)
+
+
+def split(plan: Plan) -> SplitPlan:
+    """Cut every environment of a joint plan into an export and a runtime environment, each built once."""
+    exports: dict[str, tuple[Environment, dict[Case, None]]] = {}
+    runtimes: dict[str, tuple[Environment, dict[str, None]]] = {}
+    pairs: dict[tuple[str, str], None] = {}
+    for env, cases in plan.items:
+        export_env = replace(env, kind="export", requirements=_side(env.requirements, True),
+                             extras=_side(env.extras, True))
+        runtime_env = replace(env, kind="runtime", requirements=_side(env.requirements, False),
+                              extras=_side(env.extras, False))
+        routes = _runtime_routes(runtime_env, (c.route for c in cases))
+        exported = [c for c in cases if c.route in routes]
+        if not exported:
+            continue  # nothing here goes through an ONNX file (e.g. nobuco only): joint environments cover it
+        entry = exports.setdefault(export_env.hash, (export_env, {}))
+        for c in exported:
+            entry[1][Case(model=c.model, route="export", exporter=c.exporter, opset=c.opset,
+                          model_hash=c.model_hash)] = None
+        runtimes.setdefault(runtime_env.hash, (runtime_env, {}))[1].update(dict.fromkeys(routes))
+        pairs[(export_env.hash, runtime_env.hash)] = None
+    return SplitPlan(
+        plan=plan,
+        exports=tuple((e, tuple(cs)) for e, cs in exports.values()),
+        runtimes=tuple((e, tuple(rs)) for e, rs in runtimes.values()),
+        pairs=tuple(pairs),
+    )

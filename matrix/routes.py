@@ -33,3 +33,17 @@ KEY_PACKAGES = (*FRAMEWORKS, "numpy", "protobuf")
 WORKER_REPORTED = (*FRAMEWORKS, "numpy")
 # To a user these are one framework: a filter on either matches both.
 ALIASES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "tensorflow-cpu": ("tensorflow", "tensorflow-cpu")}
+
+# Split chains: an export environment runs the `export` route once per (model, exporter, opset) and stores an
+# artifact; each runtime environment (no torch) starts from the artifact. Routes that need torch on the
+# conversion side (nobuco, torch → Keras) exist only in joint environments.
+SPLIT_ROUTES = {
+    "export": ("export", "check", "reference", "save"),
+    "onnxruntime": ("load", "runtime", "parity"),
+    "onnx2tf": ("load", "convert", "tf_run", "parity"),
+    "onnx-tf": ("load", "convert", "tf_run", "parity"),
+}
+# Distributions that belong to the export side of a split chain; everything else is the runtime side's.
+# onnx goes to both: torch.onnx needs it to export, and the converters read the file with it.
+EXPORT_SIDE = ("torch", "onnxscript", "torchvision")
+BOTH_SIDES = ("onnx",)

@@ -77,6 +77,12 @@ def _check_specifier(value: str) -> str:
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     prune: bool = Field(default=False, description="remove each environment's venv after its cases ran")
+    prune_cache: bool = Field(
+        default=False, alias="prune-cache",
+        description="split mode: after the last export environment of a torch release, remove that torch build "
+        "(torch, triton, nvidia-*) from uv's shared cache, so a sweep holds one build per job at a time. It empties "
+        "every torch from the cache, the user's own included: off unless a spec asks",
+    )
     step_timeout: float = Field(default=900.0, gt=0, alias="step-timeout", description="seconds")
     memory_limit_mb: int = Field(default=12_000, gt=0, alias="memory-limit-mb")
     # Counted from the axes before their product is built: a few long axes multiply past any memory.
@@ -108,6 +114,11 @@ class Spec(BaseModel):
     include: list[str] = Field(default_factory=list, description="environment-id patterns to keep")
     exclude: list[str] = Field(default_factory=list, description="environment-id patterns to drop")
     corpus: str | None = None
+    mode: Literal["joint", "split", "both"] = Field(
+        default="joint",
+        description="joint: torch and the runtime side in one environment (a hybrid container); split: export "
+        "environments make artifacts that runtime environments without torch convert and run; both: each",
+    )
     axes: dict[str, list[Selector]]
     limits: Limits = Field(default_factory=Limits)
 

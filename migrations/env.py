@@ -27,6 +27,13 @@ def run_migrations() -> None:
 
 def _migrate(connection) -> None:  # type: ignore[no-untyped-def]
     is_pg = connection.dialect.name == "postgresql"
+    is_sqlite = connection.dialect.name == "sqlite"
+    if is_sqlite:
+        # Batch mode rebuilds a table (copy, drop, rename); with foreign keys on, dropping the old `environment`
+        # would cascade into every case of it. SQLite ignores this pragma inside a transaction, so it is set
+        # before one begins: https://alembic.sqlalchemy.org/en/latest/batch.html#dealing-with-referencing-tables
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
     if is_pg:
         # Shards and the API may all start at once: one migrates, the others wait, then find head.
         connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
@@ -41,6 +48,9 @@ def _migrate(connection) -> None:  # type: ignore[no-untyped-def]
         with context.begin_transaction():
             context.run_migrations()
     finally:
+        if is_sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
         if is_pg:
             connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
             connection.commit()

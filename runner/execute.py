@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matrix.routes import ROUTES
+from matrix.routes import ROUTES, SPLIT_ROUTES
 from runner.results import StepResult, StepStatus, parse_lines
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,13 @@ class Job:
     route: str
     exporter: str
     opset: int
+    artifact_root: str | None = None  # split chains, export side: where the worker stores the artifact
+    artifact: str | None = None  # split chains, runtime side: the artifact folder the case starts from
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        split = self.artifact_root is not None or self.artifact is not None
+        return SPLIT_ROUTES[self.route] if split else ROUTES[self.route]
 
 
 @dataclass
@@ -222,7 +229,7 @@ def execute(
                 case=key, step=step_name, ordinal=ordinal, status=status, error_type=status.title(),
                 message=message, details={"worker_log_tail": tail},
             ))
-            for later, name in enumerate(ROUTES[by_key[key].route][ordinal + 1 :], start=ordinal + 1):
+            for later, name in enumerate(by_key[key].steps[ordinal + 1 :], start=ordinal + 1):
                 steps.append(StepResult(case=key, step=name, ordinal=later, status=StepStatus.skip,
                                         message=f"{step_name}: {status}"))
             if on_case:
@@ -235,7 +242,7 @@ def execute(
             reason = corpus_error or f"worker exited with code {proc.returncode} before starting a case:\n{tail}"
             for job in remaining:
                 outcome.steps[job.key] = [StepResult(
-                    case=job.key, step=ROUTES[job.route][0], ordinal=0, status=StepStatus.error,
+                    case=job.key, step=job.steps[0], ordinal=0, status=StepStatus.error,
                     error_type="CorpusError" if corpus_error else "WorkerFailed", message=reason,
                 )]
                 if on_case:
@@ -350,7 +357,7 @@ def _interrupted(
         return open_step
     if last_case is not None and last_case in by_key:
         done = len(outcome.steps.get(last_case, []))
-        names = ROUTES[by_key[last_case].route]
+        names = by_key[last_case].steps
         if done < len(names):
             return last_case, names[done], done
     return None

@@ -18,7 +18,7 @@ from runner import RUNNER_VERSION, signatures
 from runner.environments import Resolved
 from runner.results import StepResult, case_status
 from store.db import utcnow
-from store.models import Case, Environment, Package, Run, Step
+from store.models import Artifact, Case, Environment, Package, Run, Step
 
 
 def _text(value: str | None) -> str | None:
@@ -80,6 +80,7 @@ def save_environment(session: Session, resolved: Resolved) -> Environment:
             status=resolved.status,
             lock_hash=lock_hash,
             memory={},
+            kind=env.kind,
         )
         if resolved.lock:
             row.lock_text = resolved.lock.text
@@ -123,18 +124,43 @@ def worker_figures(session: Session, row: Environment, peak_rss: int, attempts: 
     session.commit()
 
 
-def recorded(session: Session, env_row: Environment) -> set[tuple[str, str, str, int, str]]:
+NaturalKey = tuple[str, str, str, int, str, str]
+
+
+def recorded(session: Session, env_row: Environment) -> set[NaturalKey]:
     """Natural keys of the cases already stored for this environment and runner version."""
     rows = session.execute(
-        select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash).where(
-            Case.environment_id == env_row.id, Case.runner_version == RUNNER_VERSION
-        )
+        select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash, Artifact.key)
+        .outerjoin(Artifact, Artifact.id == Case.artifact_id)
+        .where(Case.environment_id == env_row.id, Case.runner_version == RUNNER_VERSION,
+               Case.route != "export")
     )
-    return {tuple(r) for r in rows}  # type: ignore[misc]
+    keys = {(m, r, e, o, h, a or "") for m, r, e, o, h, a in rows}
+    # An export case is done once, whatever artifact it stored: its key names no artifact.
+    exports = session.execute(
+        select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash)
+        .where(Case.environment_id == env_row.id, Case.runner_version == RUNNER_VERSION, Case.route == "export")
+    )
+    return keys | {(m, r, e, o, h, "") for m, r, e, o, h in exports}
 
 
-def natural_key(case: PlannedCase) -> tuple[str, str, str, int, str]:
-    return (case.model, case.route, case.exporter, case.opset, case.model_hash)
+def natural_key(case: PlannedCase) -> NaturalKey:
+    return (case.model, case.route, case.exporter, case.opset, case.model_hash, case.artifact)
+
+
+def artifact_row(session: Session, key: str, details: dict[str, Any], model: str) -> Artifact:
+    """The artifact row of a graph key, inserted on first sight (two shards may store the same graph)."""
+    row = session.scalars(select(Artifact).where(Artifact.key == key)).first()
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            row = Artifact(key=key, model=model, opset_emitted=details.get("opset_emitted"),
+                           ir_version=details.get("ir_version"))
+            session.add(row)
+    except IntegrityError:
+        row = session.scalars(select(Artifact).where(Artifact.key == key)).one()
+    return row
 
 
 def save_case(
@@ -144,11 +170,19 @@ def save_case(
     """Store one case and its steps; returns None if it was already stored (idempotent) or could not be.
 
     `replace` (--force) deletes the stored case in the same transaction: a kill or a failed insert keeps it."""
+    # Split chains: a runtime case names the artifact it started from; an export case, the one it stored.
+    artifact = case.artifact or next(
+        (str(r.details["key"]) for r in steps if r.step == "save" and r.status == "ok" and r.details.get("key")), "")
+    artifact_id = None
+    if artifact:
+        details = next((r.details for r in steps if r.step in ("save", "load")), {})
+        artifact_id = artifact_row(session, artifact, details, case.model).id
     if replace:
+        same_artifact = Case.artifact_id == artifact_id if case.artifact else Case.route == case.route
         session.execute(delete(Case).where(
             Case.environment_id == env_row.id, Case.model == case.model, Case.route == case.route,
             Case.exporter == case.exporter, Case.opset == case.opset, Case.model_hash == case.model_hash,
-            Case.runner_version == RUNNER_VERSION,
+            Case.runner_version == RUNNER_VERSION, same_artifact,
         ))
     row = Case(
         run_id=run.id,
@@ -161,6 +195,7 @@ def save_case(
         corpus_version=corpus_version,
         runner_version=RUNNER_VERSION,
         status=case_status(steps),
+        artifact_id=artifact_id,
     )
     for result in sorted(steps, key=lambda s: s.ordinal):
         signature = None
@@ -169,7 +204,7 @@ def save_case(
                 result.error_type, result.message, step=result.step, details=result.details
             )
             row.signature = row.signature or signature
-        if result.step == "export":
+        if result.step in ("export", "load"):
             row.opset_emitted = result.details.get("opset_emitted")
         if result.step == "parity":
             row.max_abs_diff = result.max_abs_diff

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from matrix import expand, versions
 from matrix import spec as spec_mod
-from runner import environments, execute, record, uv
+from runner import environments, execute, record, split, uv
 from runner.errors import UvFailed
 from runner.results import StepResult, case_status
 from store.db import make_engine, make_sessionmaker
@@ -135,13 +135,10 @@ def run(
             step_timeout=min(settings.step_timeout, spec.limits.step_timeout),
             memory_limit=min(settings.memory_limit_mb, spec.limits.memory_limit_mb) * 2**20,
         )
-        if settings.jobs == 1:
-            for env, cases in items:
-                process_environment(ctx, env, cases)
-        else:
-            with ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="env") as pool:
-                for future in [pool.submit(process_environment, ctx, env, cases) for env, cases in items]:
-                    future.result()
+        if spec.mode in ("joint", "both"):
+            _process_all(ctx, items)
+        if spec.mode in ("split", "both"):
+            split.run_split(ctx, expand.split(replace(plan, items=tuple(items))), _process_all)
         summary = ctx.summary
         summary.seconds = time.monotonic() - started
         record.finish_run(session, run_row, {
@@ -153,6 +150,16 @@ def run(
         })
     engine.dispose()
     return summary
+
+
+def _process_all(ctx: Context, items: list[tuple[expand.Environment, tuple[expand.Case, ...]]]) -> None:
+    if ctx.settings.jobs == 1:
+        for env, cases in items:
+            process_environment(ctx, env, cases)
+        return
+    with ThreadPoolExecutor(max_workers=ctx.settings.jobs, thread_name_prefix="env") as pool:
+        for future in [pool.submit(process_environment, ctx, env, cases) for env, cases in items]:
+            future.result()
 
 
 def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expand.Case, ...]) -> None:
@@ -214,7 +221,7 @@ def _install_and_execute(
     workdir = settings.work_root / f"{ctx.run_id[:8]}-{env_row.id}"
     outcome = execute.execute(
         venv,
-        [execute.Job(key=c.key, model=c.model, route=c.route, exporter=c.exporter, opset=c.opset) for c in todo],
+        [split.job(c, settings.artifact_root) for c in todo],
         corpus=ctx.plan.corpus_path,
         workdir=workdir,
         step_timeout=ctx.step_timeout,

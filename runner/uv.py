@@ -146,3 +146,12 @@ def find_python(version: str, *, uv_path: str | None = None) -> Path | None:
         return None
     path = proc.stdout.strip()
     return Path(path) if proc.returncode == 0 and path else None
+
+
+def cache_clean(packages: Sequence[str], *, uv_path: str | None = None) -> None:
+    """Remove these packages (every version) from uv's shared cache; venvs linked from it keep their files."""
+    if not packages:
+        return
+    proc = _run(["cache", "clean", *packages], uv_path=uv_path, timeout=600)
+    if proc.returncode != 0:
+        raise UvFailed(f"uv cache clean failed: {proc.stderr.strip()[-2000:]}")

@@ -54,6 +54,10 @@ class Environment(Base):
     status: Mapped[str] = mapped_column(
         String(24), comment="resolved | conflict | no-interpreter | install-failed | installed"
     )
+    kind: Mapped[str] = mapped_column(
+        String(16), default="joint", server_default="joint",
+        comment="joint (torch and the runtime side in one) | export (torch: makes artifacts) | runtime (no torch)",
+    )
     lock_hash: Mapped[str | None] = mapped_column(String(64), index=True, comment="sha256 of the resolved set")
     lock_text: Mapped[str | None] = mapped_column(Text, comment="uv pip compile output, hashes included")
     error: Mapped[str | None] = mapped_column(Text)
@@ -92,7 +96,7 @@ class Case(Base):
     __tablename__ = "case"
     __table_args__ = (
         UniqueConstraint(
-            "environment_id", "model", "route", "exporter", "opset", "model_hash", "runner_version",
+            "environment_id", "model", "route", "exporter", "opset", "model_hash", "runner_version", "artifact_id",
             name="uq_case_identity",
         ),
         Index("ix_case_model_route", "model", "route"),
@@ -116,12 +120,31 @@ class Case(Base):
     signature: Mapped[str | None] = mapped_column(String(300), index=True)
     max_abs_diff: Mapped[float | None] = mapped_column(Float)
     recorded_at: Mapped[created]
+    artifact_id: Mapped[int | None] = mapped_column(
+        ForeignKey("artifact.id", ondelete="RESTRICT"), index=True,
+        comment="split chains: the artifact an export case stored, or the one a runtime case started from",
+    )
 
     run: Mapped[Run] = relationship(back_populates="cases")
     environment: Mapped[Environment] = relationship(back_populates="cases")
     steps: Mapped[list[Step]] = relationship(
         back_populates="case", cascade="all, delete-orphan", order_by="Step.ordinal"
     )
+
+
+class Artifact(Base):
+    """An exported graph stored by content: equal graphs from different torch releases are one artifact."""
+
+    __tablename__ = "artifact"
+
+    id: Mapped[intpk]
+    key: Mapped[str] = mapped_column(
+        String(64), unique=True, comment="sha256 of the graph without producer, doc strings and internal names"
+    )
+    model: Mapped[name200] = mapped_column(comment="the model of the first export that produced it")
+    opset_emitted: Mapped[int | None]
+    ir_version: Mapped[int | None]
+    created_at: Mapped[created]
 
 
 class Step(Base):

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     uv: str | None = Field(
         default=None, description="path of the uv binary (KNOWNGOOD_UV); `uv` on PATH when unset",
     )
+    artifact_root: Path = Field(
+        default_factory=lambda: _cache_home() / "knowngood" / "artifacts",
+        description="Exported graphs of split chains, one folder per normalised graph hash; kept across runs, "
+        "so a resumed sweep neither exports nor converts twice.",
+    )
     jobs: int = Field(default=1, ge=1, description="environments processed at once")
     resolve_ttl: float = Field(
         default=600, ge=0,

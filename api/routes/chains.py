@@ -42,10 +42,14 @@ async def chains(
     request: Request, cache: CacheDep, models: ModelsParam, route: RouteParam, exporter: ExporterParam = None,
     python: PythonParam = None, require: RequireParam = None, limit: LimitParam = 20,
 ) -> Response:
-    """Known-good chains, newest versions first, each with its evidence (run, date, per-model parity)."""
+    """Known-good chains, newest versions first, each with its evidence (run, date, per-model parity): joint
+    chains (one environment) in `chains`, split chains (export environment → runtime environment) in
+    `split_chains`."""
     def build(session: Session) -> Response:
         query = parse_query(session, models, route, exporter, python, require, limit)
         page, total = queries.known_good_chain_page(session, query, request.app.state.env_facts)
-        return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total))
+        split, split_total = queries.split_chain_page(session, query, request.app.state.env_facts)
+        return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total,
+                                       split_chains=split, split_total=split_total))
 
     return await cache.serve(request, build)

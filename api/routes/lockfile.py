@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
@@ -18,14 +20,27 @@ router = APIRouter(tags=["lockfile"])
 async def get_lockfile(
     request: Request, cache: CacheDep, models: ModelsParam, route: RouteParam, exporter: ExporterParam = None,
     python: PythonParam = None, require: RequireParam = None, format: lockfile.Format = "requirements",
+    side: Annotated[Literal["research", "production"] | None, Query(
+        description="a split chain is two lockfiles: research (the export environment, torch) or production "
+                    "(the runtime environment, no torch); without it, the best joint chain")] = None,
 ) -> Response:
-    """The best chain's environment as requirements (hashed), constraints, pylock.toml (PEP 751) or pyproject."""
+    """The best chain's environment as requirements (hashed), constraints, pylock.toml (PEP 751) or pyproject;
+    with `side`, one side of the best split chain."""
     def build(session: Session) -> Response:
         query = parse_query(session, models, route, exporter, python, require, limit=1)
-        chains = queries.known_good_chains(session, query, request.app.state.env_facts)
-        if not chains:
-            raise HTTPException(404, detail="no known-good chain for these models, route and requirements")
-        return text_response(lockfile.render(session, chains[0], format), format)
+        facts = request.app.state.env_facts
+        if side is None:
+            chains = queries.known_good_chains(session, query, facts)
+            if chains:
+                return text_response(lockfile.render(session, chains[0], format), format)
+        split, _ = queries.split_chain_page(session, query, facts)
+        if split and side is not None:
+            return text_response(lockfile.render_side(session, split[0], side, format), format)
+        if split:
+            raise HTTPException(409, detail="only split chains are known good for these models, route and "
+                                "requirements: ask for side=research (the export environment) and side=production "
+                                "(the runtime environment), one lockfile each")
+        raise HTTPException(404, detail="no known-good chain for these models, route and requirements")
 
     return await cache.serve(request, build)
 

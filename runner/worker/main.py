@@ -34,6 +34,7 @@ def _load_file(name, path):  # type: ignore[no-untyped-def]
 
 _TABLES = _load_file("knowngood_routes", os.path.join(ROOT, "matrix", "routes.py"))
 ROUTES = _TABLES.ROUTES
+SPLIT_ROUTES = _TABLES.SPLIT_ROUTES
 FRAMEWORKS = _TABLES.WORKER_REPORTED
 
 
@@ -174,7 +175,9 @@ def main(argv: list | None = None) -> int:
 
 def run_case(out: Out, corpus, workdir: str, case: dict) -> None:  # type: ignore[no-untyped-def]
     key = case["key"]
-    names = ROUTES[case["route"]]
+    # A split case names its side: the export side stores an artifact, the runtime side starts from one.
+    split = case.get("artifact_root") or case.get("artifact")
+    names = SPLIT_ROUTES[case["route"]] if split else ROUTES[case["route"]]
     ctx = steps_mod.Context(corpus=corpus, case=case, workdir=workdir)
     blocked = None  # (status, message) once a step did not pass: the rest are skipped
     for ordinal, name in enumerate(names):

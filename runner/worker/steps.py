@@ -380,3 +380,56 @@ def step_parity(ctx: Context) -> dict:
             dict(details, max_abs_diff=worst, failed_input=first_bad),
         )
     return {"max_abs_diff": worst, "details": details}
+
+
+# --- split chains: the export side stores an artifact, the runtime side starts from one (no torch) ----------
+
+
+class _Held:
+    """A stored input array behind the small part of torch.Tensor's API the runtime steps call
+    (`a.detach().cpu().numpy()`), so they read an artifact's inputs as they read torch's."""
+
+    def __init__(self, array) -> None:  # type: ignore[no-untyped-def]
+        self.array = array
+
+    def detach(self) -> _Held:
+        return self
+
+    def cpu(self) -> _Held:
+        return self
+
+    def numpy(self):  # type: ignore[no-untyped-def]
+        return self.array
+
+
+class _Tolerance:
+    """The model's tolerance as the export side recorded it: the runtime side cannot build the model."""
+
+    def __init__(self, atol: float, rtol: float) -> None:
+        self.atol, self.rtol = atol, rtol
+
+
+def step_save(ctx: Context) -> dict:
+    import artifact
+
+    spec = ctx.model_spec()
+    meta = {"model": ctx.case["model"], "exporter": ctx.case["exporter"], "opset": int(ctx.case["opset"]),
+            "atol": float(spec.atol), "rtol": float(spec.rtol), "opset_emitted": emitted_opset(ctx.onnx_path)}
+    import onnx
+
+    meta["ir_version"] = int(onnx.load(ctx.onnx_path, load_external_data=False).ir_version)
+    stored = artifact.save(ctx.case["artifact_root"], ctx.onnx_path, ctx.examples, ctx.reference, meta)
+    return {"details": dict(stored, opset_emitted=meta["opset_emitted"], ir_version=meta["ir_version"])}
+
+
+def step_load(ctx: Context) -> dict:
+    import artifact
+
+    held = artifact.Loaded(ctx.case["artifact"])
+    ctx.onnx_path = held.onnx_path
+    ctx.examples = [_Example(tuple(_Held(a) for a in args), note)
+                    for args, note in zip(held.inputs, held.meta["notes"])]
+    ctx.reference = held.reference
+    ctx.spec = _Tolerance(held.meta["atol"], held.meta["rtol"])
+    return {"details": {"key": held.meta["key"], "opset_emitted": held.meta.get("opset_emitted"),
+                        "ir_version": held.meta.get("ir_version")}}

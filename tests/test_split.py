@@ -1,0 +1,97 @@
+"""Split plans: each combination cut into an export and a runtime side, each side built once; the cache prune."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from matrix import expand, spec
+from runner import pythons, split, uv
+
+SPEC = """
+name = "split-unit"
+models = ["resnet", "control_flow"]
+routes = ["onnxruntime", "onnx2tf", "nobuco"]
+exporters = ["torchscript", "dynamo"]
+opsets = [17]
+mode = "split"
+excludes = ["tensorflow"]
+
+[axes]
+python = ["3.11"]
+torch = ["==2.4.1", "==2.5.1", "==2.6.0"]
+onnx = ["==1.17.0"]
+tensorflow-cpu = ["==2.17.1", "==2.18.1"]
+converter = ["onnx2tf==1.26.9", "nobuco==0.17.0"]
+
+[companions]
+torch = ["onnxscript"]
+onnx2tf = ["onnx-graphsurgeon", "tf-keras"]
+"""
+
+
+@pytest.fixture
+def split_plan(tmp_path: Path) -> expand.SplitPlan:
+    path = tmp_path / "split.toml"
+    path.write_text(SPEC)
+    return expand.split(expand.plan(spec.load(path)))
+
+
+def test_each_side_is_built_once_and_holds_only_its_packages(split_plan: expand.SplitPlan) -> None:
+    joint = split_plan.plan.items
+    assert len(joint) == 12  # 3 torch × 2 TF × 2 converters
+    # 3 export environments (one per torch) and 2 runtime environments (one per TF with onnx2tf): nobuco
+    # converts from torch directly, so it has no runtime side and stays a joint-only route
+    assert len(split_plan.exports) == 3 and len(split_plan.runtimes) == 2 and split_plan.installs == 5
+    for env, cases in split_plan.exports:
+        names = {expand.split_requirement(r)[0] for r in env.all_requirements}
+        assert env.kind == "export" and env.id.endswith("-export")
+        assert names == {"torch", "onnx", "onnxscript"}
+        assert {(c.model, c.route, c.exporter) for c in cases} == {
+            (m, "export", e) for m in ("resnet", "control_flow") for e in ("torchscript", "dynamo")}
+    for env, routes in split_plan.runtimes:
+        names = {expand.split_requirement(r)[0] for r in env.all_requirements}
+        assert env.kind == "runtime" and "torch" not in names and "onnxscript" not in names
+        assert {"onnx", "tensorflow-cpu", "onnx2tf", "tf-keras"} <= names
+        assert set(routes) == {"onnxruntime", "onnx2tf"}
+        # tf-keras follows the runtime side's TensorFlow minor, as in joint environments
+        tf = next(r for r in env.requirements if r.startswith("tensorflow-cpu"))
+        assert f"tf-keras>={tf.split('==')[1].rsplit('.', 1)[0]}" in " ".join(env.extras)
+    assert len(split_plan.pairs) == 6  # every torch with every onnx2tf runtime
+
+
+def test_kinds_never_share_an_identity(split_plan: expand.SplitPlan) -> None:
+    hashes = [e.hash for e, _ in split_plan.exports] + [e.hash for e, _ in split_plan.runtimes]
+    joint = {e.hash for e, _ in split_plan.plan.items}
+    assert len(set(hashes)) == len(hashes) and not joint & set(hashes)
+
+
+def test_export_groups_run_newest_torch_first_one_release_at_a_time(split_plan: expand.SplitPlan) -> None:
+    ordered = sorted(split_plan.exports, key=lambda item: split._torch_order(item[0]), reverse=True)
+    groups = split._by_torch(ordered)
+    assert [[e.requirements[0] for e, _ in g] for g in groups] == [["torch==2.6.0"], ["torch==2.5.1"],
+                                                                  ["torch==2.4.1"]]
+
+
+def test_cache_clean_removes_a_package_from_uvs_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "uv-cache"
+    monkeypatch.setenv("UV_CACHE_DIR", str(cache))
+    exe, _ = pythons.find("3.11")
+    venv = tmp_path / "venv"
+    uv.venv(venv, exe)
+    lock = uv.compile(exe, ["six==1.17.0"])
+    assert isinstance(lock, uv.Lock)
+    uv.sync(venv, lock)
+
+    def cached(name: str) -> bool:
+        return any(name in p.name for p in cache.rglob("*") if p.is_dir())
+
+    assert cached("six")
+    uv.cache_clean(["six"])
+    assert not cached("six")
+    # the venv linked from the cache keeps its files
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import six; print(six.__version__)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1.17.0"
