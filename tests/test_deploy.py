@@ -63,6 +63,18 @@ def test_dockerfile_is_multi_stage_locked_and_unprivileged() -> None:
     assert (ROOT / ".dockerignore").read_text().count(".venv") == 1
 
 
+def test_dockerfile_builds_offline() -> None:
+    """What broke when the image was first built by hand without a container registry, or with buildah."""
+    text = DOCKERFILE.read_text()
+    # A `# syntax=` directive makes BuildKit pull its frontend image from a registry.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+    # buildah refuses relative bind-mount targets.
+    targets = re.findall(r"--mount=type=bind,[^\s]*target=([^\s,]+)", text)
+    assert targets and all(target.startswith("/") for target in targets), targets
+    # Extra interpreters come from outside the package registries: opt-in only.
+    assert re.search(r'^ARG EXTRA_PYTHONS=""$', text, re.M)
+
+
 def test_hadolint() -> None:
     _validate([_tool("hadolint"), str(DOCKERFILE)])
 

@@ -3,6 +3,8 @@
 ARG BASE=knowngood-standin/debian:bookworm
 FROM ${BASE}
 ENV LANG=C.UTF-8
+# Unpinned, like the upstream images: a stand-in tracks bookworm's current packages.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends postgresql \
     && rm -rf /var/lib/apt/lists/* \
