@@ -15,7 +15,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from matrix import versions
-from matrix.routes import BOTH_SIDES, EXPORT_SIDE, ROUTE_PACKAGES, ROUTES, SPLIT_ROUTES
+from matrix.routes import BOTH_SIDES, EXPORT_SIDE, OPSET_HIGHEST, OPSET_NONE, ROUTE_PACKAGES, ROUTES, SPLIT_ROUTES
 from matrix.spec import LatestMinors, Spec, SpecError, check_pattern
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
@@ -99,7 +99,8 @@ class Case:
 
     @property
     def key(self) -> str:
-        key = f"{self.model}.{self.route}.{self.exporter}.op{self.opset}"
+        opset = "highest" if self.opset == OPSET_HIGHEST else str(self.opset)
+        key = f"{self.model}.{self.route}.{self.exporter}.op{opset}"
         return f"{key}.{self.artifact[:12]}" if self.artifact else key
 
 
@@ -165,6 +166,52 @@ def track_minor(requirements: tuple[str, ...], extras: tuple[str, ...]) -> tuple
     return tuple(out)
 
 
+# What an exporter needs comes with it (issue 10). torch's dynamo exporter imports onnxscript, which torch
+# does not declare, so an environment that will run it (a spec asking for `dynamo`, or for `default` where
+# torch may be >= 2.9, whose default is dynamo) gets onnxscript as a companion: the onnxscript of its torch's
+# time, i.e. the newest release before the next torch minor came out (dates from PyPI's upload times; before
+# onnxscript 0.1.0 only dated dev builds existed, which is what `pip install onnxscript` gave then). The
+# newest onnxscript is not always usable with an older torch (torch 2.8.0: NoOnnxFunction(aten::convolution)).
+# A spec that lists companions for torch decides alone: `[companions] torch = []` keeps onnxscript out.
+ONNXSCRIPT_OF_TORCH = {
+    (2, 1): "onnxscript<=0.1.0.dev20240130",  # torch 2.2.0: 2024-01-30
+    (2, 2): "onnxscript<=0.1.0.dev20240424",  # torch 2.3.0: 2024-04-24
+    (2, 3): "onnxscript<=0.1.0.dev20240724",  # torch 2.4.0: 2024-07-24
+    (2, 4): "onnxscript<=0.1.0.dev20241017",  # torch 2.5.0: 2024-10-17
+    (2, 5): "onnxscript<0.2",  # torch 2.6.0: 2025-01-29; 0.1.0 of 2025-01-27
+    (2, 6): "onnxscript<0.2.5",  # torch 2.7.0: 2025-04-23, the day of 0.2.5
+    (2, 7): "onnxscript<0.4",  # torch 2.8.0: 2025-08-06; 0.3.2
+    (2, 8): "onnxscript<0.5.4",  # torch 2.9.0: 2025-10-15; 0.5.3
+    (2, 9): "onnxscript<0.6",  # torch 2.10.0: 2026-01-21; 0.5.7
+    (2, 10): "onnxscript<0.7",  # torch 2.11.0: 2026-03-23; 0.6.2
+    (2, 11): "onnxscript<0.7.1",  # torch 2.12.0: 2026-05-13; 0.7.0
+    (2, 12): "onnxscript<0.7.2",  # torch 2.13.0: 2026-07-08; 0.7.1
+    (2, 13): "onnxscript<0.7.2",  # torch 2.14.0: 2026-09-02; 0.7.1
+    (2, 14): "onnxscript<0.7.3",  # torch 2.15.0: 2026-10-28; 0.7.2
+}
+FIRST_DYNAMO = (2, 1)  # torch.onnx.dynamo_export
+DEFAULT_IS_DYNAMO = (2, 9)  # torch.onnx.export(dynamo=True) by default
+
+
+def exporter_companions(requirements: tuple[str, ...], exporters: Iterable[str],
+                        companions: Mapping[str, list[str]]) -> tuple[str, ...]:
+    """`("onnxscript<0.5.4",)` for torch==2.8.0 with the dynamo exporter; `()` where no exporter needs it."""
+    exporters = set(exporters)
+    if "torch" in companions or not exporters & {"dynamo", "default"}:
+        return ()
+    pins = dict(split_requirement(r) for r in requirements)
+    if "torch" not in pins:
+        return ()
+    m = re.fullmatch(r"==\s*(\d+)\.(\d+)(\.[0-9A-Za-z.+-]*)?", pins["torch"])
+    if not m:
+        return ("onnxscript",)  # an unpinned torch resolves to the newest, which takes the newest onnxscript
+    minor = (int(m.group(1)), int(m.group(2)))
+    runs_dynamo = ("dynamo" in exporters and minor >= FIRST_DYNAMO) or minor >= DEFAULT_IS_DYNAMO
+    if not runs_dynamo:
+        return ()
+    return (ONNXSCRIPT_OF_TORCH.get(minor, "onnxscript"),)
+
+
 def expand_braces(pattern: str) -> list[str]:
     """`py3.{10,11}-*` → [`py3.10-*`, `py3.11-*`]."""
     m = re.search(r"\{([^{}]*)\}", pattern)
@@ -219,6 +266,12 @@ def corpus_hashes(corpus_path: Path, models: Iterable[str]) -> tuple[str, dict[s
     return version, per_model
 
 
+def _opset(exporter: str, opset: int | str) -> int:
+    if exporter == "default":
+        return OPSET_NONE
+    return OPSET_HIGHEST if opset == "highest" else int(opset)
+
+
 def plan(
     spec: Spec,
     index: Mapping[str, str] | None = None,
@@ -233,9 +286,11 @@ def plan(
     corpus_path = Path(spec.corpus).resolve() if spec.corpus else CORPUS_DIR
     version, model_hashes = corpus_hashes(corpus_path, spec.models)
     cases = tuple(dict.fromkeys(
-        # A route that never exports (torch → Keras directly) has one case per model, not one per exporter/opset.
-        Case(model=m, route=r, exporter=e, opset=o, model_hash=model_hashes[m])
-        if "export" in ROUTES[r] else Case(model=m, route=r, exporter="none", opset=0, model_hash=model_hashes[m])
+        # A route that never exports (torch → Keras directly) has one case per model, not one per exporter/opset;
+        # the default exporter passes no opset, so it has one per model and route.
+        Case(model=m, route=r, exporter=e, opset=_opset(e, o), model_hash=model_hashes[m])
+        if "export" in ROUTES[r] else Case(model=m, route=r, exporter="none", opset=OPSET_NONE,
+                                           model_hash=model_hashes[m])
         for m in spec.models
         for r in spec.routes
         for e in spec.exporters
@@ -263,7 +318,8 @@ def plan(
                 python=python,
                 requirements=reqs,
                 extras=track_minor(reqs, tuple(x for r in reqs
-                                               for x in spec.companions.get(split_requirement(r)[0], ()))),
+                                               for x in spec.companions.get(split_requirement(r)[0], ())))
+                + exporter_companions(reqs, spec.exporters, spec.companions),
                 excludes=tuple(spec.excludes),
                 index=index_items,
                 cutoff=spec.exclude_newer,

@@ -4,7 +4,14 @@ The worker loads this file by path under each environment's interpreter; the ser
 `matrix.routes`. Keep it pure data so both can.
 """
 
-EXPORTERS = ("torchscript", "dynamo")
+# torchscript: torch.onnx.export(dynamo=False); dynamo: dynamo=True (torch.onnx.dynamo_export before 2.5);
+# default: torch.onnx.export(model, args, f) as a user writes it, no dynamo= and no opset: TorchScript up to
+# torch 2.8, dynamo from 2.9. The export step records which one ran and the opset and IR version it emitted.
+EXPORTERS = ("torchscript", "dynamo", "default")
+
+# Case.opset values that are not an opset number.
+OPSET_NONE = 0  # no opset argument: the default exporter, or a route that never exports
+OPSET_HIGHEST = -1  # the highest opset the exporter accepts in that torch; the worker finds it and records it
 
 ROUTES = {
     # torch -> ONNX -> ONNX Runtime

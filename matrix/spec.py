@@ -89,7 +89,7 @@ class Limits(BaseModel):
     max_environments: int = Field(default=100_000, gt=0, alias="max-environments")
 
 
-def _default_exporters() -> list[Literal["torchscript", "dynamo"]]:
+def _default_exporters() -> list[Literal["torchscript", "dynamo", "default"]]:
     return ["torchscript"]
 
 
@@ -102,8 +102,9 @@ class Spec(BaseModel):
     description: str = ""
     models: list[str] = Field(min_length=1)
     routes: list[str] = Field(min_length=1)
-    exporters: list[Literal["torchscript", "dynamo"]] = Field(default_factory=_default_exporters)
-    opsets: list[StrictInt] = Field(default_factory=lambda: [17], min_length=1)
+    exporters: list[Literal["torchscript", "dynamo", "default"]] = Field(default_factory=_default_exporters)
+    # "highest": the highest opset the exporter accepts in each torch (the worker finds it and records it)
+    opsets: list[StrictInt | Literal["highest"]] = Field(default_factory=lambda: [17], min_length=1)  # type: ignore[arg-type]
     exclude_newer: str | None = Field(default=None, alias="exclude-newer")
     excludes: list[str] = Field(default_factory=list, description="packages kept out of resolution")
     companions: dict[str, list[str]] = Field(
@@ -144,11 +145,20 @@ class Spec(BaseModel):
         assert set(v) <= set(EXPORTERS)
         return v
 
+    @field_validator("opsets", mode="before")
+    @classmethod
+    def _opset_values(cls, v: Any) -> Any:
+        # One message for both union members (an integer, or "highest") instead of one per member.
+        for o in v if isinstance(v, list) else ():
+            if o != "highest" and (not isinstance(o, int) or isinstance(o, bool)):
+                raise ValueError(f"Input should be a valid integer or 'highest', got {o!r}")
+        return v
+
     @field_validator("opsets")
     @classmethod
-    def _opsets(cls, v: list[int]) -> list[int]:
+    def _opsets(cls, v: list[int | str]) -> list[int | str]:
         for o in v:
-            if not 7 <= o <= 30:
+            if isinstance(o, int) and not 7 <= o <= 30:
                 raise ValueError(f"expected an ONNX opset between 7 and 30, got {o}")
         return v
 

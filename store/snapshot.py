@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from store import relabel
 from store.errors import KnowngoodError
 from store.locks import parse_lock
 from store.models import Case, Environment, Package, Run, Step
@@ -457,12 +458,13 @@ def _store(session: Session, doc: Snapshot) -> Imported:
                 known[env.id] = {tuple(r) for r in session.execute(
                     select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash, Case.runner_version)
                     .where(Case.environment_id == env.id))}
-            key = (c.model, c.route, c.exporter, c.opset, c.model_hash, c.runner_version)
+            model = relabel.model_name(c.model, c.model_hash)  # a renamed model's rows go by its new name
+            key = (model, c.route, c.exporter, c.opset, c.model_hash, c.runner_version)
             if key in known[env.id]:
                 out.cases_existing += 1
                 continue
             known[env.id].add(key)
-            fields = c.model_dump(exclude={"run", "environment", "steps"})
+            fields = {**c.model_dump(exclude={"run", "environment", "steps"}), "model": model}
             session.add(Case(**fields, run_id=c.run, environment_id=env.id,
                              steps=[Step(**s.model_dump()) for s in c.steps]))
             out.cases_added += 1

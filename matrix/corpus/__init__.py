@@ -8,7 +8,8 @@ library, torch and numpy, because it runs inside the case environments (torch 2.
 A family module defines MODELS: dict name -> ModelSpec. Weights are seeded in build() (global RNG forked,
 so the caller's RNG state is untouched), inputs are seeded with a torch.Generator: two builds give
 bit-identical outputs on the same inputs. All examples of one model share shapes and dtypes, because the
-export is static-shape and traced from examples()[0].
+export is traced from examples()[0] with static shapes, except along the axes a model declares dynamic
+(ModelSpec.dynamic_axes): there its examples may, and should, differ from the traced one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ __all__ = ["REGISTRY", "Example", "ModelSpec", "load", "model_file", "names", "s
 REGISTRY = {
     "resnet": "resnet",
     "transformer": "transformer",
+    "transformer_padding_mask": "transformer",
+    "vit": "vit",
+    "lstm": "lstm",
+    "mobilenet": "mobilenet",
+    "spatial_transformer": "spatial_transformer",
+    "interpolate": "interpolate",
+    "dynamic_batch": "dynamic_batch",
     "grid_sample": "grid_sample",
     "grid_sample_nearest": "grid_sample",
     "grid_sample_align": "grid_sample",
@@ -83,6 +91,7 @@ class ModelSpec(object):
         unavailable=None,  # type: Optional[Callable[[], Optional[str]]]
         export_kwargs=None,  # type: Optional[Callable[[str, int], dict]]
         expected=None,  # type: Optional[Callable[[tuple], str]]
+        dynamic_axes=None,  # type: Optional[Dict[str, Dict[int, str]]]
     ):  # type: (...) -> None
         self.name = name
         self.family = family
@@ -95,6 +104,10 @@ class ModelSpec(object):
         self.unavailable = unavailable if unavailable is not None else _available
         self.export_kwargs = export_kwargs if export_kwargs is not None else _no_kwargs
         self.expected = expected
+        # torch.onnx's own form, on the names the worker gives: {"input_0": {0: "batch"}, "output_0": {0: "batch"}}.
+        # The worker passes it as dynamic_axes to the TorchScript exporter and turns the input entries into
+        # dynamic_shapes (one torch.export.Dim per name) for the dynamo exporter.
+        self.dynamic_axes = dict(dynamic_axes or {})
 
     def __repr__(self):  # type: () -> str
         return "ModelSpec(%r, family=%r)" % (self.name, self.family)

@@ -4,7 +4,7 @@ Existing data keeps its meaning: every environment measured so far held torch an
 so it is `joint`, and no case so far came from or produced a stored artifact.
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0004_relabel_transformer
 Create Date: 2026-11-29 08:10:00.000000
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0004_relabel_transformer"
 branch_labels = None
 depends_on = None
 

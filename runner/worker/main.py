@@ -122,7 +122,8 @@ def load_corpus(path: str):  # type: ignore[no-untyped-def]
         missing = [attr for attr in REQUIRED if not hasattr(model, attr)]
         if missing:
             raise CorpusError("%s: MODELS[%r] is missing %s (a model spec needs build(), examples(), atol, "
-                              "rtol; optional: unavailable(), export_kwargs(exporter, opset), expected(args))"
+                              "rtol; optional: unavailable(), export_kwargs(exporter, opset), expected(args), "
+                              "dynamic_axes)"
                               % (path, name, ", ".join(missing)))
     return module
 
@@ -164,7 +165,8 @@ def main(argv: list | None = None) -> int:
     # A corpus that does not say which of its models load torch._dynamo is assumed to (user files).
     loads_dynamo = getattr(corpus, "LOADS_DYNAMO", None)
     steps_mod.DYNAMO_GUARD = any(
-        case["exporter"] == "dynamo" or loads_dynamo is None or case["model"] in loads_dynamo
+        # `default` is the dynamo exporter from torch 2.9
+        case["exporter"] in ("dynamo", "default") or loads_dynamo is None or case["model"] in loads_dynamo
         for case in job["cases"]
     )
     for case in job["cases"]:

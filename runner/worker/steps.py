@@ -130,6 +130,119 @@ def _accepts(func, name: str) -> bool:  # type: ignore[no-untyped-def]
         return False
 
 
+# Case.opset sentinels, as in matrix/routes.py (OPSET_NONE, OPSET_HIGHEST); the worker receives plain ints.
+OPSET_NONE = 0
+OPSET_HIGHEST = -1
+
+
+def _onnx_constants():  # type: ignore[no-untyped-def]
+    from torch.onnx import _constants
+
+    return _constants
+
+
+def highest_opset(exporter: str) -> tuple:
+    """(opset, where it came from): the highest opset `exporter` accepts in this torch, as torch declares it.
+
+    Newer torch releases (2.15 has them) declare ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET for the TorchScript
+    exporter beside ONNX_MAX_OPSET for the dynamo exporter; before, ONNX_MAX_OPSET was the one limit.
+    """
+    constants = _onnx_constants()
+    if exporter == "torchscript" and hasattr(constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET"):
+        return int(constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET), "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET"
+    return int(constants.ONNX_MAX_OPSET), "ONNX_MAX_OPSET"
+
+
+def default_exporter(export) -> str:  # type: ignore[no-untyped-def]
+    """The exporter torch.onnx.export(model, args, f) picks in this torch: its `dynamo` default (True from 2.9)."""
+    try:
+        param = inspect.signature(export).parameters.get("dynamo")
+    except (TypeError, ValueError):
+        param = None
+    return "dynamo" if param is not None and param.default is True else "torchscript"
+
+
+def _dynamic_shapes(torch, dynamic_axes: dict, count: int):  # type: ignore[no-untyped-def]
+    """dynamic_axes' input entries as torch.export's dynamic_shapes: one Dim per axis name, shared by name."""
+    dims = {}  # type: dict
+    shapes = []
+    for index in range(count):
+        axes = dynamic_axes.get("input_%d" % index) or {}
+        entry = {}
+        for axis, name in sorted(axes.items()):
+            if name not in dims:
+                dims[name] = torch.export.Dim(name)
+            entry[int(axis)] = dims[name]
+        shapes.append(entry or None)
+    return tuple(shapes)
+
+
+def export_model(spec, module, args: tuple, path: str, exporter: str, opset: int) -> dict:  # type: ignore[no-untyped-def]
+    """Export `module` as `exporter` asks, and say how: which exporter ran, the opset requested and why."""
+    import torch
+
+    export = torch.onnx.export
+    dynamic_axes = dict(getattr(spec, "dynamic_axes", None) or {})
+    names = ["input_%d" % i for i in range(len(args))]
+    # What the model's export_kwargs are asked for: the exporter that will really run, and its opset.
+    runs = default_exporter(export) if exporter == "default" else exporter
+    details = {"exporter_requested": exporter}  # type: dict
+    if exporter == "default" and opset != OPSET_NONE:
+        details["opset_ignored"] = opset  # the default call passes no opset; the plan never asks for one
+        opset = OPSET_NONE
+    if opset == OPSET_HIGHEST:
+        opset, source = highest_opset(runs)
+        details.update(opset_requested="highest", opset_highest=opset,
+                       opset_highest_from="torch.onnx._constants." + source)
+    elif opset == OPSET_NONE:
+        details["opset_requested"] = None
+    else:
+        details["opset_requested"] = opset
+    kwargs_opset = opset if opset > 0 else int(getattr(_onnx_constants(), "ONNX_DEFAULT_OPSET", 17))
+    kwargs = dict(spec.export_kwargs(runs, kwargs_opset) or {}) if hasattr(spec, "export_kwargs") else {}
+    if opset > 0 and exporter != "default":
+        kwargs["opset_version"] = opset
+    if exporter == "default":
+        # As a user writes it: no dynamo=, no opset_version. A model with dynamic axes needs names for them,
+        # and the classic dynamic_axes is what users pass (torch >= 2.9 converts it for dynamo).
+        if dynamic_axes:
+            kwargs.update(input_names=names, dynamic_axes=dynamic_axes,
+                          output_names=sorted(k for k in dynamic_axes if k.startswith("output_")))
+        result = export(module, args, path, **kwargs)
+        how = "torch.onnx.export(model, args, f)"
+        # The return value says which exporter ran: an ONNXProgram from dynamo, None from TorchScript.
+        ran = "dynamo" if result is not None else "torchscript"
+    elif exporter == "torchscript":
+        if _accepts(export, "dynamo"):
+            kwargs["dynamo"] = False  # torch >= 2.9 defaults to dynamo
+        if dynamic_axes:
+            kwargs.update(dynamic_axes=dynamic_axes,
+                          output_names=sorted(k for k in dynamic_axes if k.startswith("output_")))
+        export(module, args, path, input_names=names, **kwargs)
+        how, ran = "torch.onnx.export(dynamo=False)", "torchscript"
+    elif _accepts(export, "dynamo"):
+        if dynamic_axes:
+            kwargs["dynamic_shapes"] = _dynamic_shapes(torch, dynamic_axes, len(args))
+        export(module, args, path, input_names=names, dynamo=True, **kwargs)
+        how, ran = "torch.onnx.export(dynamo=True)", "dynamo"
+    elif hasattr(torch.onnx, "dynamo_export"):
+        # The releases before dynamo=True have only dynamo_export, which takes no opset.
+        options = None
+        if dynamic_axes:
+            options = torch.onnx.ExportOptions(dynamic_shapes=True)
+        kwargs.pop("opset_version", None)
+        torch.onnx.dynamo_export(module, *args, export_options=options).save(path)
+        how, ran = "torch.onnx.dynamo_export", "dynamo"
+        if opset > 0:
+            details["opset_ignored"] = opset
+    else:
+        raise Skip("this torch has no dynamo exporter")
+    details.update(exporter_call=how, exporter_ran=ran)
+    if dynamic_axes:
+        details["dynamic_axes"] = {k: {str(a): n for a, n in v.items()} for k, v in dynamic_axes.items()}
+    return details
+
+
 def step_export(ctx: Context) -> dict:
     spec = ctx.model_spec()
     reason = spec.unavailable() if hasattr(spec, "unavailable") else None
@@ -137,41 +250,36 @@ def step_export(ctx: Context) -> dict:
         raise Skip(reason)
     module = spec.build()
     ctx.examples = examples_of(spec)
-    import torch
     args = tuple(ctx.examples[0].args)
-    exporter, opset = ctx.case["exporter"], int(ctx.case["opset"])
-    kwargs = dict(spec.export_kwargs(exporter, opset) or {}) if hasattr(spec, "export_kwargs") else {}
-    names = ["input_%d" % i for i in range(len(args))]
-    export = torch.onnx.export
-    how = ""
-    if exporter == "torchscript":
-        if _accepts(export, "dynamo"):
-            kwargs["dynamo"] = False  # torch >= 2.9 defaults to dynamo
-        export(module, args, ctx.onnx_path, opset_version=opset, input_names=names, **kwargs)
-        how = "torch.onnx.export(dynamo=False)"
-    elif _accepts(export, "dynamo"):
-        export(module, args, ctx.onnx_path, opset_version=opset, input_names=names, dynamo=True, **kwargs)
-        how = "torch.onnx.export(dynamo=True)"
-    elif hasattr(torch.onnx, "dynamo_export"):
-        # The releases before dynamo=True have only dynamo_export, which takes no opset.
-        torch.onnx.dynamo_export(module, *args).save(ctx.onnx_path)
-        how = "torch.onnx.dynamo_export"
-    else:
-        raise Skip("this torch has no dynamo exporter")
+    details = export_model(spec, module, args, ctx.onnx_path, ctx.case["exporter"], int(ctx.case["opset"]))
     if not os.path.exists(ctx.onnx_path):
         raise StepFailed("NoOutputFile", "the exporter returned but wrote no file")
-    return {"details": {"exporter_call": how, "opset_emitted": emitted_opset(ctx.onnx_path),
-                        "bytes": os.path.getsize(ctx.onnx_path)}}
+    opset, ir_version = emitted_versions(ctx.onnx_path)
+    details.update(opset_emitted=opset, ir_version=ir_version, bytes=file_bytes(ctx.onnx_path))
+    return {"details": details}
 
 
-def emitted_opset(path: str) -> int | None:
+def file_bytes(path: str) -> int:
+    """The ONNX file plus its external data (the dynamo exporter of torch >= 2.9 writes weights beside it)."""
+    folder = os.path.dirname(path)
+    base = os.path.basename(path)
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.startswith(base))
+
+
+def emitted_versions(path: str) -> tuple:
+    """(default-domain opset, IR version) read back from the exported file."""
     import onnx
 
     model = onnx.load(path, load_external_data=False)
+    opset = None
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    return None
+            opset = int(entry.version)
+    return opset, int(model.ir_version)
+
+
+def emitted_opset(path: str) -> int | None:
+    return emitted_versions(path)[0]
 
 
 def step_check(ctx: Context) -> dict:
@@ -259,7 +367,7 @@ def step_convert(ctx: Context) -> dict:
         import onnx2tf
 
         out_dir = os.path.join(ctx.dir, "tf")
-        names = ["input_%d" % i for i in range(len(ctx.examples[0].args))]
+        names = graph_inputs(ctx.onnx_path)
         kwargs = dict(
             input_onnx_file_path=ctx.onnx_path,
             output_folder_path=out_dir,
@@ -293,6 +401,15 @@ def step_convert(ctx: Context) -> dict:
         )
         return {}
     raise Skip("route %s has no convert step" % route)
+
+
+def graph_inputs(path: str) -> list:
+    """The exported graph's input names (the default exporter names them itself: x, input.1, ...)."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    return [i.name for i in graph.input if i.name not in weights]
 
 
 def step_tf_run(ctx: Context) -> dict:
@@ -347,6 +464,7 @@ def step_parity(ctx: Context) -> dict:
         max_rel = 0.0
         ok = True
         layout = None
+        per_output = []  # max abs diff of each output: which of several outputs (e.g. interpolate's) is off
         for ref, got in zip(ref_outs, got_outs):
             got, moved = _align(np.asarray(ref), np.asarray(got))
             layout = layout or moved
@@ -358,8 +476,10 @@ def step_parity(ctx: Context) -> dict:
             if not np.all(np.isfinite(got64) == np.isfinite(ref64)):
                 ok = False
                 max_abs = float("inf")
+                per_output.append(max_abs)
                 continue
             diff = np.where(np.isfinite(diff), diff, 0.0)
+            per_output.append(float(diff.max()))
             max_abs = max(max_abs, float(diff.max()))
             max_rel = max(max_rel, float((diff / (np.abs(ref64) + 1e-12)).max()))
             ok = ok and bool(np.all(diff <= atol + rtol * np.abs(ref64)))
@@ -368,6 +488,8 @@ def step_parity(ctx: Context) -> dict:
                  "max_rel": max_rel, "ok": ok}
         if layout is not None:
             entry["layout"] = layout
+        if len(per_output) > 1:
+            entry["outputs_max_abs"] = per_output
         per_input.append(entry)
         if not ok and first_bad is None:
             first_bad = index
