@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,4 +49,26 @@ class Settings(BaseSettings):
     response_cache_recheck: float = Field(
         default=1.0, ge=0, description="Seconds between checks for newly recorded results (0: on every request).",
     )
+    ingest_max_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0,
+        description="Largest POST /api/v1/runs body accepted (413 above); the shipped snapshot is ~15 MB as JSON.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL the API is reached at (https://knowngood.example.org), for absolute links in answers; "
+                    "links are relative to the host when unset (never taken from the request's Host header).",
+    )
+    pylock_indexes: list[str] = Field(
+        default=["https://pypi.org/simple", "https://download.pytorch.org/whl"],
+        description="Indexes format=pylock may fetch file lists from (an environment's index_url must start with "
+                    "one of them); anything else is answered 409 without a request leaving the server.",
+    )
     keep_workdirs: bool = False
+
+    @field_validator("pylock_indexes")
+    @classmethod
+    def _https_only(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+                raise ValueError(f"pylock_indexes: expected http(s) URLs, got {url!r}")
+        return [url.rstrip("/") for url in value]
