@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.cache import CacheMiddleware, ResponseCache
 from api.lockfile import LockfileUnavailable
 from api.queries import FactsCache, QueryError
 from api.routes import chains, dashboard, failures, ingest, lockfile, matrix, runs
-from api.routes.params import reject_nul
+from api.routes.params import reject_nul, reject_repeats
 from store import __version__
 from store.db import make_engine, make_sessionmaker
 from store.settings import Settings
@@ -46,11 +47,19 @@ def create_app(settings: Settings) -> FastAPI:
             content={"detail": [{"loc": ["query", exc.param], "msg": str(exc), "type": "value_error"}]},
         )
 
+    @app.exception_handler(RequestValidationError)
+    def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each error's input: for a document-level check of POST /runs that is the
+        # whole body (megabytes), and a NaN in it makes the 422 itself fail to encode (a 500). Path and message
+        # say what is wrong.
+        errors = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": errors})
+
     @app.exception_handler(LockfileUnavailable)
     def _lockfile_unavailable(_request: Request, exc: LockfileUnavailable) -> JSONResponse:
         return JSONResponse(status_code=exc.status, content={"detail": str(exc)})
 
-    read_only = [Depends(reject_nul)]
+    read_only = [Depends(reject_nul), Depends(reject_repeats)]
     app.include_router(chains.router, prefix="/api/v1", dependencies=read_only)
     app.include_router(lockfile.router, prefix="/api/v1", dependencies=read_only)
     app.include_router(matrix.router, prefix="/api/v1", dependencies=read_only)

@@ -13,8 +13,8 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import ColumnElement, Row, exists, func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import ColumnElement, Row, and_, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from api.schemas import (
     CaseOut,
@@ -35,8 +35,8 @@ from api.schemas import (
     RunsOut,
     StepOut,
 )
-from matrix.routes import ALIASES, KEY_PACKAGES, ROUTE_PACKAGES
-from store.models import Case, Environment, Package, Run, Step
+from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES
+from store.models import Case, DataChange, Environment, Package, Run, Step
 
 # A result row of any shape (SQLAlchemy 2.1's Row is variadic: Row[Any] would be a one-column row).
 AnyRow = Row[*tuple[Any, ...]]
@@ -78,9 +78,9 @@ class ChainQuery:
 
 
 def split_names(value: str | list[str] | None) -> list[str]:
-    """`a,b` or repeated parameters → names, in order, without blanks."""
+    """`a,b` or repeated parameters (`models=a&models=b`) → names, in order, without blanks or repeats."""
     parts = [value] if isinstance(value, str) else (value or [])
-    return [n.strip() for part in parts for n in part.split(",") if n.strip()]
+    return list(dict.fromkeys(n.strip() for part in parts for n in part.split(",") if n.strip()))
 
 
 def aliases(name: str) -> tuple[str, ...]:
@@ -120,8 +120,24 @@ def rank_key(versions: dict[str, str]) -> tuple[Version, ...]:
             _version(versions.get("onnxruntime")))
 
 
+def current() -> ColumnElement[bool]:
+    """True for a case that is the current result of its identity: no newer one in the same environment.
+
+    The identity is (environment, model, route, exporter, opset). An environment re-run under a new corpus
+    (model hash) or runner version keeps its old rows, and uniqueness includes those two, so one identity can
+    hold several results; the most recently recorded one (then the highest id) is the one that counts. A
+    superseded pass must not keep a chain known good (issue 15). The probe is one range of uq_case_identity.
+    """
+    newer = aliased(Case)
+    return ~exists().where(
+        newer.environment_id == Case.environment_id, newer.model == Case.model, newer.route == Case.route,
+        newer.exporter == Case.exporter, newer.opset == Case.opset,
+        or_(newer.recorded_at > Case.recorded_at, and_(newer.recorded_at == Case.recorded_at, newer.id > Case.id)),
+    )
+
+
 def _chain_conditions(query: ChainQuery) -> list[ColumnElement[bool]]:
-    conditions = [Case.model.in_(query.models), Case.route == query.route, Case.status == "pass"]
+    conditions = [Case.model.in_(query.models), Case.route == query.route, Case.status == "pass", current()]
     if query.exporter:
         conditions.append(Case.exporter == query.exporter)
     return conditions
@@ -276,23 +292,9 @@ def known_models(session: Session) -> set[str]:
     return set(session.scalars(select(Case.model).distinct()))
 
 
-def status_table(session: Session) -> list[tuple[str, str, str, str, float | None]]:
-    """(environment, model, route, status, max_abs_diff) for every recorded case, for the first page."""
-    rows = session.execute(
-        select(Environment.name, Case.model, Case.route, Case.exporter, Case.opset, Case.status,
-               Case.max_abs_diff, Case.signature)
-        .join(Environment, Environment.id == Case.environment_id)
-        .order_by(Environment.name, Case.model, Case.route)
-    )
-    return [tuple(r) for r in rows]  # type: ignore[misc]
-
-
-def data_version(session: Session) -> tuple[int, int]:
-    """Changes whenever a case or environment is recorded (rows are only ever added): keys the response cache."""
-    row = session.execute(
-        select(select(func.max(Case.id)).scalar_subquery(), select(func.max(Environment.id)).scalar_subquery())
-    ).one()
-    return (row[0] or 0, row[1] or 0)
+def data_version(session: Session) -> int:
+    """Keys the response cache: a counter that triggers move on every committed insert, update or delete."""
+    return session.scalar(select(DataChange.counter).where(DataChange.id == 1)) or 0
 
 
 @lru_cache(maxsize=16384)
@@ -335,7 +337,7 @@ class MatrixQuery:
 
 def _case_filters(route: str | None, models: tuple[str, ...], exporter: str | None,
                   python: str | None) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
+    conditions: list[ColumnElement[bool]] = [current()]
     if route:
         conditions.append(Case.route == route)
     if models:
@@ -596,7 +598,7 @@ def environment_provenance(session: Session, env_id: int) -> Provenance:
         .order_by(Case.recorded_at.desc()).limit(1)
     ).first()
     passed = session.scalars(
-        select(Case.model).where(Case.environment_id == env_id, Case.status == "pass").distinct()
+        select(Case.model).where(Case.environment_id == env_id, Case.status == "pass", current()).distinct()
         .order_by(Case.model)
     ).all()
     return Provenance(newest.run_id if newest else None, newest.recorded_at if newest else None, tuple(passed))
@@ -614,7 +616,8 @@ def facets(session: Session) -> dict[str, list[str]]:
     return {
         "models": sorted({c.model for c in combos}),
         "routes": sorted({c.route for c in combos}),
-        "exporters": sorted({c.exporter for c in combos}),
+        # Only what the exporter filter accepts: a route without an ONNX export records exporter "none".
+        "exporters": sorted({c.exporter for c in combos} & set(EXPORTERS)),
         "pythons": sorted(session.scalars(select(Environment.python).distinct()), key=version_key),
         "packages": first + sorted(merged - set(first)),
     }

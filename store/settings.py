@@ -9,6 +9,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Where format=pylock may look files up; PyPI and PyTorch's own index are what the shipped specs resolve against.
+DEFAULT_PYLOCK_INDEXES = ("https://pypi.org/simple", "https://download.pytorch.org/whl")
+
 
 def _cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -44,10 +47,10 @@ class Settings(BaseSettings):
     ingest_token: str | None = Field(default=None, description="Bearer token for POST /api/v1/runs.")
     response_cache_size: int = Field(
         default=512, ge=0,
-        description="API answers kept per process, each valid until new results are recorded; 0 = off.",
+        description="API answers kept per process, each valid until recorded data changes; 0 = off.",
     )
     response_cache_recheck: float = Field(
-        default=1.0, ge=0, description="Seconds between checks for newly recorded results (0: on every request).",
+        default=1.0, ge=0, description="Seconds between checks for changed data (0: on every request).",
     )
     ingest_max_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0,
@@ -59,7 +62,7 @@ class Settings(BaseSettings):
                     "links are relative to the host when unset (never taken from the request's Host header).",
     )
     pylock_indexes: list[str] = Field(
-        default=["https://pypi.org/simple", "https://download.pytorch.org/whl"],
+        default=list(DEFAULT_PYLOCK_INDEXES),
         description="Indexes format=pylock may fetch file lists from (an environment's index_url must start with "
                     "one of them); anything else is answered 409 without a request leaving the server.",
     )

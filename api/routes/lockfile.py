@@ -25,7 +25,8 @@ async def get_lockfile(
         chains = queries.known_good_chains(session, query, request.app.state.env_facts)
         if not chains:
             raise HTTPException(404, detail="no known-good chain for these models, route and requirements")
-        return text_response(lockfile.render(session, chains[0], format), format)
+        indexes = request.app.state.settings.pylock_indexes
+        return text_response(lockfile.render(session, chains[0], format, indexes), format)
 
     return await cache.serve(request, build)
 
