@@ -132,8 +132,12 @@ def test_the_cache_key_keeps_meaning() -> None:
 # --- 3. concurrent ingests of one document store each environment once (PostgreSQL) ---------------------------
 
 
-def _with_unresolved(document: dict, run_id: str) -> dict:
-    """The smoke document under another run id, plus an environment uv could not resolve (lock_hash null)."""
+def _unresolved(document: dict, run_id: str, *, cases: bool) -> dict:
+    """The smoke document under another run id, plus an environment uv could not resolve (lock_hash null).
+
+    Without its cases, the unresolved environment is the only row two such documents share: nothing else
+    conflicts, so no rollback hides a duplicate of it.
+    """
     doc = copy.deepcopy(document)
     old = doc["runs"][0]["id"]
     doc["runs"][0]["id"] = run_id
@@ -142,13 +146,12 @@ def _with_unresolved(document: dict, run_id: str) -> dict:
     env = copy.deepcopy(doc["environments"][0])
     env.update(hash="e" * 64, lock_hash=None, lock=None, packages=[], status="conflict",
                signature="ResolutionConflict(protobuf)", error="no solution")
-    doc["environments"].append(env)
+    doc["environments"] = [*doc["environments"], env] if cases else [env]
+    doc["cases"] = doc["cases"] if cases else []
     return doc
 
 
-def test_concurrent_ingests_store_each_environment_once(fresh_db: Callable[[str], str], document: dict) -> None:
-    url = fresh_db("postgresql")
-    docs = [_with_unresolved(document, str(uuid.uuid4())) for _ in range(6)]
+def _post_at_once(url: str, docs: list[dict]) -> list[int]:
     start, answers = threading.Barrier(len(docs)), []
     # One app (engine, pool) per thread, like separate server workers; built first, as FastAPI builds apps serially.
     clients = [TestClient(_app(url)) for _ in docs]
@@ -163,7 +166,15 @@ def test_concurrent_ingests_store_each_environment_once(fresh_db: Callable[[str]
         t.start()
     for t in threads:
         t.join()
-    assert sorted(answers) == [201] * len(docs)
+    return answers
+
+
+def test_concurrent_ingests_store_each_environment_once(fresh_db: Callable[[str], str], document: dict) -> None:
+    url = fresh_db("postgresql")
+    only = [_unresolved(document, str(uuid.uuid4()), cases=False) for _ in range(6)]
+    assert _post_at_once(url, only) == [201] * len(only)
+    full = [_unresolved(document, str(uuid.uuid4()), cases=True) for _ in range(6)]
+    assert sorted(_post_at_once(url, full)) == [201] * len(full)  # each adds its run
     engine = make_engine(url)
     with make_sessionmaker(engine)() as s:
         keys = s.execute(select(Environment.hash, Environment.lock_hash)).all()
@@ -171,7 +182,7 @@ def test_concurrent_ingests_store_each_environment_once(fresh_db: Callable[[str]
         cases = s.scalar(select(func.count()).select_from(Case))
     engine.dispose()
     assert sorted(keys, key=str) == sorted(set(keys), key=str) and len(keys) == 2
-    assert (runs, cases) == (len(docs), len(document["cases"]))
+    assert (runs, cases) == (len(only) + len(full), len(document["cases"]))
 
 
 def test_migration_0003_merges_duplicate_unresolved_environments(db_url: str, document: dict) -> None:
