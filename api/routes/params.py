@@ -18,9 +18,14 @@ ModelsParam = Annotated[list[str], Query(description="model names, comma-separat
 OptionalModelsParam = Annotated[list[str] | None, Query(description="model names, comma-separated or repeated; "
                                                                    "all when omitted")]
 REPEATABLE = frozenset({"models", "require"})
-RouteParam = Annotated[str, Query(description=" | ".join(ROUTES), examples=["onnxruntime"])]
-OptionalRouteParam = Annotated[str | None, Query(description=f"{' | '.join(ROUTES)}; all when omitted")]
-ExporterParam = Annotated[str | None, Query(description=" | ".join(EXPORTERS))]
+# The enums are documented for clients and generators; the values are still checked by check_route and
+# check_exporter, whose 422 says what was expected in our words.
+RouteParam = Annotated[str, Query(description=" | ".join(ROUTES), examples=["onnxruntime"],
+                                  json_schema_extra={"enum": list(ROUTES)})]
+OptionalRouteParam = Annotated[str | None, Query(description=f"{' | '.join(ROUTES)}; all when omitted",
+                                                 json_schema_extra={"enum": list(ROUTES)})]
+ExporterParam = Annotated[str | None, Query(description=" | ".join(EXPORTERS),
+                                            json_schema_extra={"enum": list(EXPORTERS)})]
 PythonParam = Annotated[str | None, Query(description="python minor version, e.g. 3.11")]
 RequireParam = Annotated[list[str] | None, Query(description="PEP 508 pins, repeatable: require=torch>=2.3")]
 
