@@ -81,11 +81,12 @@ def _line(text: str) -> str:
 
 def _stamp(env: Environment, provenance: Provenance) -> str:
     recorded = f"{provenance.recorded_at:%Y-%m-%d}" if provenance.recorded_at else "never"
-    return _line(f"# knowngood lockfile for {env.name} (python {env.python_full or env.python})") + "\n" + _line(
-        f"# run {provenance.run_id or 'none'}, recorded {recorded}, resolution cutoff {env.cutoff or 'none'}"
-    ) + "\n" + _line(
-        f"# resolved against {env.index_url}; models passed: {', '.join(provenance.models) or 'none'}"
-    ) + "\n"
+    lines = [
+        f"# knowngood lockfile for {env.name} (python {env.python_full or env.python})",
+        f"# run {provenance.run_id or 'none'}, recorded {recorded}, resolution cutoff {env.cutoff or 'none'}",
+        f"# resolved against {env.index_url}; models passed: {', '.join(provenance.models) or 'none'}",
+    ]
+    return "".join(_line(line) + "\n" for line in lines)
 
 
 def allowed_index(index_url: str, indexes: Sequence[str]) -> bool:

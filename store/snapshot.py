@@ -78,7 +78,19 @@ def _timestamp(value: dt.datetime) -> dt.datetime:
 Timestamp = Annotated[dt.datetime, AfterValidator(_timestamp)]
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]  # INTEGER columns
 Bytes64 = Annotated[int, Field(ge=0, le=2**63 - 1)]  # BIGINT columns holding byte counts
-Finite = Annotated[float, Field(allow_inf_nan=False)]  # SQLite would store NaN as NULL, PostgreSQL as NaN
+
+
+def _not_nan(value: float) -> float:
+    # SQLite stores NaN as NULL, PostgreSQL as NaN. Infinity both keep, and the runner records it (parity where
+    # one side is not finite), so it stays.
+    if math.isnan(value):
+        raise ValueError("expected a number or infinity, got NaN")
+    return value
+
+
+Measured = Annotated[float, AfterValidator(_not_nan)]  # FLOAT columns
+# JSON columns: PostgreSQL's json type takes neither NaN nor Infinity (they are not JSON), SQLite takes both.
+JSON_FIELDS = frozenset({"details", "memory", "counts"})
 
 
 def _index_url(value: str) -> str:
@@ -90,20 +102,21 @@ def _index_url(value: str) -> str:
     return value
 
 
-def _unstorable(value: Any, path: str) -> str | None:
-    """The path and reason of the first value neither database keeps as it is: a NUL, or a NaN or infinity."""
+def _unstorable(value: Any, path: str, in_json: bool = False) -> str | None:
+    """The path and reason of the first value the databases would not both keep as it is: a NUL anywhere (no
+    PostgreSQL text holds one), a NaN or infinity inside a JSON column."""
     if isinstance(value, str):
         return f"{path}: must not contain a NUL character" if "\x00" in value else None
-    if isinstance(value, float):
+    if isinstance(value, float) and in_json:
         return None if math.isfinite(value) else f"{path}: expected a finite number, got {value}"
     if isinstance(value, dict):
         for key, item in value.items():
-            found = _unstorable(key, f"{path}.{key!r}") or _unstorable(item, f"{path}.{key}" if path else str(key))
-            if found:
+            where = f"{path}.{key}" if path else str(key)
+            if found := _unstorable(key, where) or _unstorable(item, where, in_json or key in JSON_FIELDS):
                 return found
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            if found := _unstorable(item, f"{path}[{i}]"):
+            if found := _unstorable(item, f"{path}[{i}]", in_json):
                 return found
     return None
 
@@ -121,12 +134,12 @@ class StepDoc(_Doc):
     ordinal: int = Field(ge=0, le=2**31 - 1)
     name: str = Field(min_length=1, max_length=32)
     status: StepStatus
-    seconds: Finite | None = None
+    seconds: Measured | None = None
     peak_rss: Bytes64 | None = None
     error_type: str | None = Field(default=None, max_length=200)
     message: str | None = None
     signature: str | None = Field(default=None, max_length=300)
-    max_abs_diff: Finite | None = None
+    max_abs_diff: Measured | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -143,7 +156,7 @@ class CaseDoc(_Doc):
     runner_version: str = Field(max_length=64)
     status: CaseStatus
     signature: str | None = Field(default=None, max_length=300)
-    max_abs_diff: Finite | None = None
+    max_abs_diff: Measured | None = None
     recorded_at: Timestamp
     steps: list[StepDoc] = Field(default_factory=list)
 

@@ -377,7 +377,7 @@ def test_an_index_url_that_is_not_http_is_refused_at_ingest(client: TestClient, 
         (lambda d: d["cases"][0]["steps"][0].update(details={"x": float("nan")}), "cases[0].steps[0].details.x: "
                                                                                   "expected a finite number"),
         (lambda d: d["runs"][0].update(counts={"n": float("inf")}), "runs[0].counts.n: expected a finite number"),
-        (lambda d: d["cases"][0].update(max_abs_diff=float("nan")), "cases[0].max_abs_diff: expected a finite"),
+        (lambda d: d["cases"][0].update(max_abs_diff=float("nan")), ["body", "cases", 0, "max_abs_diff"]),
     ],
     ids=["opset-2^31", "opset-2^63", "opset_emitted-low", "peak_rss-2^70", "ordinal-2^31", "nul-message",
          "nul-requirement", "nan-details", "inf-counts", "nan-diff"],
@@ -395,6 +395,19 @@ def test_a_value_no_column_holds_is_422_and_stores_nothing(client: TestClient, d
     else:
         assert where in detail["msg"]
     assert set(db_counts(db_url).values()) == {0}
+
+
+def test_infinity_in_a_float_column_is_kept_on_both(client: TestClient, db_url: str, document: dict) -> None:
+    """The runner records an infinite difference where one side is not finite; both databases keep it."""
+    document["cases"][0]["max_abs_diff"] = float("inf")
+    resp = client.post("/api/v1/runs", content=json.dumps(document), headers={**AUTH,
+                                                                              "Content-Type": "application/json"})
+    assert resp.status_code == 201, resp.text
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as s:
+        assert s.scalar(select(Case.max_abs_diff).where(Case.model == document["cases"][0]["model"],
+                                                        Case.route == document["cases"][0]["route"])) == float("inf")
+    engine.dispose()
 
 
 # --- 9. links do not follow the Host header --------------------------------------------------------------------
