@@ -6,16 +6,45 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.cache import CacheMiddleware, ResponseCache
 from api.lockfile import LockfileUnavailable
 from api.queries import FactsCache, QueryError
 from api.routes import chains, dashboard, failures, ingest, lockfile, matrix, runs
-from api.routes.params import reject_nul
+from api.routes.params import reject_nul, reject_repeats
 from store import __version__
 from store.db import make_engine, make_sessionmaker
 from store.settings import Settings
+
+
+class AllowEveryMethod:
+    """A 405 lists every method of every route at the path (RFC 9110 15.5.6), not just the first route's.
+
+    Starlette answers 405 from the first route whose path matched, so OPTIONS /api/v1/runs said `Allow: GET`
+    though POST /api/v1/runs exists too.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_allow(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                methods = sorted({m for route in scope["app"].routes if isinstance(route, Route)
+                                  and route.path_regex.match(scope["path"]) for m in route.methods or ()})
+                headers = [(k, v) for k, v in message["headers"] if k.lower() != b"allow"]
+                message = {**message, "headers": [*headers, (b"allow", ", ".join(methods).encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_allow)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -38,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.env_facts = FactsCache()  # one per database: the app's engine
     app.state.response_cache = ResponseCache(settings.response_cache_size, settings.response_cache_recheck)
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
+    app.add_middleware(AllowEveryMethod)
 
     @app.exception_handler(QueryError)
     def _query_error(_request: Request, exc: QueryError) -> JSONResponse:
@@ -46,11 +76,19 @@ def create_app(settings: Settings) -> FastAPI:
             content={"detail": [{"loc": ["query", exc.param], "msg": str(exc), "type": "value_error"}]},
         )
 
+    @app.exception_handler(RequestValidationError)
+    def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each error's input: for a document-level check of POST /runs that is the
+        # whole body (megabytes), and a NaN in it makes the 422 itself fail to encode (a 500). Path and message
+        # say what is wrong.
+        errors = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": errors})
+
     @app.exception_handler(LockfileUnavailable)
     def _lockfile_unavailable(_request: Request, exc: LockfileUnavailable) -> JSONResponse:
         return JSONResponse(status_code=exc.status, content={"detail": str(exc)})
 
-    read_only = [Depends(reject_nul)]
+    read_only = [Depends(reject_nul), Depends(reject_repeats)]
     app.include_router(chains.router, prefix="/api/v1", dependencies=read_only)
     app.include_router(lockfile.router, prefix="/api/v1", dependencies=read_only)
     app.include_router(matrix.router, prefix="/api/v1", dependencies=read_only)

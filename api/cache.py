@@ -1,4 +1,4 @@
-"""Responses memoised per data version: rows are only ever added, so an answer holds until the next one is."""
+"""Responses memoised per data version: an answer holds until the store's change counter moves."""
 
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import queries
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
-Version = tuple[int, int]
+Version = int
 Build = Callable[[Session], Response]
 
 
 def cache_key(path: str, query_string: bytes) -> Key:
-    # Parsed as Starlette parses it, then sorted: `?a=1&b=2` and `?b=2&a=1` are one question.
-    return path, tuple(sorted(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)))
+    # Parsed as Starlette parses it, then ordered by name only: `?a=1&b=2` and `?b=2&a=1` are one question, but
+    # the values of a repeated name keep their order (`models=a&models=b` answers in that order, and a repeated
+    # single-valued name is refused, not merged), so two keys are equal only if the questions are.
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    return path, tuple(sorted(pairs, key=lambda pair: pair[0]))
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,11 @@ class Entry:
 class ResponseCache:
     """A bounded LRU of successful response bodies, each valid for the data version it was computed at.
 
-    The version (max case id, max environment id: two primary-key lookups) is read at most once per `recheck`
-    seconds per process. Within that window a hit is answered by `CacheMiddleware` before routing: no parameter
+    The version (the `data_change` counter, one primary-key lookup; triggers move it on every insert, update or
+    delete, so `db resignature` and a run being finished show too) is read at most once per `recheck` seconds
+    per process. Within that window a hit is answered by `CacheMiddleware` before routing: no parameter
     parsing, no thread hop, no database round trip. An answer is therefore at most `recheck` seconds behind newly
-    recorded results (0: checked on every request). `size=0` turns the cache off.
+    changed results (0: checked on every request). `size=0` turns the cache off.
     """
 
     def __init__(self, size: int, recheck: float = 0.0) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from api.queries import package_versions, rank_key
 from matrix.routes import FRAMEWORKS
+from store.db import as_utc
 from store.errors import KnowngoodError
 from store.models import Case, Environment, Run
 
@@ -152,7 +153,7 @@ def compare(
     """Compare a run (default: the newest) with another run or the previous run of its spec; with `since`,
     compare all runs of the spec started since then (the shards of one run) with the state before."""
     if since is not None:
-        since = since.replace(tzinfo=dt.UTC) if since.tzinfo is None else since
+        since = as_utc(since)
         shards = runs_since(session, since, find_run(session, run).spec_name if run else None)
         now_run = shards[-1]
         before_run = session.scalars(

@@ -7,6 +7,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,6 +30,7 @@ from api.queries import Provenance
 from api.schemas import ChainOut, SplitChainOut
 from matrix.routes import KEY_PACKAGES
 from store.models import Environment, Package
+from store.settings import DEFAULT_PYLOCK_INDEXES
 
 Format = Literal["requirements", "constraints", "pylock", "pyproject"]
 FORMATS: tuple[Format, ...] = ("requirements", "constraints", "pylock", "pyproject")
@@ -46,14 +48,16 @@ class LockfileUnavailable(Exception):
         self.status = status
 
 
-def render(session: Session, chain: ChainOut, fmt: str) -> str:
+def render(session: Session, chain: ChainOut, fmt: str, indexes: Sequence[str] = DEFAULT_PYLOCK_INDEXES) -> str:
     """The lockfile of a known-good chain, stamped with the run that proved it."""
     env = session.get_one(Environment, chain.environment_id)
     return render_environment(env, Provenance(chain.run_id, chain.recorded_at, tuple(m.model for m in chain.models)),
-                              fmt)
+                              fmt, indexes)
 
 
-def render_environment(env: Environment, provenance: Provenance, fmt: str) -> str:
+def render_environment(env: Environment, provenance: Provenance, fmt: str,
+                       indexes: Sequence[str] = DEFAULT_PYLOCK_INDEXES) -> str:
+    """`indexes`: where format=pylock may fetch file lists (Settings.pylock_indexes); nothing else is asked."""
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if env.lock_text is None:
@@ -66,16 +70,31 @@ def render_environment(env: Environment, provenance: Provenance, fmt: str) -> st
         return stamp + "".join(f"{p.name}=={p.version}\n" for p in _top_level(env))
     if fmt == "pyproject":
         return stamp + _pyproject(env)
-    return stamp + _pylock(env, provenance)
+    return stamp + _pylock(env, provenance, tuple(indexes))
+
+
+def _line(text: str) -> str:
+    # Stamp values come from ingested documents: none may end the comment line and start a line of its own
+    # (`\n--index-url …` would be obeyed by pip).
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _stamp(env: Environment, provenance: Provenance) -> str:
     recorded = f"{provenance.recorded_at:%Y-%m-%d}" if provenance.recorded_at else "never"
-    return (
-        f"# knowngood lockfile for {env.name} (python {env.python_full or env.python})\n"
-        f"# run {provenance.run_id or 'none'}, recorded {recorded}, resolution cutoff {env.cutoff or 'none'}\n"
-        f"# resolved against {env.index_url}; models passed: {', '.join(provenance.models) or 'none'}\n"
-    )
+    lines = [
+        f"# knowngood lockfile for {env.name} (python {env.python_full or env.python})",
+        f"# run {provenance.run_id or 'none'}, recorded {recorded}, resolution cutoff {env.cutoff or 'none'}",
+        f"# resolved against {env.index_url}; models passed: {', '.join(provenance.models) or 'none'}",
+    ]
+    return "".join(_line(line) + "\n" for line in lines)
+
+
+def allowed_index(index_url: str, indexes: Sequence[str]) -> bool:
+    """An http(s) index at or under one of the configured `indexes` (the same scheme, host and path prefix)."""
+    url = index_url.rstrip("/")
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        return False
+    return any(url == base.rstrip("/") or url.startswith(base.rstrip("/") + "/") for base in indexes)
 
 
 # Pinned in constraints too, though nobody asks for them by name: the measured data shows that letting the
@@ -118,15 +137,21 @@ def _pyproject(env: Environment) -> str:
     return tomli_w.dumps(doc, indent=4)
 
 
-def _pylock(env: Environment, provenance: Provenance) -> str:
+def _pylock(env: Environment, provenance: Provenance, indexes: tuple[str, ...]) -> str:
     """PEP 751 (https://packaging.python.org/en/latest/specifications/pylock-toml/), one file entry per locked hash.
 
     The database holds names, versions and hashes; a pylock names each file and where to fetch it, so the files
     are looked up on the index the environment was resolved against, keeping only those whose hash uv locked.
+    That index is ingested data and the request is an unauthenticated GET, so it is asked only if it is one of
+    the configured `indexes` (issue 15: no file://, no arbitrary hosts), and redirects may not leave them.
     """
+    if not allowed_index(env.index_url, indexes):
+        raise LockfileUnavailable(409, f"format=pylock: the index {env.index_url} is not one this server fetches "
+                                       f"from (KNOWNGOOD_PYLOCK_INDEXES: {', '.join(indexes) or 'none'}); "
+                                       "the other formats need no index")
     packages = list(env.packages)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        files = list(pool.map(lambda p: index_files(env.index_url, p.name, p.version), packages))
+        files = list(pool.map(lambda p: index_files(env.index_url, p.name, p.version, indexes), packages))
     entries = []
     for package, found in zip(packages, files, strict=True):
         locked = {h.partition(":")[2] for h in package.hashes if h.startswith("sha256:")}
@@ -177,13 +202,38 @@ class IndexFile:
         return out
 
 
+class _RedirectWithin(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to an allowed index (a simple index may redirect to the normalised name)."""
+
+    def __init__(self, indexes: tuple[str, ...]) -> None:
+        self.indexes = indexes
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        if not allowed_index(newurl, self.indexes):
+            raise urllib.error.HTTPError(newurl, code, f"redirect outside the allowed indexes: {newurl}", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener(indexes: tuple[str, ...]) -> urllib.request.OpenerDirector:
+    """http(s) only: unlike urlopen's default opener, no file:, ftp: or data: handler."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(), _RedirectWithin(indexes),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
 @lru_cache(maxsize=4096)
-def index_files(index_url: str, name: str, version: str) -> tuple[IndexFile, ...]:
+def index_files(index_url: str, name: str, version: str,
+                indexes: tuple[str, ...] = DEFAULT_PYLOCK_INDEXES) -> tuple[IndexFile, ...]:
     """The files of `name==version` on a simple index (PEP 691 JSON or PEP 503 HTML); pinned files never change."""
+    if not allowed_index(index_url, indexes):
+        raise LockfileUnavailable(409, f"the index {index_url} is not one this server fetches from")
     page = f"{index_url.rstrip('/')}/{canonicalize_name(name)}/"
     request = urllib.request.Request(page, headers={"Accept": _ACCEPT, "User-Agent": "knowngood"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with _opener(indexes).open(request, timeout=30) as response:
             content_type = response.headers.get("Content-Type", "")
             body = response.read()
     except urllib.error.HTTPError as exc:
@@ -256,13 +306,14 @@ def _parse_html(text: str) -> list[dict[str, Any]]:
 SIDES = ("research", "production")
 
 
-def render_side(session: Session, chain: SplitChainOut, side: str, fmt: str) -> str:
+def render_side(session: Session, chain: SplitChainOut, side: str, fmt: str,
+                indexes: Sequence[str] = DEFAULT_PYLOCK_INDEXES) -> str:
     """One side of a split chain: the research side (export environment, torch) or the production side
     (runtime environment, no torch), stamped with the other side it was proven with."""
     mine, other = (chain.research, chain.production) if side == "research" else (chain.production, chain.research)
     env = session.get_one(Environment, mine.environment_id)
     text = render_environment(env, Provenance(chain.run_id, chain.recorded_at, tuple(m.model for m in chain.models)),
-                              fmt)
+                              fmt, indexes)
     note = (f"# {side} side of a split chain: the graphs exported in {chain.research.name} passed when run in "
             f"{chain.production.name}; the {'production' if side == 'research' else 'research'} side's lockfile is "
             f"side={'production' if side == 'research' else 'research'} (lock {other.lock_hash[:12]})\n")

@@ -13,7 +13,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import ColumnElement, Row, exists, func, select
+from sqlalchemy import ColumnElement, Row, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from api.schemas import (
@@ -37,8 +37,8 @@ from api.schemas import (
     SplitChainOut,
     StepOut,
 )
-from matrix.routes import ALIASES, KEY_PACKAGES, ROUTE_PACKAGES
-from store.models import Case, Environment, Package, Run, Step
+from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES
+from store.models import Case, DataChange, Environment, Package, Run, Step
 
 # A result row of any shape (SQLAlchemy 2.1's Row is variadic: Row[Any] would be a one-column row).
 AnyRow = Row[*tuple[Any, ...]]
@@ -80,9 +80,9 @@ class ChainQuery:
 
 
 def split_names(value: str | list[str] | None) -> list[str]:
-    """`a,b` or repeated parameters → names, in order, without blanks."""
+    """`a,b` or repeated parameters (`models=a&models=b`) → names, in order, without blanks or repeats."""
     parts = [value] if isinstance(value, str) else (value or [])
-    return [n.strip() for part in parts for n in part.split(",") if n.strip()]
+    return list(dict.fromkeys(n.strip() for part in parts for n in part.split(",") if n.strip()))
 
 
 def aliases(name: str) -> tuple[str, ...]:
@@ -122,10 +122,29 @@ def rank_key(versions: dict[str, str]) -> tuple[Version, ...]:
             _version(versions.get("onnxruntime")))
 
 
+def current(case: Any = Case) -> ColumnElement[bool]:
+    """True for a case that is the current result of its identity: no newer one in the same environment.
+
+    The identity is (environment, model, route, exporter, opset, artifact). An environment re-run under a new
+    corpus (model hash) or runner version keeps its old rows, and uniqueness includes those two, so one identity
+    can hold several results; the most recently recorded one (then the highest id) is the one that counts. A
+    superseded pass must not keep a chain known good (issue 15). The probe is one range of uq_case_identity.
+    A runtime environment of split chains holds one case per stored graph: the artifact is part of the identity.
+    `case` is Case or an alias of it.
+    """
+    newer = aliased(Case)
+    return ~exists().where(
+        newer.environment_id == case.environment_id, newer.model == case.model, newer.route == case.route,
+        newer.exporter == case.exporter, newer.opset == case.opset,
+        newer.artifact_id.is_not_distinct_from(case.artifact_id),
+        or_(newer.recorded_at > case.recorded_at, and_(newer.recorded_at == case.recorded_at, newer.id > case.id)),
+    )
+
+
 def _chain_conditions(query: ChainQuery) -> list[ColumnElement[bool]]:
     # Joint chains only: a runtime environment's cases start from a stored artifact and need their export side.
     conditions = [Case.model.in_(query.models), Case.route == query.route, Case.status == "pass",
-                  Case.artifact_id.is_(None)]
+                  Case.artifact_id.is_(None), current()]
     if query.exporter:
         conditions.append(Case.exporter == query.exporter)
     return conditions
@@ -280,23 +299,9 @@ def known_models(session: Session) -> set[str]:
     return set(session.scalars(select(Case.model).distinct()))
 
 
-def status_table(session: Session) -> list[tuple[str, str, str, str, float | None]]:
-    """(environment, model, route, status, max_abs_diff) for every recorded case, for the first page."""
-    rows = session.execute(
-        select(Environment.name, Case.model, Case.route, Case.exporter, Case.opset, Case.status,
-               Case.max_abs_diff, Case.signature)
-        .join(Environment, Environment.id == Case.environment_id)
-        .order_by(Environment.name, Case.model, Case.route)
-    )
-    return [tuple(r) for r in rows]  # type: ignore[misc]
-
-
-def data_version(session: Session) -> tuple[int, int]:
-    """Changes whenever a case or environment is recorded (rows are only ever added): keys the response cache."""
-    row = session.execute(
-        select(select(func.max(Case.id)).scalar_subquery(), select(func.max(Environment.id)).scalar_subquery())
-    ).one()
-    return (row[0] or 0, row[1] or 0)
+def data_version(session: Session) -> int:
+    """Keys the response cache: a counter that triggers move on every committed insert, update or delete."""
+    return session.scalar(select(DataChange.counter).where(DataChange.id == 1)) or 0
 
 
 @lru_cache(maxsize=16384)
@@ -339,7 +344,7 @@ class MatrixQuery:
 
 def _case_filters(route: str | None, models: tuple[str, ...], exporter: str | None,
                   python: str | None) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
+    conditions: list[ColumnElement[bool]] = [current()]
     if route:
         conditions.append(Case.route == route)
     if models:
@@ -600,7 +605,7 @@ def environment_provenance(session: Session, env_id: int) -> Provenance:
         .order_by(Case.recorded_at.desc()).limit(1)
     ).first()
     passed = session.scalars(
-        select(Case.model).where(Case.environment_id == env_id, Case.status == "pass").distinct()
+        select(Case.model).where(Case.environment_id == env_id, Case.status == "pass", current()).distinct()
         .order_by(Case.model)
     ).all()
     return Provenance(newest.run_id if newest else None, newest.recorded_at if newest else None, tuple(passed))
@@ -619,7 +624,8 @@ def facets(session: Session) -> dict[str, list[str]]:
     return {
         "models": sorted({c.model for c in combos}),
         "routes": sorted({c.route for c in combos}),
-        "exporters": sorted({c.exporter for c in combos}),
+        # Only what the exporter filter accepts: a route without an ONNX export records exporter "none".
+        "exporters": sorted({c.exporter for c in combos} & set(EXPORTERS)),
         "pythons": sorted(session.scalars(select(Environment.python).distinct()), key=version_key),
         "packages": first + sorted(merged - set(first)),
     }
@@ -661,7 +667,8 @@ def split_chain_page(
     runtime, export = aliased(Case), aliased(Case)
     conditions = [runtime.model.in_(query.models), runtime.route == query.route, runtime.status == "pass",
                   runtime.artifact_id.is_not(None), export.route == "export", export.status == "pass",
-                  export.artifact_id == runtime.artifact_id, export.model == runtime.model]
+                  export.artifact_id == runtime.artifact_id, export.model == runtime.model,
+                  current(runtime), current(export)]
     if query.exporter:
         conditions.append(export.exporter == query.exporter)
     pairs = session.execute(

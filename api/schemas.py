@@ -7,13 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
+from store.db import as_utc
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    # Times are stored in UTC; SQLite hands them back without an offset, and RFC 3339 requires one.
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
-
-
-Timestamp = Annotated[dt.datetime, AfterValidator(_utc)]
+# RFC 3339 requires an offset; the store hands back aware UTC times, and a naive one given here means UTC too.
+Timestamp = Annotated[dt.datetime, AfterValidator(as_utc)]
 
 
 class ModelEvidence(BaseModel):

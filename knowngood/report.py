@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from api.changes import Cell, Outcome, Report, ReportError, compare
+from store.db import as_utc
 
 __all__ = ["ReportError", "compare", "render"]
 
@@ -22,8 +23,7 @@ def _sig(outcome: Outcome) -> str:
 def _when(value: dt.datetime | None) -> str:
     if value is None:
         return "?"
-    value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-    return value.strftime("%Y-%m-%d %H:%M UTC")
+    return as_utc(value).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _n(items: list, word: str, plural: str = "s") -> str:  # type: ignore[type-arg]

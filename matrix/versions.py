@@ -19,6 +19,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from matrix.spec import LatestMinors, Spec
+from store.db import as_utc
 from store.errors import KnowngoodError
 
 DEFAULT_INDEX = "https://pypi.org/simple"  # uv's default too: what an environment without index settings used
@@ -162,9 +163,7 @@ def resolve_selectors(spec: Spec, fetch: Fetcher | None = None) -> dict[str, lis
     fetch = fetch or fetch_releases
     cutoff = None
     if spec.exclude_newer:
-        cutoff = dt.datetime.fromisoformat(spec.exclude_newer.replace("Z", "+00:00"))
-        if cutoff.tzinfo is None:
-            cutoff = cutoff.replace(tzinfo=dt.UTC)
+        cutoff = as_utc(dt.datetime.fromisoformat(spec.exclude_newer.replace("Z", "+00:00")))
     out: dict[str, list[str]] = {}
     for name, values in spec.axes.items():
         for value in values:

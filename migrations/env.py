@@ -44,6 +44,9 @@ def _migrate(connection) -> None:  # type: ignore[no-untyped-def]
             target_metadata=Base.metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            # One transaction per revision: a data migration's writes fire their deferred change-counter
+            # triggers (0003) at its own commit, so a later revision may alter or drop those tables.
+            transaction_per_migration=True,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -11,6 +11,7 @@ from pathlib import Path
 from matrix.expand import Environment
 from runner import pythons, uv
 from runner.errors import InterpreterNotFound
+from store.db import as_utc
 from store.locks import Lock, parse_lock
 from store.models import Environment as EnvironmentRow
 
@@ -60,10 +61,7 @@ def resolve(
 def _fresh(env: Environment, stored: EnvironmentRow, ttl: float) -> bool:
     if env.cutoff is not None:
         return True
-    resolved_at = stored.resolved_at
-    if resolved_at.tzinfo is None:
-        resolved_at = resolved_at.replace(tzinfo=dt.UTC)  # SQLite returns naive UTC
-    return (dt.datetime.now(dt.UTC) - resolved_at).total_seconds() < ttl
+    return (dt.datetime.now(dt.UTC) - as_utc(stored.resolved_at)).total_seconds() < ttl
 
 
 def venv_path(env_root: Path, resolved: Resolved) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import JSON, DateTime, Dialect, Engine, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING_CONVENTION = {
@@ -17,10 +17,35 @@ NAMING_CONVENTION = {
 }
 
 
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """The one place a time is normalised: naive means UTC (SQLite's way of storing it), aware is converted.
+
+    Raises OverflowError for a time whose UTC equivalent is outside year 1..9999 (e.g. 0001-01-01T00:00+09:00).
+    """
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp that is UTC on the way in and aware UTC on the way out, on both databases.
+
+    SQLite's DateTime drops the offset without converting (09:00+09:00 would be stored as 09:00Z), and hands
+    back naive values; PostgreSQL converts, then answers in the session's zone. Both now agree.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        return None if value is None else as_utc(value)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        return None if value is None else as_utc(value)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {
-        dt.datetime: DateTime(timezone=True),
+        dt.datetime: UTCDateTime(),
         dict[str, Any]: JSON,
         list[str]: JSON,
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from store.db import Base, utcnow
@@ -40,7 +40,14 @@ class Environment(Base):
     """A python version plus top-level requirements, resolved by uv into a pinned package set."""
 
     __tablename__ = "environment"
-    __table_args__ = (UniqueConstraint("hash", "lock_hash"),)
+    __table_args__ = (
+        UniqueConstraint("hash", "lock_hash"),
+        # The constraint above lets any number of (hash, NULL) rows through: NULLs are distinct in a unique key on
+        # both databases. This partial index makes an unresolved environment's natural key hold too, including
+        # against concurrent ingests (PostgreSQL 15's NULLS NOT DISTINCT would cover only one backend).
+        Index("uq_environment_unresolved_hash", "hash", unique=True,
+              sqlite_where=text("lock_hash IS NULL"), postgresql_where=text("lock_hash IS NULL")),
+    )
 
     id: Mapped[intpk]
     hash: Mapped[str] = mapped_column(String(64), index=True, comment="sha256 of the request")
@@ -167,3 +174,17 @@ class Step(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     case: Mapped[Case] = relationship(back_populates="steps")
+
+
+class DataChange(Base):
+    """One row counting committed changes to the tables above; the API's response cache polls it.
+
+    Bumped by triggers (migration 0003), not by the code that writes: `db resignature`, a run being finished or
+    any other in-place update or delete moves it too, whoever makes it. New rows alone were not enough.
+    """
+
+    __tablename__ = "data_change"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    counter: Mapped[int] = mapped_column(BigInteger, comment="incremented once per writing transaction (PostgreSQL) "
+                                                             "or per changed row (SQLite)")

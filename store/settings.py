@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Where format=pylock may look files up; PyPI and PyTorch's own index are what the shipped specs resolve against.
+DEFAULT_PYLOCK_INDEXES = ("https://pypi.org/simple", "https://download.pytorch.org/whl")
 
 
 def _cache_home() -> Path:
@@ -51,13 +55,35 @@ class Settings(BaseSettings):
     ingest_token: str | None = Field(default=None, description="Bearer token for POST /api/v1/runs.")
     response_cache_size: int = Field(
         default=512, ge=0,
-        description="API answers kept per process, each valid until new results are recorded; 0 = off.",
+        description="API answers kept per process, each valid until recorded data changes; 0 = off.",
     )
     response_cache_recheck: float = Field(
-        default=1.0, ge=0, description="Seconds between checks for newly recorded results (0: on every request).",
+        default=1.0, ge=0, description="Seconds between checks for changed data (0: on every request).",
+    )
+    ingest_max_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0,
+        description="Largest POST /api/v1/runs body accepted (413 above); the shipped snapshot is ~15 MB as JSON.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL the API is reached at (https://knowngood.example.org), for absolute links in answers; "
+                    "links are relative to the host when unset (never taken from the request's Host header).",
+    )
+    pylock_indexes: list[str] = Field(
+        default=list(DEFAULT_PYLOCK_INDEXES),
+        description="Indexes format=pylock may fetch file lists from (an environment's index_url must start with "
+                    "one of them); anything else is answered 409 without a request leaving the server.",
     )
     max_environments: int = Field(
         default=100_000, gt=0,
         description="largest plan a run or `plan` expands (a spec's limits.max-environments may lower it)",
     )
     keep_workdirs: bool = False
+
+    @field_validator("pylock_indexes")
+    @classmethod
+    def _https_only(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+                raise ValueError(f"pylock_indexes: expected http(s) URLs, got {url!r}")
+        return [url.rstrip("/") for url in value]

@@ -15,17 +15,29 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import math
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Annotated, Any, Final, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import select
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy import Insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from store import relabel
+from store.db import as_utc
 from store.errors import KnowngoodError
 from store.locks import parse_lock
 from store.models import Case, Environment, Package, Run, Step
@@ -46,6 +58,70 @@ class SnapshotError(KnowngoodError, ValueError):
     exit_code = 2
 
 
+# What both databases store and hand back unchanged, checked here so that SQLite and PostgreSQL refuse the same
+# documents with the same 422 instead of one of them failing with a 500 (issue 15).
+EARLIEST: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST: Final = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)  # a year short of datetime.max: room for any time zone
+
+
+def _timestamp(value: dt.datetime) -> dt.datetime:
+    try:
+        utc = as_utc(value)
+    except OverflowError:  # e.g. 0001-01-01T00:00+09:00 is in year 0 in UTC
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValueError(f"expected a time between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC), got "
+                         f"{value.isoformat()}")
+    return utc
+
+
+# Aware and in UTC from here on: an offset is converted once, never dropped.
+Timestamp = Annotated[dt.datetime, AfterValidator(_timestamp)]
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]  # INTEGER columns
+Bytes64 = Annotated[int, Field(ge=0, le=2**63 - 1)]  # BIGINT columns holding byte counts
+
+
+def _not_nan(value: float) -> float:
+    # SQLite stores NaN as NULL, PostgreSQL as NaN. Infinity both keep, and the runner records it (parity where
+    # one side is not finite), so it stays.
+    if math.isnan(value):
+        raise ValueError("expected a number or infinity, got NaN")
+    return value
+
+
+Measured = Annotated[float, AfterValidator(_not_nan)]  # FLOAT columns
+# JSON columns: PostgreSQL's json type takes neither NaN nor Infinity (they are not JSON), SQLite takes both.
+JSON_FIELDS = frozenset({"details", "memory", "counts"})
+
+
+def _index_url(value: str) -> str:
+    # Served back in lockfiles (a comment line, pyproject's [tool.uv] index): one http(s) URL, nothing that could
+    # start a line of its own.
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
+        raise ValueError(f"expected an http(s) index URL without spaces, got {value!r}")
+    return value
+
+
+def _unstorable(value: Any, path: str, in_json: bool = False) -> str | None:
+    """The path and reason of the first value the databases would not both keep as it is: a NUL anywhere (no
+    PostgreSQL text holds one), a NaN or infinity inside a JSON column."""
+    if isinstance(value, str):
+        return f"{path}: must not contain a NUL character" if "\x00" in value else None
+    if isinstance(value, float) and in_json:
+        return None if math.isfinite(value) else f"{path}: expected a finite number, got {value}"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if found := _unstorable(key, where) or _unstorable(item, where, in_json or key in JSON_FIELDS):
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if found := _unstorable(item, f"{path}[{i}]", in_json):
+                return found
+    return None
+
+
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,15 +132,15 @@ class EnvironmentKey(_Doc):
 
 
 class StepDoc(_Doc):
-    ordinal: int = Field(ge=0)
+    ordinal: int = Field(ge=0, le=2**31 - 1)
     name: str = Field(min_length=1, max_length=32)
     status: StepStatus
-    seconds: float | None = None
-    peak_rss: int | None = None
+    seconds: Measured | None = None
+    peak_rss: Bytes64 | None = None
     error_type: str | None = Field(default=None, max_length=200)
     message: str | None = None
     signature: str | None = Field(default=None, max_length=300)
-    max_abs_diff: float | None = None
+    max_abs_diff: Measured | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -74,15 +150,15 @@ class CaseDoc(_Doc):
     model: str = Field(min_length=1, max_length=200)
     route: str = Field(min_length=1, max_length=64)
     exporter: str = Field(min_length=1, max_length=64)
-    opset: int
-    opset_emitted: int | None = None
+    opset: Int32
+    opset_emitted: Int32 | None = None
     model_hash: str = Field(max_length=64)
     corpus_version: str = Field(max_length=64)
     runner_version: str = Field(max_length=64)
     status: CaseStatus
     signature: str | None = Field(default=None, max_length=300)
-    max_abs_diff: float | None = None
-    recorded_at: dt.datetime
+    max_abs_diff: Measured | None = None
+    recorded_at: Timestamp
     steps: list[StepDoc] = Field(default_factory=list)
 
     def identity(self) -> tuple[str, str | None, str, str, str, int, str, str]:
@@ -104,14 +180,14 @@ class EnvironmentDoc(_Doc):
     python_full: str | None = Field(default=None, max_length=32)
     requirements: list[str]
     excludes: list[str] = Field(default_factory=list)
-    index_url: str = Field(max_length=500)
+    index_url: Annotated[str, Field(max_length=500), AfterValidator(_index_url)]
     cutoff: str | None = Field(default=None, max_length=40)
     status: str = Field(min_length=1, max_length=24)
     lock: list[int] | None = Field(default=None, description="v2: the lock text as indices into lock_blocks")
     lock_text: str | None = None
     error: str | None = None
     signature: str | None = Field(default=None, max_length=300)
-    resolved_at: dt.datetime
+    resolved_at: Timestamp
     memory: dict[str, Any] = Field(default_factory=dict)
     packages: list[PackageDoc] | None = Field(
         default=None, description="v2: omitted means the lock's pins; v1: omitted means none")
@@ -128,8 +204,8 @@ class RunDoc(_Doc):
     corpus_version: str = Field(max_length=64)
     host: str = Field(max_length=200)
     cutoff: str | None = Field(default=None, max_length=40)
-    started_at: dt.datetime
-    finished_at: dt.datetime | None = None
+    started_at: Timestamp
+    finished_at: Timestamp | None = None
     status: RunStatus
     counts: dict[str, Any] = Field(default_factory=dict)
 
@@ -139,11 +215,20 @@ class Snapshot(_Doc):
 
     format: Literal["knowngood-snapshot"] = FORMAT
     format_version: Literal[1, 2] = 1  # documents from before versions were numbered are version 1
-    exported_at: dt.datetime | None = None
+    exported_at: Timestamp | None = None
     runs: list[RunDoc] = Field(default_factory=list)
     lock_blocks: list[str] = Field(default_factory=list, description="v2: distinct lock blocks, see split_lock")
     environments: list[EnvironmentDoc] = Field(default_factory=list)
     cases: list[CaseDoc] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        # One walk over the raw document, before the fields: the message names the path of the offending value.
+        found = _unstorable(data, "")
+        if found:
+            raise ValueError(found)
+        return data
 
     @field_validator("format_version", mode="before")
     @classmethod
@@ -261,11 +346,6 @@ def parse(data: Any) -> Snapshot:
 # --- export -----------------------------------------------------------------------------------------------
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones in the session's zone."""
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
 def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
     """The document for every run, or only for `run_ids` (their cases and the environments those use)."""
     run_query = select(Run).order_by(Run.started_at, Run.id)
@@ -296,15 +376,15 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
         exported_at=dt.datetime.now(dt.UTC),
         runs=[RunDoc(id=r.id, spec_name=r.spec_name, spec_hash=r.spec_hash, runner_version=r.runner_version,
                      corpus_version=r.corpus_version, host=r.host, cutoff=r.cutoff,
-                     started_at=_utc(r.started_at),
-                     finished_at=None if r.finished_at is None else _utc(r.finished_at),
+                     started_at=as_utc(r.started_at),
+                     finished_at=None if r.finished_at is None else as_utc(r.finished_at),
                      status=cast(RunStatus, r.status), counts=r.counts or {}) for r in runs],
         environments=sorted(
             (EnvironmentDoc(
                 hash=e.hash, lock_hash=e.lock_hash, name=e.name, python=e.python, python_full=e.python_full,
                 requirements=list(e.requirements), excludes=list(e.excludes or []), index_url=e.index_url,
                 cutoff=e.cutoff, status=e.status, lock_text=e.lock_text, error=e.error, signature=e.signature,
-                resolved_at=_utc(e.resolved_at), memory=e.memory or {},
+                resolved_at=as_utc(e.resolved_at), memory=e.memory or {},
                 packages=[PackageDoc(name=p.name, version=p.version, hashes=list(p.hashes or []))
                           for p in sorted(e.packages, key=lambda p: p.name)],
             ) for e in envs),
@@ -317,7 +397,7 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
                 model=c.model, route=c.route, exporter=c.exporter, opset=c.opset, opset_emitted=c.opset_emitted,
                 model_hash=c.model_hash, corpus_version=c.corpus_version, runner_version=c.runner_version,
                 status=cast(CaseStatus, c.status), signature=c.signature, max_abs_diff=c.max_abs_diff,
-                recorded_at=_utc(c.recorded_at),
+                recorded_at=as_utc(c.recorded_at),
                 steps=[StepDoc(ordinal=s.ordinal, name=s.name, status=cast(StepStatus, s.status), seconds=s.seconds,
                                peak_rss=s.peak_rss, error_type=s.error_type, message=s.message,
                                signature=s.signature, max_abs_diff=s.max_abs_diff, details=s.details or {})
@@ -330,8 +410,8 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
 
 
 def _within(when: dt.datetime, window: tuple[dt.datetime, dt.datetime | None]) -> bool:
-    start, end = _utc(window[0]), None if window[1] is None else _utc(window[1])
-    at = _utc(when)
+    start, end = as_utc(window[0]), None if window[1] is None else as_utc(window[1])
+    at = as_utc(when)
     return start <= at and (end is None or at <= end)
 
 
@@ -417,39 +497,75 @@ def store(session: Session, doc: Snapshot) -> Imported:
 
     A run stored as `running` is completed by a document that has it `finished` (a remote runner may
     post while it runs and again at the end). Everything else is insert-if-missing on natural keys.
-    A concurrent writer of the same rows makes the first attempt fail on a unique key; the retry finds them.
+    Runs and environments are insert-or-fetch (ON CONFLICT DO NOTHING, then read the winner's row), so
+    concurrent ingests of one document agree on them; a concurrent writer of the same cases makes an attempt
+    fail on a unique key, and the retry finds them.
     """
-    try:
-        return _store(session, doc)
-    except IntegrityError:
-        session.rollback()
-        return _store(session, doc)
+    for attempt in range(3):
+        try:
+            return _store(session, doc)
+        except IntegrityError:
+            session.rollback()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _insert(session: Session, model: type[Run] | type[Environment] | type[Package]) -> Insert:
+    """INSERT … ON CONFLICT DO NOTHING in the session's dialect (both spell it the same way)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model).on_conflict_do_nothing()
+    return sqlite.insert(model).on_conflict_do_nothing()
+
+
+def _find_environment(session: Session, key: tuple[str, str | None]) -> Environment | None:
+    env_hash, lock_hash = key
+    query = select(Environment).where(Environment.hash == env_hash)
+    query = query.where(Environment.lock_hash == lock_hash if lock_hash is not None
+                        else Environment.lock_hash.is_(None))
+    return session.scalars(query.order_by(Environment.id).limit(1)).first()
+
+
+def _find_row_id(session: Session, key: tuple[str, str | None]) -> int:
+    row = _find_environment(session, key)
+    if row is None:
+        raise IntegrityError("environment", key, Exception("vanished after a conflicting insert"))
+    return row.id
+
+
+def _environment(session: Session, e: EnvironmentDoc) -> tuple[Environment, bool]:
+    """The row for `e`'s natural key, inserted if missing; True if this call inserted it."""
+    row = _find_environment(session, e.key())
+    if row is not None:
+        return row, False
+    fields = e.model_dump(exclude={"lock", "packages"})
+    # On PostgreSQL a concurrent insert of the same key makes this wait for that transaction, then do nothing.
+    env_id = session.execute(_insert(session, Environment).values(**fields).returning(Environment.id)).scalar()
+    if env_id is None:  # the concurrent writer's row, now committed
+        return session.get_one(Environment, _find_row_id(session, e.key())), False
+    if e.packages:
+        session.execute(_insert(session, Package),
+                        [{**p.model_dump(), "environment_id": env_id} for p in e.packages])
+    return session.get_one(Environment, env_id), True
 
 
 def _store(session: Session, doc: Snapshot) -> Imported:
     out = Imported(runs=[r.id for r in doc.runs])
     try:
-        existing_runs = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(out.runs)))}
         for r in doc.runs:
-            row = existing_runs.get(r.id)
-            if row is None:
-                session.add(Run(**r.model_dump()))
+            added = session.execute(_insert(session, Run).values(**r.model_dump()).returning(Run.id)).scalar()
+            if added is not None:
                 out.runs_added += 1
-            elif row.status != "finished" and r.status == "finished":
+                continue
+            row = session.get_one(Run, r.id)
+            if row.status != "finished" and r.status == "finished":
                 row.status, row.finished_at, row.counts = r.status, r.finished_at, r.counts
                 out.runs_finished += 1
         env_ids: dict[tuple[str, str | None], Environment] = {}
         for e in doc.environments:
-            query = select(Environment).where(Environment.hash == e.hash)
-            query = query.where(Environment.lock_hash == e.lock_hash if e.lock_hash is not None
-                                else Environment.lock_hash.is_(None))
-            env_row = session.scalars(query.order_by(Environment.id).limit(1)).first()
-            if env_row is None:
-                fields = e.model_dump(exclude={"lock", "packages"})
-                env_row = Environment(**fields, packages=[Package(**p.model_dump()) for p in e.packages or ()])
-                session.add(env_row)
-                out.environments_added += 1
+            env_row, env_added = _environment(session, e)
             env_ids[e.key()] = env_row
+            out.environments_added += env_added
         session.flush()
         known: dict[int, set[tuple[Any, ...]]] = {}
         for c in doc.cases:

@@ -27,7 +27,7 @@ LimitParam = Annotated[int, Query(ge=1, le=1000, description="at most this many 
 
 
 def parse_query(
-    session: Session, models: str, route: str, exporter: str | None, python: str | None,
+    session: Session, models: list[str], route: str, exporter: str | None, python: str | None,
     require: list[str] | None, limit: int | None = None,
 ) -> queries.ChainQuery:
     """Shared by /chains and /lockfile: parse, then check names against what is recorded."""

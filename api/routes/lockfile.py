@@ -28,14 +28,14 @@ async def get_lockfile(
     with `side`, one side of the best split chain."""
     def build(session: Session) -> Response:
         query = parse_query(session, models, route, exporter, python, require, limit=1)
-        facts = request.app.state.env_facts
+        facts, indexes = request.app.state.env_facts, request.app.state.settings.pylock_indexes
         if side is None:
             chains = queries.known_good_chains(session, query, facts)
             if chains:
-                return text_response(lockfile.render(session, chains[0], format), format)
+                return text_response(lockfile.render(session, chains[0], format, indexes), format)
         split, _ = queries.split_chain_page(session, query, facts)
         if split and side is not None:
-            return text_response(lockfile.render_side(session, split[0], side, format), format)
+            return text_response(lockfile.render_side(session, split[0], side, format, indexes), format)
         if split:
             raise HTTPException(409, detail="only split chains are known good for these models, route and "
                                 "requirements: ask for side=research (the export environment) and side=production "

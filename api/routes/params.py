@@ -11,12 +11,21 @@ from sqlalchemy.orm import Session
 from api import queries
 from matrix.routes import EXPORTERS, ROUTES
 
-ModelsParam = Annotated[str, Query(description="comma-separated model names, e.g. resnet,transformer",
-                                   examples=["resnet"])]
-OptionalModelsParam = Annotated[str | None, Query(description="comma-separated model names; all when omitted")]
-RouteParam = Annotated[str, Query(description=" | ".join(ROUTES), examples=["onnxruntime"])]
-OptionalRouteParam = Annotated[str | None, Query(description=f"{' | '.join(ROUTES)}; all when omitted")]
-ExporterParam = Annotated[str | None, Query(description=" | ".join(EXPORTERS))]
+# Repeatable as split_names promises (`models=a,b` is `models=a&models=b`); every other single-valued parameter
+# given twice is refused by reject_repeats rather than silently answered with its last value.
+ModelsParam = Annotated[list[str], Query(description="model names, comma-separated or repeated, e.g. "
+                                                     "resnet,transformer", examples=[["resnet"]])]
+OptionalModelsParam = Annotated[list[str] | None, Query(description="model names, comma-separated or repeated; "
+                                                                   "all when omitted")]
+REPEATABLE = frozenset({"models", "require"})
+# The enums are documented for clients and generators; the values are still checked by check_route and
+# check_exporter, whose 422 says what was expected in our words.
+RouteParam = Annotated[str, Query(description=" | ".join(ROUTES), examples=["onnxruntime"],
+                                  json_schema_extra={"enum": list(ROUTES)})]
+OptionalRouteParam = Annotated[str | None, Query(description=f"{' | '.join(ROUTES)}; all when omitted",
+                                                 json_schema_extra={"enum": list(ROUTES)})]
+ExporterParam = Annotated[str | None, Query(description=" | ".join(EXPORTERS),
+                                            json_schema_extra={"enum": list(EXPORTERS)})]
 PythonParam = Annotated[str | None, Query(description="python minor version, e.g. 3.11")]
 RequireParam = Annotated[list[str] | None, Query(description="PEP 508 pins, repeatable: require=torch>=2.3")]
 
@@ -65,6 +74,15 @@ def check_packages(session: Session, param: str, names: list[str]) -> None:
     if unknown:
         raise queries.QueryError(param, f"no recorded environment pins {', '.join(unknown)}; expected a package "
                                         "name such as torch, tensorflow, onnx, onnxruntime")
+
+
+async def reject_repeats(request: Request) -> None:  # async: runs on the loop, no thread hop
+    """A single-valued parameter given twice (`format=constraints&format=requirements`) is ambiguous: 422."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    for name in dict.fromkeys(names):
+        if name not in REPEATABLE and names.count(name) > 1:
+            raise queries.QueryError(name, f"given {names.count(name)} times; expected one value "
+                                           f"(only {' and '.join(sorted(REPEATABLE))} repeat)")
 
 
 async def reject_nul(request: Request) -> None:  # async: runs on the loop, no thread hop

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from api import lockfile, queries
-from api.deps import SessionDep
+from api.deps import SessionDep, SettingsDep
 from api.routes.lockfile import text_response
 from api.routes.params import errors, json_response
 from api.schemas import EnvironmentOut, RunDetailOut, RunsOut
@@ -38,24 +38,27 @@ def get_run(session: SessionDep, run_id: str) -> Response:
 
 
 @router.get("/environments/{env_id}", response_model=EnvironmentOut, responses=errors(404))
-def get_environment(request: Request, session: SessionDep, env_id: EnvironmentId) -> Response:
+def get_environment(request: Request, session: SessionDep, settings: SettingsDep, env_id: EnvironmentId) -> Response:
     """An environment: its request, resolved packages, and every case with its steps and signatures."""
     env = queries.environment_detail(session, env_id)
     if env is None:
         raise HTTPException(404, detail=f"no environment {env_id}")
     if env.lock_hash:
-        url = request.url_for("get_environment_lockfile", env_id=env_id)
-        env.lockfiles = {fmt: str(url.include_query_params(format=fmt)) for fmt in lockfile.FORMATS}
+        # Never from the Host header (anyone can send one): the configured public URL, else a host-relative link.
+        base = (settings.public_url or "").rstrip("/") or request.scope.get("root_path", "")
+        path = request.app.url_path_for("get_environment_lockfile", env_id=env_id)
+        env.lockfiles = {fmt: f"{base}{path}?format={fmt}" for fmt in lockfile.FORMATS}
     return json_response(env)  # built and validated once, from the query; not validated again on the way out
 
 
 @router.get("/environments/{env_id}/lockfile", response_class=PlainTextResponse, responses=errors(404, 409, 502))
 def get_environment_lockfile(
-    session: SessionDep, env_id: EnvironmentId, format: lockfile.Format = "requirements",
+    session: SessionDep, settings: SettingsDep, env_id: EnvironmentId, format: lockfile.Format = "requirements",
 ) -> Response:
     """This environment's lockfile, whatever its results: stamped with the newest run that recorded cases in it."""
     env = queries.environment_row(session, env_id)
     if env is None:
         raise HTTPException(404, detail=f"no environment {env_id}")
-    text = lockfile.render_environment(env, queries.environment_provenance(session, env_id), format)
+    text = lockfile.render_environment(env, queries.environment_provenance(session, env_id), format,
+                                       settings.pylock_indexes)
     return text_response(text, format)

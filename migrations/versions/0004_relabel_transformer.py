@@ -4,7 +4,7 @@ Keyed by the old family-file hash (store/relabel.py), so rows of the new plain `
 Downgrade names them back.
 
 Revision ID: 0004_relabel_transformer
-Revises: 0002 (0003_hardening once that lands: see down_revision)
+Revises: 0003
 Create Date: 2026-11-29 08:30:00.000000
 """
 
@@ -15,9 +15,7 @@ from alembic import op
 from store.relabel import relabel_rows
 
 revision = "0004_relabel_transformer"
-# To follow 0003_hardening (another engineer's revision, not on this branch yet). Until it lands, this points
-# at the current head so the chain is linear; at merge, set it to "0003_hardening".
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

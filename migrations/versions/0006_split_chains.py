@@ -35,11 +35,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_artifact")),
         sa.UniqueConstraint("key", name=op.f("uq_artifact_key")),
     )
-    with op.batch_alter_table("environment", schema=None) as batch_op:
-        batch_op.add_column(sa.Column(
-            "kind", sa.String(length=16), server_default="joint", nullable=False,
-            comment="joint (torch and the runtime side in one) | export (torch: makes artifacts) | runtime (no torch)",
-        ))
+    # Not in batch mode: SQLite adds (and drops) a column in place, so `environment` keeps its partial unique
+    # index and its change-counter triggers (0003), which a table rebuild would lose.
+    op.add_column("environment", sa.Column(
+        "kind", sa.String(length=16), server_default="joint", nullable=False,
+        comment="joint (torch and the runtime side in one) | export (torch: makes artifacts) | runtime (no torch)",
+    ))
     with op.batch_alter_table("case", schema=None) as batch_op:
         batch_op.add_column(sa.Column(
             "artifact_id", sa.Integer(), nullable=True,
@@ -51,6 +52,17 @@ def upgrade() -> None:
         )
         batch_op.drop_constraint("uq_case_identity", type_="unique")
         batch_op.create_unique_constraint("uq_case_identity", [*_IDENTITY, "artifact_id"])
+    _restore_change_triggers("case")
+
+
+def _restore_change_triggers(table: str) -> None:
+    """SQLite rebuilds a table to change its constraints, and the rebuild drops the table's triggers: put back
+    the change counter's (0003), which the API's response cache relies on."""
+    if op.get_bind().dialect.name != "sqlite":
+        return
+    for event in ("insert", "update", "delete"):
+        op.execute(f'CREATE TRIGGER IF NOT EXISTS tr_{table}_{event}_data_change AFTER {event.upper()} ON "{table}" '
+                   "BEGIN UPDATE data_change SET counter = counter + 1 WHERE id = 1; END")
 
 
 def downgrade() -> None:
@@ -60,6 +72,6 @@ def downgrade() -> None:
         batch_op.drop_constraint(batch_op.f("fk_case_artifact_id_artifact"), type_="foreignkey")
         batch_op.drop_index(batch_op.f("ix_case_artifact_id"))
         batch_op.drop_column("artifact_id")
-    with op.batch_alter_table("environment", schema=None) as batch_op:
-        batch_op.drop_column("kind")
+    _restore_change_triggers("case")
+    op.drop_column("environment", "kind")
     op.drop_table("artifact")
