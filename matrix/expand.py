@@ -8,12 +8,12 @@ import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from matrix.routes import ROUTE_PACKAGES, ROUTES
+from matrix.routes import CONVERTER_OPTIONS, ROUTE_PACKAGES, ROUTES, TARGETS
 from matrix.spec import LatestMinors, Spec
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
@@ -27,6 +27,8 @@ SHORT = {
     "tensorflow-cpu": "tfcpu",
     "onnx2tf": "onnx2tf",
     "onnx-tf": "onnxtf",
+    "litert-torch": "litert",
+    "ai-edge-torch": "aiedge",
 }
 
 
@@ -40,6 +42,10 @@ class Environment:
     excludes: tuple[str, ...] = ()
     index: tuple[tuple[str, str], ...] = ()
     cutoff: str | None = None
+    # uv --override requirements (spec `overrides`): the declared pins they relax are recorded with the lock.
+    overrides: tuple[str, ...] = ()
+    # Converter options that are a spec axis (CONVERTER_OPTIONS): (axis, value), passed to each case's worker.
+    options: tuple[tuple[str, str], ...] = ()
 
     @property
     def id(self) -> str:
@@ -53,6 +59,9 @@ class Environment:
                 parts.append(f"{short}[{spec}]")
             else:
                 parts.append(short)
+        parts += [value for _, value in self.options]
+        if self.overrides:
+            parts.append("override." + ".".join(split_requirement(r)[0] for r in self.overrides))
         return "-".join(parts)
 
     @property
@@ -64,6 +73,11 @@ class Environment:
             "index": list(self.index),
             "cutoff": self.cutoff,
         }
+        # Only when present, so that the hashes of every environment recorded before issue 11 stay the same.
+        if self.overrides:
+            payload["overrides"] = sorted(self.overrides)
+        if self.options:
+            payload["options"] = [list(o) for o in self.options]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -85,10 +99,12 @@ class Case:
     exporter: str
     opset: int
     model_hash: str = field(default="", compare=False)
+    target: str = ""  # TARGETS: saved_model | tflite | keras on TF routes, "" elsewhere
 
     @property
     def key(self) -> str:
-        return f"{self.model}.{self.route}.{self.exporter}.op{self.opset}"
+        key = f"{self.model}.{self.route}.{self.exporter}.op{self.opset}"
+        return f"{key}.{self.target}" if self.target else key
 
 
 @dataclass(frozen=True)
@@ -195,12 +211,14 @@ def plan(
     version, model_hashes = corpus_hashes(corpus_path, spec.models)
     cases = tuple(dict.fromkeys(
         # A route that never exports (torch → Keras directly) has one case per model, not one per exporter/opset.
-        Case(model=m, route=r, exporter=e, opset=o, model_hash=model_hashes[m])
-        if "export" in ROUTES[r] else Case(model=m, route=r, exporter="none", opset=0, model_hash=model_hashes[m])
+        Case(model=m, route=r, exporter=e, opset=o, model_hash=model_hashes[m], target=t)
+        if "export" in ROUTES[r] else
+        Case(model=m, route=r, exporter="none", opset=0, model_hash=model_hashes[m], target=t)
         for m in spec.models
         for r in spec.routes
         for e in spec.exporters
         for o in spec.opsets
+        for t in targets_of(spec, r)
     ))
     axes: dict[str, list[str]] = {}
     for name, values in spec.axes.items():
@@ -214,10 +232,12 @@ def plan(
                 resolved.append(value)
         axes[name] = list(dict.fromkeys(resolved))
     index_items = tuple(sorted((index or {}).items()))
-    packages = [n for n in axes if n != "python"]
+    option_axes = [n for n in axes if n in CONVERTER_OPTIONS]
+    packages = [n for n in axes if n != "python" and n not in option_axes]
     items = []
     for python in axes["python"]:
-        for combo in itertools.product(*(axes[p] for p in packages)):
+        for combo, chosen in itertools.product(itertools.product(*(axes[p] for p in packages)),
+                                               itertools.product(*(axes[o] for o in option_axes))):
             reqs = tuple(_requirement(p, s) for p, s in zip(packages, combo, strict=True))
             env = Environment(
                 python=python,
@@ -227,10 +247,43 @@ def plan(
                 excludes=tuple(spec.excludes),
                 index=index_items,
                 cutoff=spec.exclude_newer,
+                options=tuple(zip(option_axes, chosen, strict=True)),
             )
-            if spec.include and not matches(spec.include, env.id):
-                continue
-            if spec.exclude and matches(spec.exclude, env.id):
-                continue
-            items.append((env, tuple(c for c in cases if _route_applies(c.route, env))))
+            for candidate in (env, *_relaxed(spec, env)):
+                if spec.include and not matches(spec.include, candidate.id):
+                    continue
+                if spec.exclude and matches(spec.exclude, candidate.id):
+                    continue
+                items.append((candidate, tuple(c for c in cases if _route_applies(c.route, candidate))))
     return Plan(spec=spec, corpus_path=corpus_path, corpus_version=version, items=tuple(items))
+
+
+def targets_of(spec: Spec, route: str) -> tuple[str, ...]:
+    """The targets a route's cases deploy: the spec's `targets` that apply to it (all when omitted), or ("",)."""
+    applicable = TARGETS.get(route)
+    if not applicable:
+        return ("",)
+    return tuple(t for t in applicable if spec.targets is None or t in spec.targets)
+
+
+def _relaxed(spec: Spec, env: Environment) -> tuple[Environment, ...]:
+    """The twin of `env` resolved with the spec's overrides for the packages it has (uv --override).
+
+    Practitioners relax a converter's exact pins this way when they make an environment unresolvable; the
+    twin is measured only where the plain environment does not resolve (runner.environments.resolve).
+    """
+    names = {split_requirement(r)[0] for r in env.requirements}
+    relax = tuple(o for name in sorted(names & set(spec.overrides)) for o in spec.overrides[name])
+    if not relax:
+        return ()
+    return (replace(env, overrides=relax),)
+
+
+def converter_options(env: Environment, route: str) -> dict[str, str]:
+    """The converter keywords an environment's option axes set for a route: {"tflite_backend": "tf_converter"}."""
+    out = {}
+    for axis, value in env.options:
+        package, keyword, _ = CONVERTER_OPTIONS[axis]
+        if route == package:
+            out[keyword] = value
+    return out

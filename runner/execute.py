@@ -45,6 +45,8 @@ class Job:
     route: str
     exporter: str
     opset: int
+    target: str = ""  # saved_model | tflite | keras on TF routes (issue 11)
+    options: dict[str, str] = field(default_factory=dict)  # converter keyword -> value, e.g. tflite_backend
 
 
 @dataclass

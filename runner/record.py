@@ -73,6 +73,8 @@ def save_environment(session: Session, resolved: Resolved) -> Environment:
             status=resolved.status,
             lock_hash=lock_hash,
             memory={},
+            overrides=list(env.overrides),
+            options=dict(env.options),
         )
         if resolved.lock:
             row.lock_text = resolved.lock.text
@@ -96,18 +98,18 @@ def save_environment(session: Session, resolved: Resolved) -> Environment:
     return row
 
 
-def recorded(session: Session, env_row: Environment) -> set[tuple[str, str, str, int, str]]:
+def recorded(session: Session, env_row: Environment) -> set[tuple[str, str, str, int, str, str]]:
     """Natural keys of the cases already stored for this environment and runner version."""
     rows = session.execute(
-        select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash).where(
+        select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash, Case.target).where(
             Case.environment_id == env_row.id, Case.runner_version == RUNNER_VERSION
         )
     )
     return {tuple(r) for r in rows}  # type: ignore[misc]
 
 
-def natural_key(case: PlannedCase) -> tuple[str, str, str, int, str]:
-    return (case.model, case.route, case.exporter, case.opset, case.model_hash)
+def natural_key(case: PlannedCase) -> tuple[str, str, str, int, str, str]:
+    return (case.model, case.route, case.exporter, case.opset, case.model_hash, case.target)
 
 
 def save_case(
@@ -122,6 +124,7 @@ def save_case(
         route=case.route,
         exporter=case.exporter,
         opset=case.opset,
+        target=case.target,
         model_hash=case.model_hash,
         corpus_version=corpus_version,
         runner_version=RUNNER_VERSION,

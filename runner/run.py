@@ -222,7 +222,8 @@ def _install_and_execute(
     workdir = settings.work_root / f"{ctx.run_id[:8]}-{env_row.id}"
     outcome = execute.execute(
         venv,
-        [execute.Job(key=c.key, model=c.model, route=c.route, exporter=c.exporter, opset=c.opset) for c in todo],
+        [execute.Job(key=c.key, model=c.model, route=c.route, exporter=c.exporter, opset=c.opset, target=c.target,
+                     options=expand.converter_options(env, c.route)) for c in todo],
         corpus=ctx.plan.corpus_path,
         workdir=workdir,
         step_timeout=ctx.step_timeout,
@@ -286,6 +287,7 @@ def _forget(session: Session, env_row: EnvironmentRow, case: expand.Case) -> Non
     session.execute(delete(CaseRow).where(
         CaseRow.environment_id == env_row.id, CaseRow.model == case.model, CaseRow.route == case.route,
         CaseRow.exporter == case.exporter, CaseRow.opset == case.opset, CaseRow.model_hash == case.model_hash,
+        CaseRow.target == case.target,
         CaseRow.runner_version == RUNNER_VERSION,
     ))
     session.commit()
