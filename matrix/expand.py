@@ -66,7 +66,7 @@ class Environment:
 
     @property
     def hash(self) -> str:
-        payload = {
+        payload: dict[str, object] = {
             "python": self.python,
             "requirements": sorted(self.requirements + self.extras),
             "excludes": sorted(self.excludes),
@@ -235,6 +235,7 @@ def plan(
     option_axes = [n for n in axes if n in CONVERTER_OPTIONS]
     packages = [n for n in axes if n != "python" and n not in option_axes]
     items = []
+    seen: set[Environment] = set()
     for python in axes["python"]:
         for combo, chosen in itertools.product(itertools.product(*(axes[p] for p in packages)),
                                                itertools.product(*(axes[o] for o in option_axes))):
@@ -247,9 +248,14 @@ def plan(
                 excludes=tuple(spec.excludes),
                 index=index_items,
                 cutoff=spec.exclude_newer,
-                options=tuple(zip(option_axes, chosen, strict=True)),
+                # An option applies only where its converter is part of the environment.
+                options=tuple((axis, value) for axis, value in zip(option_axes, chosen, strict=True)
+                              if CONVERTER_OPTIONS[axis][0] in {split_requirement(r)[0] for r in reqs}),
             )
             for candidate in (env, *_relaxed(spec, env)):
+                if candidate in seen:  # an option axis over an environment without its converter
+                    continue
+                seen.add(candidate)
                 if spec.include and not matches(spec.include, candidate.id):
                     continue
                 if spec.exclude and matches(spec.exclude, candidate.id):

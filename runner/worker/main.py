@@ -164,6 +164,7 @@ def main(argv: list | None = None) -> int:
     loads_dynamo = getattr(corpus, "LOADS_DYNAMO", None)
     steps_mod.DYNAMO_GUARD = any(
         case["exporter"] == "dynamo" or loads_dynamo is None or case["model"] in loads_dynamo
+        or case["route"] == "litert-torch"  # torch.export underneath, and LiteRT may bring TensorFlow
         for case in job["cases"]
     )
     for case in job["cases"]:
