@@ -58,11 +58,13 @@ class ChainQuery:
     python: str | None = None
     require: tuple[Requirement, ...] = field(default=())
     limit: int | None = None
+    target: str | None = None  # saved_model | tflite | keras: what must have passed on a TF route (issue 11)
 
     @classmethod
     def parse(
         cls, models: str | list[str], route: str, *, exporter: str | None = None,
         python: str | None = None, require: list[str] | None = None, limit: int | None = None,
+        target: str | None = None,
     ) -> ChainQuery:
         names = split_names(models)
         if not names:
@@ -74,7 +76,7 @@ class ChainQuery:
             except InvalidRequirement:
                 raise QueryError("require", f"expected a PEP 508 requirement such as 'torch>=2.3', got {text!r}") \
                     from None
-        return cls(tuple(dict.fromkeys(names)), route, exporter, python, tuple(reqs), limit)
+        return cls(tuple(dict.fromkeys(names)), route, exporter, python, tuple(reqs), limit, target)
 
 
 def split_names(value: str | list[str] | None) -> list[str]:
@@ -124,6 +126,8 @@ def _chain_conditions(query: ChainQuery) -> list[ColumnElement[bool]]:
     conditions = [Case.model.in_(query.models), Case.route == query.route, Case.status == "pass"]
     if query.exporter:
         conditions.append(Case.exporter == query.exporter)
+    if query.target:
+        conditions.append(Case.target == query.target)
     return conditions
 
 
@@ -331,11 +335,14 @@ class MatrixQuery:
     models: tuple[str, ...] = ()
     exporter: str | None = None
     python: str | None = None
+    target: str | None = None
 
 
 def _case_filters(route: str | None, models: tuple[str, ...], exporter: str | None,
-                  python: str | None) -> list[ColumnElement[bool]]:
+                  python: str | None, target: str | None = None) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
+    if target:
+        conditions.append(Case.target == target)
     if route:
         conditions.append(Case.route == route)
     if models:
@@ -355,7 +362,7 @@ def matrix_grid(session: Session, query: MatrixQuery) -> MatrixOut:
         for row in session.execute(
             select(Case.environment_id, func.count().filter(Case.status == "pass").label("passed"),
                    func.count().label("total"))
-            .where(*_case_filters(query.route, query.models, query.exporter, query.python))
+            .where(*_case_filters(query.route, query.models, query.exporter, query.python, query.target))
             .group_by(Case.environment_id)
         )
     }

@@ -49,10 +49,11 @@ CONVERTER_OPTIONS = {
 
 # The frameworks and converters a report names, in the order a person reads a chain.
 FRAMEWORKS = ("torch", "onnx", "onnxruntime", "tensorflow", "tensorflow-cpu", "onnx2tf", "onnx-tf", "litert-torch",
-              "ai-edge-torch", "ai-edge-litert")
+              "ai-edge-torch")
 # The packages a user pins by hand: the frameworks, plus numpy and protobuf, whose moves break chains.
 KEY_PACKAGES = (*FRAMEWORKS, "numpy", "protobuf")
 # Versions the worker reports from inside an environment (importlib.metadata), beside the lock.
-WORKER_REPORTED = (*FRAMEWORKS, "numpy")
+# ai-edge-litert (the LiteRT interpreter) is reported, not ranked: onnx2tf 1.28 already pulls it in.
+WORKER_REPORTED = (*FRAMEWORKS, "numpy", "ai-edge-litert")
 # To a user these are one framework: a filter on either matches both.
 ALIASES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "tensorflow-cpu": ("tensorflow", "tensorflow-cpu")}

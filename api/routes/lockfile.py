@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from api import lockfile, queries
 from api.cache import CacheDep
 from api.routes.chains import parse_query
-from api.routes.params import ExporterParam, ModelsParam, PythonParam, RequireParam, RouteParam, errors
+from api.routes.params import ExporterParam, ModelsParam, PythonParam, RequireParam, RouteParam, TargetParam, errors
 
 router = APIRouter(tags=["lockfile"])
 
@@ -18,10 +18,11 @@ router = APIRouter(tags=["lockfile"])
 async def get_lockfile(
     request: Request, cache: CacheDep, models: ModelsParam, route: RouteParam, exporter: ExporterParam = None,
     python: PythonParam = None, require: RequireParam = None, format: lockfile.Format = "requirements",
+    target: TargetParam = None,
 ) -> Response:
     """The best chain's environment as requirements (hashed), constraints, pylock.toml (PEP 751) or pyproject."""
     def build(session: Session) -> Response:
-        query = parse_query(session, models, route, exporter, python, require, limit=1)
+        query = parse_query(session, models, route, exporter, python, require, limit=1, target=target)
         chains = queries.known_good_chains(session, query, request.app.state.env_facts)
         if not chains:
             raise HTTPException(404, detail="no known-good chain for these models, route and requirements")

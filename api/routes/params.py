@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from api import queries
-from matrix.routes import EXPORTERS, ROUTES
+from matrix.routes import EXPORTERS, ROUTES, TARGETS
 
 ModelsParam = Annotated[str, Query(description="comma-separated model names, e.g. resnet,transformer",
                                    examples=["resnet"])]
@@ -17,6 +17,9 @@ OptionalModelsParam = Annotated[str | None, Query(description="comma-separated m
 RouteParam = Annotated[str, Query(description=" | ".join(ROUTES), examples=["onnxruntime"])]
 OptionalRouteParam = Annotated[str | None, Query(description=f"{' | '.join(ROUTES)}; all when omitted")]
 ExporterParam = Annotated[str | None, Query(description=" | ".join(EXPORTERS))]
+TARGET_NAMES = tuple(dict.fromkeys(t for ts in TARGETS.values() for t in ts))
+TargetParam = Annotated[str | None, Query(description=f"{' | '.join(TARGET_NAMES)}: the deployed artifact that must "
+                                                      "have passed on a TF route; any when omitted")]
 PythonParam = Annotated[str | None, Query(description="python minor version, e.g. 3.11")]
 RequireParam = Annotated[list[str] | None, Query(description="PEP 508 pins, repeatable: require=torch>=2.3")]
 
@@ -45,6 +48,11 @@ def check_exporter(exporter: str | None) -> None:
         raise queries.QueryError("exporter", f"expected one of {', '.join(EXPORTERS)}, got {exporter!r}")
 
 
+def check_target(target: str | None) -> None:
+    if target is not None and target not in TARGET_NAMES:
+        raise queries.QueryError("target", f"expected one of {', '.join(TARGET_NAMES)}, got {target!r}")
+
+
 def check_models(session: Session, models: list[str] | tuple[str, ...]) -> None:
     unknown = queries.unknown_models(session, models)
     if unknown:
@@ -53,10 +61,11 @@ def check_models(session: Session, models: list[str] | tuple[str, ...]) -> None:
 
 
 def check_case_filters(session: Session, route: str | None, exporter: str | None,
-                       models: list[str] | tuple[str, ...]) -> None:
+                       models: list[str] | tuple[str, ...], target: str | None = None) -> None:
     """The filters every case query takes, in the order their errors are reported."""
     check_route(route)
     check_exporter(exporter)
+    check_target(target)
     check_models(session, models)
 
 

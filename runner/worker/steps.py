@@ -289,6 +289,11 @@ def step_convert(ctx: Context) -> dict:
 def _convert_onnx2tf(ctx: Context, target: str) -> dict:
     import onnx2tf
 
+    try:
+        # onnx2tf 2.x exports a lazy convert(*args, **kwargs); the keywords are on the implementation's signature.
+        from onnx2tf.onnx2tf import convert as signature_of
+    except ImportError:
+        signature_of = onnx2tf.convert
     out_dir = os.path.join(ctx.dir, "tf")
     names = ["input_%d" % i for i in range(len(ctx.examples[0].args))]
     kwargs = dict(
@@ -299,7 +304,7 @@ def _convert_onnx2tf(ctx: Context, target: str) -> dict:
     )
     wanted = dict(ONNX2TF_OPTIONS if target == "keras" else ONNX2TF_DEPLOY_OPTIONS)
     backend = ctx.options.get("tflite_backend")
-    if backend and not _accepts(onnx2tf.convert, "tflite_backend"):
+    if backend and not _accepts(signature_of, "tflite_backend"):
         # Before 2.0.6 onnx2tf has one backend, TensorFlow's converter: tf_converter is what it does anyway.
         if backend != "tf_converter":
             raise Skip("this onnx2tf has no tflite_backend: before 2.0.6 it converts through TensorFlow only")
@@ -308,11 +313,11 @@ def _convert_onnx2tf(ctx: Context, target: str) -> dict:
         kwargs["tflite_backend"] = backend
     if backend == "flatbuffer_direct" and target == "saved_model":
         # The direct backend writes no SavedModel unless asked; it then builds one from its IR through TF.
-        if not _accepts(onnx2tf.convert, "flatbuffer_direct_output_saved_model"):
+        if not _accepts(signature_of, "flatbuffer_direct_output_saved_model"):
             raise Skip("this onnx2tf's flatbuffer_direct backend cannot write a SavedModel")
         wanted["flatbuffer_direct_output_saved_model"] = True
     for key, value in wanted.items():
-        if _accepts(onnx2tf.convert, key):
+        if _accepts(signature_of, key):
             kwargs[key] = value
     model = onnx2tf.convert(**kwargs)
     options = sorted(k for k in kwargs if k in wanted or k == "tflite_backend")
