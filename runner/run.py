@@ -168,7 +168,7 @@ def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expa
         summary.count("environments", resolved.status)
         if resolved.lock is None or ctx.resolve_only:
             if resolved.lock is None:
-                progress.console.print(f"[yellow]{env.id}: {env_row.signature}[/]")
+                progress.console.print(f"[yellow]{env.id}: {env_row.signature or resolved.status}[/]")
             progress.advance(ctx.case_task, len(cases))
             progress.advance(ctx.env_task)
             return

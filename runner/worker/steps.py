@@ -245,6 +245,8 @@ ONNX2TF_DEPLOY_OPTIONS = {
     "output_signaturedefs": True,
     "non_verbose": True,
 }
+# The .tflite carries its own signature; asking for SavedModel signatures would only slow its conversion.
+ONNX2TF_TFLITE_OPTIONS = {k: v for k, v in ONNX2TF_DEPLOY_OPTIONS.items() if k != "output_signaturedefs"}
 
 
 # Set by the worker: whether any of its cases may load torch._dynamo (costs ~2 s to import, so only then).
@@ -302,7 +304,7 @@ def _convert_onnx2tf(ctx: Context, target: str) -> dict:
         # Keep torch's NCHW inputs as they are, so the same arrays feed every runtime.
         keep_shape_absolutely_input_names=names,
     )
-    wanted = dict(ONNX2TF_OPTIONS if target == "keras" else ONNX2TF_DEPLOY_OPTIONS)
+    wanted = dict({"keras": ONNX2TF_OPTIONS, "tflite": ONNX2TF_TFLITE_OPTIONS}.get(target, ONNX2TF_DEPLOY_OPTIONS))
     backend = ctx.options.get("tflite_backend")
     if backend and not _accepts(signature_of, "tflite_backend"):
         # Before 2.0.6 onnx2tf has one backend, TensorFlow's converter: tf_converter is what it does anyway.
