@@ -116,9 +116,15 @@ def test_a_savedmodel_without_signatures_is_recorded_as_the_failure_it_is(run: t
             def __init__(self):
                 self.w = tf.Variable(2.0)
 
+            # Two functions and no `signatures=`: tf.saved_model.save makes a serving_default only when it finds
+            # exactly one, so this SavedModel has none, like onnx2tf 1.15's.
             @tf.function(input_signature=[tf.TensorSpec([1, 3, 4, 4], tf.float32)])
-            def run(self, x):  # not __call__: tf.saved_model.save infers no serving_default from it
+            def run(self, x):
                 return x * self.w
+
+            @tf.function(input_signature=[tf.TensorSpec([1, 3, 4, 4], tf.float32)])
+            def run_twice(self, x):
+                return x * self.w * self.w
 
         path = {str(tmp_path / "saved_model")!r}
         tf.saved_model.save(Plain(), path)
