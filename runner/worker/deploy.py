@@ -168,9 +168,14 @@ def run_saved_model(folder: str, examples: list) -> tuple:  # type: ignore[type-
         results.append([np.asarray(out[k].numpy()) for k in keys])
     details = {"called": "tf.saved_model.load(...).signatures['serving_default']",
                "matched_inputs": "by name input_N" if order is by_name else "by position, names sorted",
-               "inputs": inputs, "outputs": keys, "tensorflow": _dist_version("tensorflow") or
-               _dist_version("tensorflow-cpu")}
+               "inputs": inputs, "outputs": _outputs(keys, results[0]),
+               "tensorflow": _dist_version("tensorflow") or _dist_version("tensorflow-cpu")}
     return results, details
+
+
+def _outputs(names: list, arrays: list) -> list:  # type: ignore[type-arg]
+    """Each output's name and shape as the artifact gives it; parity records any transposition back to torch's."""
+    return [{"name": str(n), "shape": [int(d) for d in a.shape]} for n, a in zip(names, arrays)]
 
 
 def _shape(dims) -> list:  # type: ignore[no-untyped-def,type-arg]
@@ -252,5 +257,5 @@ def run_tflite(path: str, examples: list) -> tuple:  # type: ignore[type-arg]
             interp.invoke()
             results.append([np.array(interp.get_tensor(d["index"])) for d in out_details])
         how = "tensor list (the model has no signature)"
-    details = {"called": which, "matched": how, "inputs": inputs, "outputs": keys}
+    details = {"called": which, "matched": how, "inputs": inputs, "outputs": _outputs(keys, results[0])}
     return results, details
