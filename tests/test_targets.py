@@ -66,7 +66,7 @@ def test_targets_spec_plans_each_converter_with_its_targets_and_backends() -> No
 
 
 def test_targets_default_to_all_that_apply_and_onnxruntime_has_none(tmp_path: Path) -> None:
-    text_ = (ROOT / "matrix" / "specs" / "smoke.toml").read_text()
+    text_ = (ROOT / "matrix" / "specs" / "smoke.toml").read_text().replace('targets = ["tflite"]\n', "")
     path = tmp_path / "s.toml"
     path.write_text(text_)
     plan = expand.plan(spec_mod.load(path))
