@@ -26,9 +26,11 @@ from store.settings import Settings
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
 TARGETS = ROOT / "matrix" / "specs" / "targets.toml"
-# One model, and of the spec's environments: onnx2tf 2.6.9 with TF 2.21 (tf_converter backend), and TF 2.19.1,
-# which onnx2tf 2.6.9's exact numpy/protobuf pins make unresolvable, so it is measured with them relaxed.
-ONLY = "py3.12-torch-tfcpu{2.21.0,2.19.1}-onnx2tf2.6.9-tf_converter*"
+# One model, and of the spec's environments: onnx2tf 2.6.9 with TF 2.21 (flatbuffer_direct backend), and TF 2.19.1
+# (tf_converter backend), which onnx2tf 2.6.9's exact numpy/protobuf pins make unresolvable, so it is measured
+# with them relaxed.
+DIRECT = "py3.12-torch-tfcpu2.21.0-onnx2tf2.6.9-flatbuffer_direct"
+ONLY = "py3.12-torch-tfcpu{2.21.0-onnx2tf2.6.9-flatbuffer_direct,2.19.1-onnx2tf2.6.9-tf_converter}*"
 RELAXED = "py3.12-torch-tfcpu2.19.1-onnx2tf2.6.9-tf_converter-override.numpy.protobuf"
 
 
@@ -70,12 +72,12 @@ def test_the_declared_pins_conflict_and_the_relaxed_twin_is_measured(run: tuple[
 
 @pytest.mark.parametrize("target", ["saved_model", "tflite"])
 def test_the_deployed_artifact_is_checked_through_what_a_user_runs(run: tuple[str, dict], target: str) -> None:
-    case = _cases(run[0])[("py3.12-torch-tfcpu2.21.0-onnx2tf2.6.9-tf_converter", target)]
+    case = _cases(run[0])[(DIRECT, target)]
     steps = {s.name: s for s in case.steps}
     assert [s.name for s in case.steps] == ["export", "check", "reference", "convert", "tf_run", "parity"]
     assert case.status == "pass", {s.name: (s.status, s.message) for s in case.steps}
     convert, tf_run, parity = steps["convert"].details, steps["tf_run"].details, steps["parity"].details
-    assert convert["target"] == target and convert["tflite_backend"] == "tf_converter" and convert["bytes"] > 0
+    assert convert["target"] == target and convert["tflite_backend"] == "flatbuffer_direct" and convert["bytes"] > 0
     if target == "saved_model":
         assert tf_run["called"] == "tf.saved_model.load(...).signatures['serving_default']"
         assert "output_signaturedefs" in convert["options"]
@@ -100,8 +102,7 @@ def test_a_savedmodel_without_signatures_is_recorded_as_the_failure_it_is(run: t
     db = run[0]
     engine = make_engine(db)
     with make_sessionmaker(engine)() as s:
-        env = s.scalars(select(Environment).where(Environment.name == "py3.12-torch-tfcpu2.21.0-onnx2tf2.6.9-"
-                                                                      "tf_converter")).one()
+        env = s.scalars(select(Environment).where(Environment.name == DIRECT)).one()
         venv = Settings().env_root / f"3.12-{env.lock_hash[:16]}"  # type: ignore[index]
     engine.dispose()
     script = tmp_path / "nosig.py"
