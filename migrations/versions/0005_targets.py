@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_targets"
-# Chains after 0003/0004, written in parallel; while they are unmerged this branch's head is 0002.
-down_revision = "0002"
+# Chains after 0003/0004, written in parallel on other branches. On this branch alone (where 0002 is the head)
+# set this to "0002" to run the migrations; that is how it was tested (tests/test_migrations*.py, test_targets.py).
+down_revision = "0004_relabel_transformer"
 branch_labels = None
 depends_on = None
 
