@@ -67,6 +67,10 @@ def render_environment(env: Environment, provenance: Provenance, fmt: str,
         # The text uv itself wrote, hashes included: `uv pip sync --require-hashes` takes it as it is.
         return stamp + env.lock_text
     if fmt == "constraints":
+        if env.overrides:
+            # Exact pins of packages whose declared pins were relaxed conflict as constraints: uv takes the same
+            # file as overrides (pip has no overrides, so it cannot install this environment).
+            stamp += "# install with: uv pip install -r constraints.txt --overrides constraints.txt\n"
         return stamp + "".join(f"{p.name}=={p.version}\n" for p in _top_level(env))
     if fmt == "pyproject":
         return stamp + _pyproject(env)
@@ -86,7 +90,18 @@ def _stamp(env: Environment, provenance: Provenance) -> str:
         f"# run {provenance.run_id or 'none'}, recorded {recorded}, resolution cutoff {env.cutoff or 'none'}",
         f"# resolved against {env.index_url}; models passed: {', '.join(provenance.models) or 'none'}",
     ]
-    return "".join(_line(line) + "\n" for line in lines)
+    return "".join(_line(line) + "\n" for line in lines) + _settings_stamp(env)
+
+
+def _settings_stamp(env: Environment) -> str:
+    """What else the environment was made with (issue 11): uv overrides that relaxed declared pins, and converter
+    options, so that a user reproduces exactly what passed."""
+    lines = ""
+    if env.overrides:
+        lines += _line(f"# resolved with uv overrides (declared pins relaxed): {'; '.join(env.overrides)}") + "\n"
+    for axis, value in sorted((env.options or {}).items()):
+        lines += _line(f"# converter option {axis} = {value}") + "\n"
+    return lines
 
 
 def allowed_index(index_url: str, indexes: Sequence[str]) -> bool:
@@ -132,6 +147,8 @@ def _pyproject(env: Environment) -> str:
         uv["exclude-newer"] = env.cutoff
     if env.index_url.rstrip("/") != "https://pypi.org/simple":
         uv["index"] = [{"url": env.index_url, "default": True}]
+    if env.overrides:
+        uv["override-dependencies"] = list(env.overrides)
     if uv:
         doc["tool"] = {"uv": uv}
     return tomli_w.dumps(doc, indent=4)
@@ -175,6 +192,8 @@ def _pylock(env: Environment, provenance: Provenance, indexes: tuple[str, ...]) 
         "tool": {"knowngood": {
             "environment": env.name, "run": provenance.run_id or "", "cutoff": env.cutoff or "",
             "index": env.index_url, "models-passed": list(provenance.models),
+            **({"overrides": list(env.overrides)} if env.overrides else {}),
+            **({"options": dict(env.options)} if env.options else {}),
         }},
     }
     return tomli_w.dumps(doc, indent=4)

@@ -60,11 +60,13 @@ class ChainQuery:
     python: str | None = None
     require: tuple[Requirement, ...] = field(default=())
     limit: int | None = None
+    target: str | None = None  # saved_model | tflite | keras: what must have passed on a TF route (issue 11)
 
     @classmethod
     def parse(
         cls, models: str | list[str], route: str, *, exporter: str | None = None,
         python: str | None = None, require: list[str] | None = None, limit: int | None = None,
+        target: str | None = None,
     ) -> ChainQuery:
         names = split_names(models)
         if not names:
@@ -76,7 +78,7 @@ class ChainQuery:
             except InvalidRequirement:
                 raise QueryError("require", f"expected a PEP 508 requirement such as 'torch>=2.3', got {text!r}") \
                     from None
-        return cls(tuple(dict.fromkeys(names)), route, exporter, python, tuple(reqs), limit)
+        return cls(tuple(dict.fromkeys(names)), route, exporter, python, tuple(reqs), limit, target)
 
 
 def split_names(value: str | list[str] | None) -> list[str]:
@@ -125,7 +127,7 @@ def rank_key(versions: dict[str, str]) -> tuple[Version, ...]:
 def current(case: Any = Case) -> ColumnElement[bool]:
     """True for a case that is the current result of its identity: no newer one in the same environment.
 
-    The identity is (environment, model, route, exporter, opset, artifact). An environment re-run under a new
+    The identity is (environment, model, route, exporter, opset, target, artifact). An environment re-run under a new
     corpus (model hash) or runner version keeps its old rows, and uniqueness includes those two, so one identity
     can hold several results; the most recently recorded one (then the highest id) is the one that counts. A
     superseded pass must not keep a chain known good (issue 15). The probe is one range of uq_case_identity.
@@ -135,7 +137,7 @@ def current(case: Any = Case) -> ColumnElement[bool]:
     newer = aliased(Case)
     return ~exists().where(
         newer.environment_id == case.environment_id, newer.model == case.model, newer.route == case.route,
-        newer.exporter == case.exporter, newer.opset == case.opset,
+        newer.exporter == case.exporter, newer.opset == case.opset, newer.target == case.target,
         newer.artifact_id.is_not_distinct_from(case.artifact_id),
         or_(newer.recorded_at > case.recorded_at, and_(newer.recorded_at == case.recorded_at, newer.id > case.id)),
     )
@@ -147,6 +149,8 @@ def _chain_conditions(query: ChainQuery) -> list[ColumnElement[bool]]:
                   Case.artifact_id.is_(None), current()]
     if query.exporter:
         conditions.append(Case.exporter == query.exporter)
+    if query.target:
+        conditions.append(Case.target == query.target)
     return conditions
 
 
@@ -340,11 +344,14 @@ class MatrixQuery:
     models: tuple[str, ...] = ()
     exporter: str | None = None
     python: str | None = None
+    target: str | None = None
 
 
 def _case_filters(route: str | None, models: tuple[str, ...], exporter: str | None,
-                  python: str | None) -> list[ColumnElement[bool]]:
+                  python: str | None, target: str | None = None) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = [current()]
+    if target:
+        conditions.append(Case.target == target)
     if route:
         conditions.append(Case.route == route)
     if models:
@@ -364,7 +371,7 @@ def matrix_grid(session: Session, query: MatrixQuery) -> MatrixOut:
         for row in session.execute(
             select(Case.environment_id, func.count().filter(Case.status == "pass").label("passed"),
                    func.count().label("total"))
-            .where(*_case_filters(query.route, query.models, query.exporter, query.python))
+            .where(*_case_filters(query.route, query.models, query.exporter, query.python, query.target))
             .group_by(Case.environment_id)
         )
     }

@@ -161,6 +161,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = expand.plan(loaded, index=uv.index_settings(), selectors=versions.resolve_selectors(loaded),
                        max_environments=settings.max_environments)
     envs = [{"id": env.id, "hash": env.hash, "python": env.python, "requirements": list(env.requirements),
+             **({"overrides": list(env.overrides)} if env.overrides else {}),
+             **({"options": dict(env.options)} if env.options else {}),
              "cases": [c.key for c in cases]} for env, cases in plan.items]
     if args.format == "json":
         print(json.dumps({"spec": plan.spec.name, "corpus_version": plan.corpus_version,

@@ -15,7 +15,17 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from matrix import versions
-from matrix.routes import BOTH_SIDES, EXPORT_SIDE, OPSET_HIGHEST, OPSET_NONE, ROUTE_PACKAGES, ROUTES, SPLIT_ROUTES
+from matrix.routes import (
+    BOTH_SIDES,
+    CONVERTER_OPTIONS,
+    EXPORT_SIDE,
+    OPSET_HIGHEST,
+    OPSET_NONE,
+    ROUTE_PACKAGES,
+    ROUTES,
+    SPLIT_ROUTES,
+    TARGETS,
+)
 from matrix.spec import LatestMinors, Spec, SpecError, check_pattern
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
@@ -29,6 +39,8 @@ SHORT = {
     "tensorflow-cpu": "tfcpu",
     "onnx2tf": "onnx2tf",
     "onnx-tf": "onnxtf",
+    "litert-torch": "litert",
+    "ai-edge-torch": "aiedge",
 }
 
 
@@ -46,6 +58,10 @@ class Environment:
     excludes: tuple[str, ...] = ()
     index: tuple[tuple[str, str], ...] = ()
     cutoff: str | None = None
+    # uv --override requirements (spec `overrides`): the declared pins they relax are recorded with the lock.
+    overrides: tuple[str, ...] = ()
+    # Converter options that are a spec axis (CONVERTER_OPTIONS): (axis, value), passed to each case's worker.
+    options: tuple[tuple[str, str], ...] = ()
     kind: str = "joint"  # joint | export | runtime (ARCHITECTURE.md: environment kinds)
 
     @property
@@ -60,19 +76,27 @@ class Environment:
                 parts.append(f"{short}[{spec}]")
             else:
                 parts.append(short)
+        parts += [value for _, value in self.options]
+        if self.overrides:
+            parts.append("override." + ".".join(split_requirement(r)[0] for r in self.overrides))
         if self.kind != "joint":
             parts.append(self.kind)  # a suffix, so patterns such as 'py3.11-torch2.4*' still select it
         return "-".join(parts)
 
     @property
     def hash(self) -> str:
-        payload = {
+        payload: dict[str, object] = {
             "python": self.python,
             "requirements": sorted(self.requirements + self.extras),
             "excludes": sorted(self.excludes),
             "index": list(self.index),
             "cutoff": self.cutoff,
         }
+        # Only when present, so that the hashes of every environment recorded before issue 11 stay the same.
+        if self.overrides:
+            payload["overrides"] = sorted(self.overrides)
+        if self.options:
+            payload["options"] = [list(o) for o in self.options]
         if self.kind != "joint":  # joint environments were hashed before kinds existed: their hashes stay
             payload["kind"] = self.kind
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -96,11 +120,13 @@ class Case:
     opset: int
     model_hash: str = field(default="", compare=False)
     artifact: str = ""  # split chains, runtime side: the key of the artifact the case starts from
+    target: str = ""  # TARGETS: saved_model | tflite | keras on TF routes, "" elsewhere
 
     @property
     def key(self) -> str:
         opset = "highest" if self.opset == OPSET_HIGHEST else str(self.opset)
         key = f"{self.model}.{self.route}.{self.exporter}.op{opset}"
+        key = f"{key}.{self.target}" if self.target else key
         return f"{key}.{self.artifact[:12]}" if self.artifact else key
 
 
@@ -288,13 +314,14 @@ def plan(
     cases = tuple(dict.fromkeys(
         # A route that never exports (torch → Keras directly) has one case per model, not one per exporter/opset;
         # the default exporter passes no opset, so it has one per model and route.
-        Case(model=m, route=r, exporter=e, opset=_opset(e, o), model_hash=model_hashes[m])
+        Case(model=m, route=r, exporter=e, opset=_opset(e, o), model_hash=model_hashes[m], target=t)
         if "export" in ROUTES[r] else Case(model=m, route=r, exporter="none", opset=OPSET_NONE,
-                                           model_hash=model_hashes[m])
+                                           model_hash=model_hashes[m], target=t)
         for m in spec.models
         for r in spec.routes
         for e in spec.exporters
         for o in spec.opsets
+        for t in targets_of(spec, r)
     ))
     axes: dict[str, list[str]] = {}
     for name, values in spec.axes.items():
@@ -308,11 +335,14 @@ def plan(
                 resolved.append(value)
         axes[name] = list(dict.fromkeys(resolved))
     index_items = tuple(sorted((index or {}).items()))
-    packages = [n for n in axes if n != "python"]
+    option_axes = [n for n in axes if n in CONVERTER_OPTIONS]
+    packages = [n for n in axes if n != "python" and n not in option_axes]
     _check_size(spec, axes, min(spec.limits.max_environments, max_environments or spec.limits.max_environments))
     items, ids = [], []
+    seen: set[Environment] = set()
     for python in axes["python"]:
-        for combo in itertools.product(*(axes[p] for p in packages)):
+        for combo, chosen in itertools.product(itertools.product(*(axes[p] for p in packages)),
+                                               itertools.product(*(axes[o] for o in option_axes))):
             reqs = tuple(_requirement(p, s) for p, s in zip(packages, combo, strict=True))
             env = Environment(
                 python=python,
@@ -323,13 +353,20 @@ def plan(
                 excludes=tuple(spec.excludes),
                 index=index_items,
                 cutoff=spec.exclude_newer,
+                # An option applies only where its converter is part of the environment.
+                options=tuple((axis, value) for axis, value in zip(option_axes, chosen, strict=True)
+                              if CONVERTER_OPTIONS[axis][0] in {split_requirement(r)[0] for r in reqs}),
             )
-            ids.append(env.id)
-            if spec.include and not matches(spec.include, env.id):
-                continue
-            if spec.exclude and matches(spec.exclude, env.id):
-                continue
-            items.append((env, tuple(c for c in cases if _route_applies(c.route, env))))
+            for candidate in (env, *_relaxed(spec, env)):
+                if candidate in seen:  # an option axis over an environment without its converter
+                    continue
+                seen.add(candidate)
+                ids.append(candidate.id)
+                if spec.include and not matches(spec.include, candidate.id):
+                    continue
+                if spec.exclude and matches(spec.exclude, candidate.id):
+                    continue
+                items.append((candidate, tuple(c for c in cases if _route_applies(c.route, candidate))))
     _unmatched(spec.include, ids, f"{spec.locate('include')}: include")
     _unmatched(spec.exclude, ids, f"{spec.locate('exclude')}: exclude")
     if not items:
@@ -350,6 +387,37 @@ def _check_size(spec: Spec, axes: Mapping[str, list[str]], limit: int) -> None:
         raise PlanError(f"{spec.locate('axes')}: axes: the plan has {total:,} environments ({factors}), more "
                         f"than the limit of {limit:,}; expected fewer axis values, or a higher "
                         "limits.max-environments (and KNOWNGOOD_MAX_ENVIRONMENTS)")
+
+
+def targets_of(spec: Spec, route: str) -> tuple[str, ...]:
+    """The targets a route's cases deploy: the spec's `targets` that apply to it (all when omitted), or ("",)."""
+    applicable = TARGETS.get(route)
+    if not applicable:
+        return ("",)
+    return tuple(t for t in applicable if spec.targets is None or t in spec.targets)
+
+
+def _relaxed(spec: Spec, env: Environment) -> tuple[Environment, ...]:
+    """The twin of `env` resolved with the spec's overrides for the packages it has (uv --override).
+
+    Practitioners relax a converter's exact pins this way when they make an environment unresolvable; the
+    twin is measured only where the plain environment does not resolve (runner.environments.resolve).
+    """
+    names = {split_requirement(r)[0] for r in env.requirements}
+    relax = tuple(o for name in sorted(names & set(spec.overrides)) for o in spec.overrides[name])
+    if not relax:
+        return ()
+    return (replace(env, overrides=relax),)
+
+
+def converter_options(env: Environment, route: str) -> dict[str, str]:
+    """The converter keywords an environment's option axes set for a route: {"tflite_backend": "tf_converter"}."""
+    out = {}
+    for axis, value in env.options:
+        package, keyword, _ = CONVERTER_OPTIONS[axis]
+        if route == package:
+            out[keyword] = value
+    return out
 
 
 # --- split chains ------------------------------------------------------------------------------------------

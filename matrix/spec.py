@@ -14,7 +14,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import InvalidName, canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from matrix.routes import EXPORTERS, ROUTES
+from matrix.routes import CONVERTER_OPTIONS, EXPORTERS, ROUTES, TARGETS
 
 SPECS_DIR = Path(__file__).parent / "specs"
 
@@ -120,6 +120,15 @@ class Spec(BaseModel):
         description="joint: torch and the runtime side in one environment (a hybrid container); split: export "
         "environments make artifacts that runtime environments without torch convert and run; both: each",
     )
+    targets: list[str] | None = Field(
+        default=None, description="what TF routes deploy and check (saved_model | tflite | keras); all that apply "
+        "to each route when omitted",
+    )
+    overrides: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="package → requirements passed to uv as --override: every environment with the package is "
+        "also planned with them, resolved only where its declared pins make it unresolvable",
+    )
     axes: dict[str, list[Selector]]
     limits: Limits = Field(default_factory=Limits)
 
@@ -138,6 +147,28 @@ class Spec(BaseModel):
             if r not in ROUTES:
                 raise ValueError(f"expected one of {sorted(ROUTES)}, got {r!r}")
         return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        known = sorted({t for ts in TARGETS.values() for t in ts})
+        for t in v or ():
+            if t not in known:
+                raise ValueError(f"expected one of {known}, got {t!r}")
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for texts in v.values():
+            for text in texts:
+                try:
+                    Requirement(text)
+                except InvalidRequirement:
+                    raise ValueError(
+                        f"expected PEP 508 requirements such as 'numpy>=1.26,<2.2', got {text!r}"
+                    ) from None
+        return {canonicalize_name(k): texts for k, texts in v.items()}
 
     @field_validator("exporters")
     @classmethod
@@ -218,6 +249,13 @@ class Spec(BaseModel):
             name = "python" if key == "python" else _package_name(
                 key, f"expected a package name such as 'torch' as the axis key, got {key!r}")
             checked: list[Any] = []
+            if name in CONVERTER_OPTIONS:  # a converter option, not a package: its values are names
+                allowed = CONVERTER_OPTIONS[name][2]
+                for item in values:
+                    if item not in allowed:
+                        raise ValueError(f"axis {key!r}: expected one of {list(allowed)}, got {item!r}")
+                out[name] = list(values)
+                continue
             for item in values:
                 if isinstance(item, str):
                     if name == "python":

@@ -38,6 +38,14 @@ def _migrate(connection) -> None:  # type: ignore[no-untyped-def]
         # Shards and the API may all start at once: one migrates, the others wait, then find head.
         connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
         connection.commit()
+    is_sqlite = connection.dialect.name == "sqlite"
+    if is_sqlite:
+        # Batch mode recreates a table (copy, drop, rename); with foreign keys on, the drop cascades deletes into
+        # its children (a new column on `case` would delete every step). SQLite's own procedure for a schema
+        # change: foreign keys off outside the transaction, change, then on again
+        # (https://www.sqlite.org/lang_altertable.html#otheralter).
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
     try:
         context.configure(
             connection=connection,

@@ -27,11 +27,15 @@ class Resolved:
     conflict: uv.Conflict | None = None
     missing_python: str | None = None
     reused: bool = False  # taken from the database instead of asking uv again
+    # An overrides twin whose plain environment resolves: nothing to relax, so nothing is installed or run.
+    unneeded: bool = False
 
     @property
     def status(self) -> str:
         if self.missing_python:
             return "no-interpreter"
+        if self.unneeded:
+            return "override-unneeded"
         return "conflict" if self.conflict else "resolved"
 
 
@@ -52,7 +56,14 @@ def resolve(
             return Resolved(env, exe, full, Lock(stored.lock_text, parse_lock(stored.lock_text)), reused=True)
         if stored.status == "conflict":  # a conflict stays a conflict
             return Resolved(env, exe, full, None, conflict=uv.Conflict(stored.error or ""), reused=True)
-    result = uv.compile(exe, env.all_requirements, excludes=env.excludes, cutoff=env.cutoff, uv_path=uv_path)
+    if env.overrides:
+        # A twin with relaxed pins (issue 11) is measured only where the declared pins do not resolve; the
+        # plain environment, planned beside it, records that conflict itself.
+        plain = uv.compile(exe, env.all_requirements, excludes=env.excludes, cutoff=env.cutoff, uv_path=uv_path)
+        if not isinstance(plain, uv.Conflict):
+            return Resolved(env, exe, full, None, unneeded=True)
+    result = uv.compile(exe, env.all_requirements, excludes=env.excludes, cutoff=env.cutoff,
+                        overrides=env.overrides, uv_path=uv_path)
     if isinstance(result, uv.Conflict):
         return Resolved(env, exe, full, None, conflict=result)
     return Resolved(env, exe, full, result)

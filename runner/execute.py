@@ -45,6 +45,8 @@ class Job:
     route: str
     exporter: str
     opset: int
+    target: str = ""  # saved_model | tflite | keras on TF routes (issue 11)
+    options: dict[str, str] = field(default_factory=dict)  # converter keyword -> value, e.g. tflite_backend
     artifact_root: str | None = None  # split chains, export side: where the worker stores the artifact
     artifact: str | None = None  # split chains, runtime side: the artifact folder the case starts from
 

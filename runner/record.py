@@ -81,6 +81,8 @@ def save_environment(session: Session, resolved: Resolved) -> Environment:
             lock_hash=lock_hash,
             memory={},
             kind=env.kind,
+            overrides=list(env.overrides),
+            options=dict(env.options),
         )
         if resolved.lock:
             row.lock_text = resolved.lock.text
@@ -124,28 +126,28 @@ def worker_figures(session: Session, row: Environment, peak_rss: int, attempts: 
     session.commit()
 
 
-NaturalKey = tuple[str, str, str, int, str, str]
+NaturalKey = tuple[str, str, str, int, str, str, str]  # model, route, exporter, opset, model hash, target, artifact
 
 
 def recorded(session: Session, env_row: Environment) -> set[NaturalKey]:
     """Natural keys of the cases already stored for this environment and runner version."""
     rows = session.execute(
-        select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash, Artifact.key)
+        select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash, Case.target, Artifact.key)
         .outerjoin(Artifact, Artifact.id == Case.artifact_id)
         .where(Case.environment_id == env_row.id, Case.runner_version == RUNNER_VERSION,
                Case.route != "export")
     )
-    keys = {(m, r, e, o, h, a or "") for m, r, e, o, h, a in rows}
+    keys = {(m, r, e, o, h, t, a or "") for m, r, e, o, h, t, a in rows}
     # An export case is done once, whatever artifact it stored: its key names no artifact.
     exports = session.execute(
-        select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash)
+        select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash, Case.target)
         .where(Case.environment_id == env_row.id, Case.runner_version == RUNNER_VERSION, Case.route == "export")
     )
-    return keys | {(m, r, e, o, h, "") for m, r, e, o, h in exports}
+    return keys | {(m, r, e, o, h, t, "") for m, r, e, o, h, t in exports}
 
 
 def natural_key(case: PlannedCase) -> NaturalKey:
-    return (case.model, case.route, case.exporter, case.opset, case.model_hash, case.artifact)
+    return (case.model, case.route, case.exporter, case.opset, case.model_hash, case.target, case.artifact)
 
 
 def artifact_row(session: Session, key: str, details: dict[str, Any], model: str) -> Artifact:
@@ -182,7 +184,7 @@ def save_case(
         session.execute(delete(Case).where(
             Case.environment_id == env_row.id, Case.model == case.model, Case.route == case.route,
             Case.exporter == case.exporter, Case.opset == case.opset, Case.model_hash == case.model_hash,
-            Case.runner_version == RUNNER_VERSION, same_artifact,
+            Case.target == case.target, Case.runner_version == RUNNER_VERSION, same_artifact,
         ))
     row = Case(
         run_id=run.id,
@@ -191,6 +193,7 @@ def save_case(
         route=case.route,
         exporter=case.exporter,
         opset=case.opset,
+        target=case.target,
         model_hash=case.model_hash,
         corpus_version=corpus_version,
         runner_version=RUNNER_VERSION,

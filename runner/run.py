@@ -173,7 +173,7 @@ def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expa
         summary.count("environments", resolved.status)
         if resolved.lock is None or ctx.resolve_only:
             if resolved.lock is None:
-                progress.console.print(f"[yellow]{env.id}: {env_row.signature}[/]")
+                progress.console.print(f"[yellow]{env.id}: {env_row.signature or resolved.status}[/]")
             progress.advance(ctx.case_task, len(cases))
             progress.advance(ctx.env_task)
             return
@@ -221,7 +221,7 @@ def _install_and_execute(
     workdir = settings.work_root / f"{ctx.run_id[:8]}-{env_row.id}"
     outcome = execute.execute(
         venv,
-        [split.job(c, settings.artifact_root) for c in todo],
+        [split.job(c, settings.artifact_root, expand.converter_options(env, c.route)) for c in todo],
         corpus=ctx.plan.corpus_path,
         workdir=workdir,
         step_timeout=ctx.step_timeout,

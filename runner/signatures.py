@@ -48,6 +48,11 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+# Failures the worker names itself, whose message adds nothing to group on (issue 11: a deployed artifact that a
+# user cannot call, e.g. a SavedModel without serving_default, which TF Serving refuses).
+SELF_NAMED = ("NoServingSignature", "NoSavedModel", "NoTfliteFile")
+
+
 def _clean(text: str) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m|\[\d+m", "", text)  # terminal colours
     text = re.sub(r"(/[\w.+-]+)+/?", "<path>", text)
@@ -62,6 +67,8 @@ def normalise(
     """A short stable signature for a failed step, e.g. `ParityExceeded(input=1)`."""
     details = details or {}
     message = message or ""
+    if error_type in SELF_NAMED:
+        return error_type
     if error_type == "ParityExceeded":
         return f"ParityExceeded(input={details.get('failed_input', '?')})"
     if error_type in ("Timeout", "Crash", "Oom"):

@@ -31,10 +31,12 @@ def artifact_dir(root: Path, key: str) -> Path:
     return root / key[:2] / key
 
 
-def job(case: expand.Case, artifact_root: Path) -> execute.Job:
-    """The worker's job for a planned case: export cases store an artifact, runtime cases read one."""
+def job(case: expand.Case, artifact_root: Path, options: dict[str, str] | None = None) -> execute.Job:
+    """The worker's job for a planned case; on split chains, export cases store an artifact and runtime cases
+    read one."""
     return execute.Job(
         key=case.key, model=case.model, route=case.route, exporter=case.exporter, opset=case.opset,
+        target=case.target, options=dict(options or {}),
         artifact_root=str(artifact_root) if case.route == "export" else None,
         artifact=str(artifact_dir(artifact_root, case.artifact)) if case.artifact else None,
     )
@@ -101,9 +103,10 @@ def runtime_cases(
         if (model, exporter, opset, model_hash) in wanted:
             first.setdefault(key, (model, exporter, opset, model_hash))
     return tuple(
-        expand.Case(model=m, route=route, exporter=e, opset=o, model_hash=h, artifact=key)
+        expand.Case(model=m, route=route, exporter=e, opset=o, model_hash=h, artifact=key, target=target)
         for key, (m, e, o, h) in first.items()
         for route in routes
+        for target in expand.targets_of(split.plan.spec, route)
     )
 
 

@@ -86,8 +86,13 @@ def compile(
     excludes: Sequence[str] = (),
     cutoff: str | None = None,
     uv_path: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> Lock | Conflict:
-    """Resolve `requirements` for `python`; a conflict is a result, not an exception."""
+    """Resolve `requirements` for `python`; a conflict is a result, not an exception.
+
+    `overrides` replace every declared requirement on the packages they name (uv's --overrides), as a user
+    does when a converter's exact pins make an environment unresolvable.
+    """
     with tempfile.TemporaryDirectory(prefix="knowngood-compile-") as tmp:
         args = [
             "pip", "compile", "-", "--python", str(python), "--generate-hashes",
@@ -97,6 +102,10 @@ def compile(
             exclude_file = Path(tmp) / "excludes.txt"
             exclude_file.write_text("\n".join(excludes) + "\n")
             args += ["--excludes", str(exclude_file)]
+        if overrides:
+            override_file = Path(tmp) / "overrides.txt"
+            override_file.write_text("\n".join(overrides) + "\n")
+            args += ["--overrides", str(override_file)]
         if cutoff:
             args += ["--exclude-newer", cutoff]
         proc = _run(args, input="\n".join(requirements) + "\n", uv_path=uv_path)

@@ -71,6 +71,12 @@ class Environment(Base):
     signature: Mapped[str | None] = mapped_column(String(300))
     resolved_at: Mapped[created]
     memory: Mapped[dict[str, Any]] = mapped_column(default=dict, comment="import RSS figures in bytes")
+    overrides: Mapped[list[str]] = mapped_column(
+        default=list, server_default="[]", comment="uv --overrides the lock was resolved with (relaxed declared pins)"
+    )
+    options: Mapped[dict[str, Any]] = mapped_column(
+        default=dict, server_default="{}", comment="converter options that are a spec axis, e.g. onnx2tf-backend"
+    )
 
     packages: Mapped[list[Package]] = relationship(
         back_populates="environment", cascade="all, delete-orphan", order_by="Package.name"
@@ -98,17 +104,18 @@ class Package(Base):
 
 
 class Case(Base):
-    """One model through one route with one exporter and opset, in one environment."""
+    """One model through one route with one exporter, opset and target, in one environment."""
 
     __tablename__ = "case"
     __table_args__ = (
         UniqueConstraint(
-            "environment_id", "model", "route", "exporter", "opset", "model_hash", "runner_version", "artifact_id",
+            "environment_id", "model", "route", "exporter", "opset", "target", "model_hash", "runner_version",
+            "artifact_id",
             name="uq_case_identity",
         ),
         Index("ix_case_model_route", "model", "route"),
         # Read side (api/queries.py): chain completeness and matrix counts answered from the index alone.
-        Index("ix_case_chain", "route", "model", "status", "environment_id", "exporter"),
+        Index("ix_case_chain", "route", "model", "status", "environment_id", "exporter", "target"),
         Index("ix_case_run_id_status", "run_id", "status"),
     )
 
@@ -119,6 +126,10 @@ class Case(Base):
     route: Mapped[name64]
     exporter: Mapped[name64]
     opset: Mapped[int] = mapped_column(comment="opset asked for")
+    target: Mapped[str] = mapped_column(
+        String(32), default="", server_default="",
+        comment="what was deployed and checked: saved_model | tflite | keras on TF routes, empty elsewhere",
+    )
     opset_emitted: Mapped[int | None] = mapped_column(comment="opset read back from the exported file")
     model_hash: Mapped[name64]
     corpus_version: Mapped[name64]

@@ -50,6 +50,9 @@ READS = (1, 2)
 StepStatus = Literal["ok", "fail", "error", "timeout", "crash", "oom", "skip"]
 CaseStatus = Literal["pass", "fail", "error", "timeout", "crash", "oom", "skip"]
 RunStatus = Literal["running", "finished", "interrupted"]  # interrupted: killed, marked by a later run
+# Routes whose one case measured the converter's in-memory model before targets existed (issue 11): a document
+# that names no target for them means `keras`, as migration 0005 labels the rows it finds.
+PRE_TARGET_ROUTES = ("onnx2tf", "onnx-tf", "nobuco")
 
 
 class SnapshotError(KnowngoodError, ValueError):
@@ -151,6 +154,8 @@ class CaseDoc(_Doc):
     route: str = Field(min_length=1, max_length=64)
     exporter: str = Field(min_length=1, max_length=64)
     opset: Int32
+    target: str | None = Field(default=None, max_length=32,
+                               description="saved_model | tflite | keras; omitted: keras on TF routes, else empty")
     opset_emitted: Int32 | None = None
     model_hash: str = Field(max_length=64)
     corpus_version: str = Field(max_length=64)
@@ -161,9 +166,15 @@ class CaseDoc(_Doc):
     recorded_at: Timestamp
     steps: list[StepDoc] = Field(default_factory=list)
 
-    def identity(self) -> tuple[str, str | None, str, str, str, int, str, str]:
+    @property
+    def target_or_default(self) -> str:
+        if self.target is not None:
+            return self.target
+        return "keras" if self.route in PRE_TARGET_ROUTES else ""
+
+    def identity(self) -> tuple[str, str | None, str, str, str, int, str, str, str]:
         return (self.environment.hash, self.environment.lock_hash, self.model, self.route, self.exporter,
-                self.opset, self.model_hash, self.runner_version)
+                self.opset, self.model_hash, self.runner_version, self.target_or_default)
 
 
 class PackageDoc(_Doc):
@@ -189,6 +200,8 @@ class EnvironmentDoc(_Doc):
     signature: str | None = Field(default=None, max_length=300)
     resolved_at: Timestamp
     memory: dict[str, Any] = Field(default_factory=dict)
+    overrides: list[str] = Field(default_factory=list, description="uv --overrides the lock was resolved with")
+    options: dict[str, Any] = Field(default_factory=dict, description="converter options that are a spec axis")
     packages: list[PackageDoc] | None = Field(
         default=None, description="v2: omitted means the lock's pins; v1: omitted means none")
 
@@ -385,6 +398,7 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
                 requirements=list(e.requirements), excludes=list(e.excludes or []), index_url=e.index_url,
                 cutoff=e.cutoff, status=e.status, lock_text=e.lock_text, error=e.error, signature=e.signature,
                 resolved_at=as_utc(e.resolved_at), memory=e.memory or {},
+                overrides=list(e.overrides or []), options=dict(e.options or {}),
                 packages=[PackageDoc(name=p.name, version=p.version, hashes=list(p.hashes or []))
                           for p in sorted(e.packages, key=lambda p: p.name)],
             ) for e in envs),
@@ -395,6 +409,7 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
                 run=c.run_id, environment=EnvironmentKey(hash=env_key[c.environment_id][0],
                                                          lock_hash=env_key[c.environment_id][1]),
                 model=c.model, route=c.route, exporter=c.exporter, opset=c.opset, opset_emitted=c.opset_emitted,
+                target=c.target or None,
                 model_hash=c.model_hash, corpus_version=c.corpus_version, runner_version=c.runner_version,
                 status=cast(CaseStatus, c.status), signature=c.signature, max_abs_diff=c.max_abs_diff,
                 recorded_at=as_utc(c.recorded_at),
@@ -421,7 +436,9 @@ def encode(doc: Snapshot) -> dict[str, Any]:
     blocks: dict[str, int] = {}
     environments = []
     for env in doc.environments:
-        out = env.model_dump(mode="json", exclude={"lock", "lock_text", "packages"})
+        # Written only where set, so that documents of environments without them read as before.
+        unset = _unset(env, "overrides", "options")
+        out = env.model_dump(mode="json", exclude={"lock", "lock_text", "packages", *unset})
         if env.lock_text is not None:
             out["lock"] = [blocks.setdefault(block, len(blocks)) for block in split_lock(env.lock_text)]
         if env.packages != lock_packages(env.lock_text):  # e.g. ingested from elsewhere: keep them as they are
@@ -429,7 +446,11 @@ def encode(doc: Snapshot) -> dict[str, Any]:
         environments.append(out)
     data = doc.model_dump(mode="json", exclude={"lock_blocks", "environments", "cases"})
     return {**data, "format_version": FORMAT_VERSION, "lock_blocks": list(blocks), "environments": environments,
-            "cases": [c.model_dump(mode="json") for c in doc.cases]}
+            "cases": [c.model_dump(mode="json", exclude=_unset(c, "target")) for c in doc.cases]}
+
+
+def _unset(doc: BaseModel, *names: str) -> set[str]:
+    return {n for n in names if not getattr(doc, n)}
 
 
 def dumps(doc: Snapshot, *, indent: int | None = None) -> str:
@@ -572,15 +593,16 @@ def _store(session: Session, doc: Snapshot) -> Imported:
             env = env_ids[(c.environment.hash, c.environment.lock_hash)]
             if env.id not in known:
                 known[env.id] = {tuple(r) for r in session.execute(
-                    select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash, Case.runner_version)
-                    .where(Case.environment_id == env.id))}
+                    select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash, Case.runner_version,
+                           Case.target).where(Case.environment_id == env.id))}
             model = relabel.model_name(c.model, c.model_hash)  # a renamed model's rows go by its new name
-            key = (model, c.route, c.exporter, c.opset, c.model_hash, c.runner_version)
+            key = (model, c.route, c.exporter, c.opset, c.model_hash, c.runner_version, c.target_or_default)
             if key in known[env.id]:
                 out.cases_existing += 1
                 continue
             known[env.id].add(key)
-            fields = {**c.model_dump(exclude={"run", "environment", "steps"}), "model": model}
+            fields = {**c.model_dump(exclude={"run", "environment", "steps"}), "model": model,
+                      "target": c.target_or_default}
             session.add(Case(**fields, run_id=c.run, environment_id=env.id,
                              steps=[Step(**s.model_dump()) for s in c.steps]))
             out.cases_added += 1

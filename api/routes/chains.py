@@ -15,6 +15,7 @@ from api.routes.params import (
     PythonParam,
     RequireParam,
     RouteParam,
+    TargetParam,
     check_case_filters,
     check_packages,
     json_response,
@@ -28,11 +29,12 @@ LimitParam = Annotated[int, Query(ge=1, le=1000, description="at most this many 
 
 def parse_query(
     session: Session, models: list[str], route: str, exporter: str | None, python: str | None,
-    require: list[str] | None, limit: int | None = None,
+    require: list[str] | None, limit: int | None = None, target: str | None = None,
 ) -> queries.ChainQuery:
     """Shared by /chains and /lockfile: parse, then check names against what is recorded."""
-    query = queries.ChainQuery.parse(models, route, exporter=exporter, python=python, require=require, limit=limit)
-    check_case_filters(session, route, exporter, query.models)
+    query = queries.ChainQuery.parse(models, route, exporter=exporter, python=python, require=require, limit=limit,
+                                     target=target)
+    check_case_filters(session, route, exporter, query.models, target)
     check_packages(session, "require", [r.name for r in query.require])
     return query
 
@@ -40,13 +42,13 @@ def parse_query(
 @router.get("/chains", response_model=ChainsOut)
 async def chains(
     request: Request, cache: CacheDep, models: ModelsParam, route: RouteParam, exporter: ExporterParam = None,
-    python: PythonParam = None, require: RequireParam = None, limit: LimitParam = 20,
+    python: PythonParam = None, require: RequireParam = None, limit: LimitParam = 20, target: TargetParam = None,
 ) -> Response:
     """Known-good chains, newest versions first, each with its evidence (run, date, per-model parity): joint
     chains (one environment) in `chains`, split chains (export environment → runtime environment) in
     `split_chains`."""
     def build(session: Session) -> Response:
-        query = parse_query(session, models, route, exporter, python, require, limit)
+        query = parse_query(session, models, route, exporter, python, require, limit, target)
         page, total = queries.known_good_chain_page(session, query, request.app.state.env_facts)
         split, split_total = queries.split_chain_page(session, query, request.app.state.env_facts)
         return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total,

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from api import lockfile, queries
 from api.cache import CacheDep
 from api.routes.chains import parse_query
-from api.routes.params import ExporterParam, ModelsParam, PythonParam, RequireParam, RouteParam, errors
+from api.routes.params import ExporterParam, ModelsParam, PythonParam, RequireParam, RouteParam, TargetParam, errors
 
 router = APIRouter(tags=["lockfile"])
 
@@ -23,11 +23,12 @@ async def get_lockfile(
     side: Annotated[Literal["research", "production"] | None, Query(
         description="a split chain is two lockfiles: research (the export environment, torch) or production "
                     "(the runtime environment, no torch); without it, the best joint chain")] = None,
+    target: TargetParam = None,
 ) -> Response:
     """The best chain's environment as requirements (hashed), constraints, pylock.toml (PEP 751) or pyproject;
     with `side`, one side of the best split chain."""
     def build(session: Session) -> Response:
-        query = parse_query(session, models, route, exporter, python, require, limit=1)
+        query = parse_query(session, models, route, exporter, python, require, limit=1, target=target)
         facts, indexes = request.app.state.env_facts, request.app.state.settings.pylock_indexes
         if side is None:
             chains = queries.known_good_chains(session, query, facts)

@@ -14,6 +14,7 @@ from api.routes.params import (
     OptionalModelsParam,
     OptionalRouteParam,
     PythonParam,
+    TargetParam,
     check_case_filters,
     check_packages,
     json_response,
@@ -29,13 +30,13 @@ AxisParam = Annotated[str, Query(description="a package name; tensorflow also co
 async def matrix(
     request: Request, cache: CacheDep, x: AxisParam = "torch", y: AxisParam = "tensorflow",
     route: OptionalRouteParam = None, models: OptionalModelsParam = None, exporter: ExporterParam = None,
-    python: PythonParam = None,
+    python: PythonParam = None, target: TargetParam = None,
 ) -> Response:
     """The grid behind the dashboard, for the chosen models and route (all when omitted)."""
     def build(session: Session) -> Response:
         query = queries.MatrixQuery(x=x, y=y, route=route, models=tuple(queries.split_names(models)),
-                                    exporter=exporter, python=python)
-        check_case_filters(session, route, exporter, query.models)
+                                    exporter=exporter, python=python, target=target)
+        check_case_filters(session, route, exporter, query.models, target)
         check_packages(session, "x", [x])
         check_packages(session, "y", [y])
         return json_response(queries.matrix_grid(session, query))

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from api import queries
-from matrix.routes import EXPORTERS, ROUTES
+from matrix.routes import EXPORTERS, ROUTES, TARGETS
 
 # Repeatable as split_names promises (`models=a,b` is `models=a&models=b`); every other single-valued parameter
 # given twice is refused by reject_repeats rather than silently answered with its last value.
@@ -26,6 +26,10 @@ OptionalRouteParam = Annotated[str | None, Query(description=f"{' | '.join(ROUTE
                                                  json_schema_extra={"enum": list(ROUTES)})]
 ExporterParam = Annotated[str | None, Query(description=" | ".join(EXPORTERS),
                                             json_schema_extra={"enum": list(EXPORTERS)})]
+TARGET_NAMES = tuple(dict.fromkeys(t for ts in TARGETS.values() for t in ts))
+TargetParam = Annotated[str | None, Query(description=f"{' | '.join(TARGET_NAMES)}: the deployed artifact that must "
+                                                      "have passed on a TF route; any when omitted",
+                                          json_schema_extra={"enum": list(TARGET_NAMES)})]
 PythonParam = Annotated[str | None, Query(description="python minor version, e.g. 3.11")]
 RequireParam = Annotated[list[str] | None, Query(description="PEP 508 pins, repeatable: require=torch>=2.3")]
 
@@ -54,6 +58,11 @@ def check_exporter(exporter: str | None) -> None:
         raise queries.QueryError("exporter", f"expected one of {', '.join(EXPORTERS)}, got {exporter!r}")
 
 
+def check_target(target: str | None) -> None:
+    if target is not None and target not in TARGET_NAMES:
+        raise queries.QueryError("target", f"expected one of {', '.join(TARGET_NAMES)}, got {target!r}")
+
+
 def check_models(session: Session, models: list[str] | tuple[str, ...]) -> None:
     unknown = queries.unknown_models(session, models)
     if unknown:
@@ -62,10 +71,11 @@ def check_models(session: Session, models: list[str] | tuple[str, ...]) -> None:
 
 
 def check_case_filters(session: Session, route: str | None, exporter: str | None,
-                       models: list[str] | tuple[str, ...]) -> None:
+                       models: list[str] | tuple[str, ...], target: str | None = None) -> None:
     """The filters every case query takes, in the order their errors are reported."""
     check_route(route)
     check_exporter(exporter)
+    check_target(target)
     check_models(session, models)
 
 

@@ -4,7 +4,7 @@ Existing data keeps its meaning: every environment measured so far held torch an
 so it is `joint`, and no case so far came from or produced a stored artifact.
 
 Revision ID: 0006
-Revises: 0004_relabel_transformer
+Revises: 0005_targets
 Create Date: 2026-11-29 08:10:00.000000
 """
 
@@ -13,12 +13,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.sqlite import restore_change_triggers
+
 revision = "0006"
-down_revision = "0004_relabel_transformer"
+down_revision = "0005_targets"
 branch_labels = None
 depends_on = None
 
-_IDENTITY = ["environment_id", "model", "route", "exporter", "opset", "model_hash", "runner_version"]
+_IDENTITY = ["environment_id", "model", "route", "exporter", "opset", "target", "model_hash", "runner_version"]
 
 
 def upgrade() -> None:
@@ -52,17 +54,7 @@ def upgrade() -> None:
         )
         batch_op.drop_constraint("uq_case_identity", type_="unique")
         batch_op.create_unique_constraint("uq_case_identity", [*_IDENTITY, "artifact_id"])
-    _restore_change_triggers("case")
-
-
-def _restore_change_triggers(table: str) -> None:
-    """SQLite rebuilds a table to change its constraints, and the rebuild drops the table's triggers: put back
-    the change counter's (0003), which the API's response cache relies on."""
-    if op.get_bind().dialect.name != "sqlite":
-        return
-    for event in ("insert", "update", "delete"):
-        op.execute(f'CREATE TRIGGER IF NOT EXISTS tr_{table}_{event}_data_change AFTER {event.upper()} ON "{table}" '
-                   "BEGIN UPDATE data_change SET counter = counter + 1 WHERE id = 1; END")
+    restore_change_triggers("case")
 
 
 def downgrade() -> None:
@@ -72,6 +64,6 @@ def downgrade() -> None:
         batch_op.drop_constraint(batch_op.f("fk_case_artifact_id_artifact"), type_="foreignkey")
         batch_op.drop_index(batch_op.f("ix_case_artifact_id"))
         batch_op.drop_column("artifact_id")
-    _restore_change_triggers("case")
+    restore_change_triggers("case")
     op.drop_column("environment", "kind")
     op.drop_table("artifact")

@@ -167,6 +167,7 @@ def main(argv: list | None = None) -> int:
     steps_mod.DYNAMO_GUARD = any(
         # `default` is the dynamo exporter from torch 2.9
         case["exporter"] in ("dynamo", "default") or loads_dynamo is None or case["model"] in loads_dynamo
+        or case["route"] == "litert-torch"  # torch.export underneath, and LiteRT may bring TensorFlow
         for case in job["cases"]
     )
     for case in job["cases"]:

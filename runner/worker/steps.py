@@ -8,6 +8,8 @@ import resource
 import shutil
 import sys
 
+import deploy  # runner/worker/deploy.py: the worker's directory is on sys.path (main.py)
+
 
 class Skip(Exception):
     """The step cannot apply here (e.g. the torch release cannot express the model)."""
@@ -87,6 +89,10 @@ class Context:
         self.candidate: list = []
         self.candidate_from = ""
         self.tf_model = None
+        # Deployment target (issue 11): what convert writes and tf_run loads; "" on routes without one.
+        self.target = case.get("target") or ""
+        self.options = dict(case.get("options") or {})
+        self.artifact = ""
 
     def model_spec(self):  # type: ignore[no-untyped-def]
         if self.spec is None:
@@ -335,10 +341,20 @@ def step_runtime(ctx: Context) -> dict:
 
 
 ONNX2TF_OPTIONS = {
-    # Only what tf_run reads: the in-memory Keras model. No SavedModel, no .tflite files, no h5.
+    # The in-memory Keras model (target keras): no SavedModel, no .tflite files, no h5.
     "disable_model_save": True,
     "non_verbose": True,
 }
+ONNX2TF_DEPLOY_OPTIONS = {
+    # The files a user deploys (targets saved_model and tflite). Without output_signaturedefs the SavedModel
+    # has no serving_default (onnx2tf's README: signatures are needed for serving, and are off because they
+    # slow conversion); a user who serves passes it, and a release that still writes none fails tf_run.
+    "disable_model_save": False,
+    "output_signaturedefs": True,
+    "non_verbose": True,
+}
+# The .tflite carries its own signature; asking for SavedModel signatures would only slow its conversion.
+ONNX2TF_TFLITE_OPTIONS = {k: v for k, v in ONNX2TF_DEPLOY_OPTIONS.items() if k != "output_signaturedefs"}
 
 
 # Set by the worker: whether any of its cases may load torch._dynamo (costs ~2 s to import, so only then).
@@ -363,43 +379,20 @@ def before_tensorflow() -> None:
 def step_convert(ctx: Context) -> dict:
     before_tensorflow()
     route = ctx.case["route"]
-    if route == "onnx2tf":
-        import onnx2tf
-
-        out_dir = os.path.join(ctx.dir, "tf")
-        names = graph_inputs(ctx.onnx_path)
-        kwargs = dict(
-            input_onnx_file_path=ctx.onnx_path,
-            output_folder_path=out_dir,
-            # Keep torch's NCHW inputs as they are, so the same arrays feed every runtime.
-            keep_shape_absolutely_input_names=names,
-        )
-        for key, value in ONNX2TF_OPTIONS.items():
-            if _accepts(onnx2tf.convert, key):
-                kwargs[key] = value
-        ctx.tf_model = onnx2tf.convert(**kwargs)
-        if ctx.tf_model is None:
-            raise StepFailed("NoModel", "onnx2tf.convert returned no model")
-        return {"details": {"options": sorted(k for k in kwargs if k in ONNX2TF_OPTIONS)}}
-    if route == "onnx-tf":
-        import onnx
-        from onnx_tf.backend import prepare
-
-        ctx.tf_model = prepare(onnx.load(ctx.onnx_path))
-        return {}
-    if route == "nobuco":
-        import nobuco
-        from nobuco import ChannelOrder
-
-        module = ctx.model_spec().build()
-        ctx.tf_model = nobuco.pytorch_to_keras(
-            module,
-            args=list(ctx.examples[0].args),
-            # Keep torch's layout on both sides, so parity compares like with like.
-            inputs_channel_order=ChannelOrder.PYTORCH,
-            outputs_channel_order=ChannelOrder.PYTORCH,
-        )
-        return {}
+    target = ctx.target or "keras"
+    try:
+        if route == "onnx2tf":
+            return _convert_onnx2tf(ctx, target)
+        if route == "onnx-tf":
+            return _convert_onnx_tf(ctx, target)
+        if route == "nobuco":
+            return _convert_nobuco(ctx, target)
+        if route == "litert-torch":
+            return _convert_litert_torch(ctx, target)
+    except deploy.NotWritable as exc:
+        raise Skip(str(exc)) from None
+    except deploy.DeployFailed as exc:
+        raise StepFailed(exc.error_type, str(exc), exc.details) from None
     raise Skip("route %s has no convert step" % route)
 
 
@@ -412,8 +405,135 @@ def graph_inputs(path: str) -> list:
     return [i.name for i in graph.input if i.name not in weights]
 
 
+def _convert_onnx2tf(ctx: Context, target: str) -> dict:
+    import onnx2tf
+
+    try:
+        # onnx2tf 2.x exports a lazy convert(*args, **kwargs); the keywords are on the implementation's signature.
+        from onnx2tf.onnx2tf import convert as signature_of
+    except ImportError:
+        signature_of = onnx2tf.convert
+    out_dir = os.path.join(ctx.dir, "tf")
+    names = graph_inputs(ctx.onnx_path)
+    kwargs = dict(
+        input_onnx_file_path=ctx.onnx_path,
+        output_folder_path=out_dir,
+        # Keep torch's NCHW inputs as they are, so the same arrays feed every runtime.
+        keep_shape_absolutely_input_names=names,
+    )
+    wanted = dict({"keras": ONNX2TF_OPTIONS, "tflite": ONNX2TF_TFLITE_OPTIONS}.get(target, ONNX2TF_DEPLOY_OPTIONS))
+    backend = ctx.options.get("tflite_backend")
+    if backend and not _accepts(signature_of, "tflite_backend"):
+        # Before 2.0.6 onnx2tf has one backend, TensorFlow's converter: tf_converter is what it does anyway.
+        if backend != "tf_converter":
+            raise Skip("this onnx2tf has no tflite_backend: before 2.0.6 it converts through TensorFlow only")
+        backend = None
+    elif backend:
+        kwargs["tflite_backend"] = backend
+    if backend == "flatbuffer_direct" and target == "saved_model":
+        # The direct backend writes no SavedModel unless asked; it then builds one from its IR through TF.
+        if not _accepts(signature_of, "flatbuffer_direct_output_saved_model"):
+            raise Skip("this onnx2tf's flatbuffer_direct backend cannot write a SavedModel")
+        wanted["flatbuffer_direct_output_saved_model"] = True
+    for key, value in wanted.items():
+        if _accepts(signature_of, key):
+            kwargs[key] = value
+    model = onnx2tf.convert(**kwargs)
+    options = sorted(k for k in kwargs if k in wanted or k == "tflite_backend")
+    details = {"options": options, "keep_shape_absolutely_input_names": names}
+    if backend:
+        details["tflite_backend"] = backend
+    if target == "keras":
+        if model is None:
+            if backend == "flatbuffer_direct":
+                raise Skip("onnx2tf's flatbuffer_direct backend builds no in-memory Keras model")
+            raise StepFailed("NoModel", "onnx2tf.convert returned no model")
+        ctx.tf_model = model
+        return {"details": details}
+    if target == "saved_model":
+        ctx.artifact = deploy.require_saved_model(out_dir)
+    else:
+        ctx.artifact = deploy.find_tflite(out_dir)
+    details.update(deploy.artifact_details(target, ctx.artifact))
+    return {"details": details}
+
+
+def _convert_onnx_tf(ctx: Context, target: str) -> dict:
+    import onnx
+    from onnx_tf.backend import prepare
+
+    rep = prepare(onnx.load(ctx.onnx_path))
+    if target == "keras":
+        ctx.tf_model = rep
+        return {}
+    saved = os.path.join(ctx.dir, "saved_model")
+    rep.export_graph(saved)  # onnx-tf's documented way to a SavedModel
+    ctx.artifact = deploy.require_saved_model(saved)
+    how = "TensorflowRep.export_graph"
+    if target == "tflite":
+        ctx.artifact = deploy.tflite_from_saved_model(saved, os.path.join(ctx.dir, "model.tflite"))
+        how += " + TFLiteConverter.from_saved_model"
+    return {"details": dict(deploy.artifact_details(target, ctx.artifact), written_by=how)}
+
+
+def _convert_nobuco(ctx: Context, target: str) -> dict:
+    import nobuco
+    from nobuco import ChannelOrder
+
+    module = ctx.model_spec().build()
+    model = nobuco.pytorch_to_keras(
+        module,
+        args=list(ctx.examples[0].args),
+        # Keep torch's layout on both sides, so parity compares like with like.
+        inputs_channel_order=ChannelOrder.PYTORCH,
+        outputs_channel_order=ChannelOrder.PYTORCH,
+    )
+    if target == "keras":
+        ctx.tf_model = model
+        return {}
+    if target == "saved_model":
+        ctx.artifact = os.path.join(ctx.dir, "saved_model")
+        how = deploy.keras_to_saved_model(model, ctx.artifact)
+    else:
+        ctx.artifact = os.path.join(ctx.dir, "model.tflite")
+        deploy.keras_to_tflite(model, ctx.artifact)
+        how = "TFLiteConverter.from_keras_model"
+    return {"details": dict(deploy.artifact_details(target, ctx.artifact), written_by=how)}
+
+
+def _convert_litert_torch(ctx: Context, target: str) -> dict:
+    if target != "tflite":
+        raise Skip("litert-torch writes only .tflite")
+    try:
+        import litert_torch as converter  # 0.8 and later
+
+        name = "litert_torch"
+    except ImportError:
+        import ai_edge_torch as converter  # the same converter before its rename
+
+        name = "ai_edge_torch"
+    module = ctx.model_spec().build().eval()
+    ctx.artifact = os.path.join(ctx.dir, "model.tflite")
+    converter.convert(module, tuple(ctx.examples[0].args)).export(ctx.artifact)
+    if not os.path.isfile(ctx.artifact):
+        raise StepFailed("NoTfliteFile", "%s.convert(...).export returned but wrote no file" % name)
+    return {"details": dict(deploy.artifact_details(target, ctx.artifact),
+                            written_by="%s.convert(module, sample_args).export" % name)}
+
+
 def step_tf_run(ctx: Context) -> dict:
     route = ctx.case["route"]
+    target = ctx.target or "keras"
+    ctx.candidate_from = "%s:%s" % (route, target) if ctx.target else route
+    try:
+        if target == "saved_model":
+            ctx.candidate, details = deploy.run_saved_model(ctx.artifact, ctx.examples)
+            return {"details": details}
+        if target == "tflite":
+            ctx.candidate, details = deploy.run_tflite(ctx.artifact, ctx.examples)
+            return {"details": details}
+    except deploy.DeployFailed as exc:
+        raise StepFailed(exc.error_type, str(exc), exc.details) from None
     results = []
     for example in ctx.examples:
         arrays = [a.detach().cpu().numpy() for a in example.args]
@@ -424,8 +544,8 @@ def step_tf_run(ctx: Context) -> dict:
             out = list(ctx.tf_model.run(arrays if len(arrays) > 1 else arrays[0]))
         results.append(to_numpy_list(out))
     ctx.candidate = results
-    ctx.candidate_from = route
-    return {}
+    return {"details": {"target": target, "called": "the converter's in-memory model",
+                        "inputs": "fed as torch gives them (NCHW)"}} if ctx.target else {}
 
 
 def _align(ref, got):  # type: ignore[no-untyped-def]

@@ -51,6 +51,7 @@ def _cases(client: TestClient) -> dict[tuple[str, str], dict]:
     with make_sessionmaker(engine)() as s:
         for c in s.scalars(select(Case)):
             out[(c.model, c.route)] = {"status": c.status, "diff": c.max_abs_diff, "signature": c.signature,
+                                       "target": c.target,
                                        "steps": {st.name: (st.status, st.details) for st in c.steps}}
     engine.dispose()
     return out
@@ -66,6 +67,7 @@ def test_every_case_is_recorded_with_all_its_steps(smoke: tuple[str, dict], clie
         expected = ["export", "check", "reference", "runtime", "parity"] if route == "onnxruntime" else \
             ["export", "check", "reference", "convert", "tf_run", "parity"]
         assert list(case["steps"]) == expected, (model, route)
+        assert case["target"] == ("" if route == "onnxruntime" else "tflite")  # smoke.toml: targets = ["tflite"]
 
 
 def test_resnet_passes_on_onnxruntime_within_tolerance(client: TestClient) -> None:
