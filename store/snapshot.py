@@ -40,11 +40,11 @@ from store import relabel
 from store.db import as_utc
 from store.errors import KnowngoodError
 from store.locks import parse_lock
-from store.models import Case, Environment, Package, Run, Step
+from store.models import Artifact, Case, Environment, Package, Run, Step
 
 FORMAT: Final = "knowngood-snapshot"
-FORMAT_VERSION: Final = 2  # what export writes
-READS = (1, 2)
+FORMAT_VERSION: Final = 3  # what export writes (3: environment kinds and artifacts of split chains)
+READS = (1, 2, 3)
 
 # The step statuses the runner writes (runner.results.StepStatus); a case is `pass` or its first non-ok status.
 StepStatus = Literal["ok", "fail", "error", "timeout", "crash", "oom", "skip"]
@@ -164,6 +164,9 @@ class CaseDoc(_Doc):
     signature: str | None = Field(default=None, max_length=300)
     max_abs_diff: Measured | None = None
     recorded_at: Timestamp
+    artifact: str | None = Field(default=None, min_length=1, max_length=64,
+                                 description="v3, split chains: the graph key an export case stored or a runtime case "
+                                 "started from (one of the document's artifacts)")
     steps: list[StepDoc] = Field(default_factory=list)
 
     @property
@@ -172,9 +175,9 @@ class CaseDoc(_Doc):
             return self.target
         return "keras" if self.route in PRE_TARGET_ROUTES else ""
 
-    def identity(self) -> tuple[str, str | None, str, str, str, int, str, str, str]:
+    def identity(self) -> tuple[str, str | None, str, str, str, int, str, str, str, str]:
         return (self.environment.hash, self.environment.lock_hash, self.model, self.route, self.exporter,
-                self.opset, self.model_hash, self.runner_version, self.target_or_default)
+                self.opset, self.model_hash, self.runner_version, self.target_or_default, self.artifact or "")
 
 
 class PackageDoc(_Doc):
@@ -201,12 +204,22 @@ class EnvironmentDoc(_Doc):
     resolved_at: Timestamp
     memory: dict[str, Any] = Field(default_factory=dict)
     overrides: list[str] = Field(default_factory=list, description="uv --overrides the lock was resolved with")
+    kind: Literal["joint", "export", "runtime"] = Field(default="joint", description="v3; joint before split chains")
     options: dict[str, Any] = Field(default_factory=dict, description="converter options that are a spec axis")
     packages: list[PackageDoc] | None = Field(
         default=None, description="v2: omitted means the lock's pins; v1: omitted means none")
 
     def key(self) -> tuple[str, str | None]:
         return (self.hash, self.lock_hash)
+
+
+class ArtifactDoc(_Doc):
+    """v3: an exported graph of split chains, by its normalised graph hash (the files stay where they were made)."""
+
+    key: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=200)
+    opset_emitted: Int32 | None = None
+    ir_version: Int32 | None = None
 
 
 class RunDoc(_Doc):
@@ -227,11 +240,12 @@ class Snapshot(_Doc):
     """The whole document. Every case must name a run and an environment present in the same document."""
 
     format: Literal["knowngood-snapshot"] = FORMAT
-    format_version: Literal[1, 2] = 1  # documents from before versions were numbered are version 1
+    format_version: Literal[1, 2, 3] = 1  # documents from before versions were numbered are version 1
     exported_at: Timestamp | None = None
     runs: list[RunDoc] = Field(default_factory=list)
     lock_blocks: list[str] = Field(default_factory=list, description="v2: distinct lock blocks, see split_lock")
     environments: list[EnvironmentDoc] = Field(default_factory=list)
+    artifacts: list[ArtifactDoc] = Field(default_factory=list, description="v3: the graphs split-chain cases name")
     cases: list[CaseDoc] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -290,8 +304,16 @@ class Snapshot(_Doc):
             names = [p.name for p in env.packages or ()]
             if len(set(names)) != len(names):
                 raise ValueError(f"environments[{i}].packages: a package appears twice")
+        if self.format_version < 3 and (self.artifacts or any(e.kind != "joint" for e in self.environments)
+                                        or any(c.artifact for c in self.cases)):
+            raise ValueError("artifacts, environment kinds and case artifacts need format_version 3")
+        artifacts = {a.key for a in self.artifacts}
+        if len(artifacts) != len(self.artifacts):
+            raise ValueError("artifacts: an artifact key appears twice")
         cases: set[tuple[Any, ...]] = set()
         for i, case in enumerate(self.cases):
+            if case.artifact is not None and case.artifact not in artifacts:
+                raise ValueError(f"cases[{i}].artifact: {case.artifact} is not in this document's artifacts")
             if case.run not in runs:
                 raise ValueError(f"cases[{i}].run: run {case.run} is not in this document's runs")
             if (case.environment.hash, case.environment.lock_hash) not in envs:
@@ -383,6 +405,8 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
     else:
         envs = list(session.scalars(env_query))
     env_key = {e.id: (e.hash, e.lock_hash) for e in envs}
+    artifact_ids = {c.artifact_id for c in cases if c.artifact_id is not None}
+    artifacts = {a.id: a for a in session.scalars(select(Artifact).where(Artifact.id.in_(artifact_ids)))}
     # The status columns are plain strings; cast only narrows their type, the docs' Literal fields validate them.
     doc = Snapshot(
         format_version=FORMAT_VERSION,
@@ -399,11 +423,14 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
                 cutoff=e.cutoff, status=e.status, lock_text=e.lock_text, error=e.error, signature=e.signature,
                 resolved_at=as_utc(e.resolved_at), memory=e.memory or {},
                 overrides=list(e.overrides or []), options=dict(e.options or {}),
+                kind=cast(Literal["joint", "export", "runtime"], e.kind),
                 packages=[PackageDoc(name=p.name, version=p.version, hashes=list(p.hashes or []))
                           for p in sorted(e.packages, key=lambda p: p.name)],
             ) for e in envs),
             key=lambda d: (d.hash, d.lock_hash or ""),
         ),
+        artifacts=sorted((ArtifactDoc(key=a.key, model=a.model, opset_emitted=a.opset_emitted,
+                                      ir_version=a.ir_version) for a in artifacts.values()), key=lambda d: d.key),
         cases=sorted(
             (CaseDoc(
                 run=c.run_id, environment=EnvironmentKey(hash=env_key[c.environment_id][0],
@@ -413,6 +440,7 @@ def build(session: Session, run_ids: list[str] | None = None) -> Snapshot:
                 model_hash=c.model_hash, corpus_version=c.corpus_version, runner_version=c.runner_version,
                 status=cast(CaseStatus, c.status), signature=c.signature, max_abs_diff=c.max_abs_diff,
                 recorded_at=as_utc(c.recorded_at),
+                artifact=artifacts[c.artifact_id].key if c.artifact_id is not None else None,
                 steps=[StepDoc(ordinal=s.ordinal, name=s.name, status=cast(StepStatus, s.status), seconds=s.seconds,
                                peak_rss=s.peak_rss, error_type=s.error_type, message=s.message,
                                signature=s.signature, max_abs_diff=s.max_abs_diff, details=s.details or {})
@@ -532,7 +560,7 @@ def store(session: Session, doc: Snapshot) -> Imported:
     raise AssertionError("unreachable")
 
 
-def _insert(session: Session, model: type[Run] | type[Environment] | type[Package]) -> Insert:
+def _insert(session: Session, model: type[Run] | type[Environment] | type[Package] | type[Artifact]) -> Insert:
     """INSERT … ON CONFLICT DO NOTHING in the session's dialect (both spell it the same way)."""
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(model).on_conflict_do_nothing()
@@ -570,6 +598,15 @@ def _environment(session: Session, e: EnvironmentDoc) -> tuple[Environment, bool
     return session.get_one(Environment, env_id), True
 
 
+def _artifact(session: Session, a: ArtifactDoc) -> int:
+    """The row id of an artifact key, inserted if missing (on PostgreSQL a concurrent insert waits, then skips)."""
+    found = session.scalar(select(Artifact.id).where(Artifact.key == a.key))
+    if found is not None:
+        return found
+    added = session.execute(_insert(session, Artifact).values(**a.model_dump()).returning(Artifact.id)).scalar()
+    return added if added is not None else session.scalars(select(Artifact.id).where(Artifact.key == a.key)).one()
+
+
 def _store(session: Session, doc: Snapshot) -> Imported:
     out = Imported(runs=[r.id for r in doc.runs])
     try:
@@ -588,21 +625,25 @@ def _store(session: Session, doc: Snapshot) -> Imported:
             env_ids[e.key()] = env_row
             out.environments_added += env_added
         session.flush()
+        artifact_ids = {a.key: _artifact(session, a) for a in doc.artifacts}
         known: dict[int, set[tuple[Any, ...]]] = {}
         for c in doc.cases:
             env = env_ids[(c.environment.hash, c.environment.lock_hash)]
             if env.id not in known:
                 known[env.id] = {tuple(r) for r in session.execute(
                     select(Case.model, Case.route, Case.exporter, Case.opset, Case.model_hash, Case.runner_version,
-                           Case.target).where(Case.environment_id == env.id))}
+                           Case.target, Artifact.key).outerjoin(Artifact, Artifact.id == Case.artifact_id)
+                    .where(Case.environment_id == env.id))}
             model = relabel.model_name(c.model, c.model_hash)  # a renamed model's rows go by its new name
-            key = (model, c.route, c.exporter, c.opset, c.model_hash, c.runner_version, c.target_or_default)
+            key = (model, c.route, c.exporter, c.opset, c.model_hash, c.runner_version, c.target_or_default,
+                   c.artifact)
             if key in known[env.id]:
                 out.cases_existing += 1
                 continue
             known[env.id].add(key)
-            fields = {**c.model_dump(exclude={"run", "environment", "steps"}), "model": model,
-                      "target": c.target_or_default}
+            fields = {**c.model_dump(exclude={"run", "environment", "steps", "artifact"}), "model": model,
+                      "target": c.target_or_default,
+                      "artifact_id": artifact_ids[c.artifact] if c.artifact is not None else None}
             session.add(Case(**fields, run_id=c.run, environment_id=env.id,
                              steps=[Step(**s.model_dump()) for s in c.steps]))
             out.cases_added += 1
