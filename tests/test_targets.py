@@ -100,7 +100,7 @@ def test_an_environment_without_overrides_or_options_keeps_its_pre_target_hash()
 def test_compile_hands_overrides_to_uv_as_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_run(args: list[str], *, input: str | None = None, timeout: float = 0) -> Any:
+    def fake_run(args: list[str], *, input: str | None = None, timeout: float = 0, uv_path: str | None = None) -> Any:
         seen["args"] = args
         seen["overrides"] = Path(args[args.index("--overrides") + 1]).read_text()
 
@@ -118,7 +118,7 @@ def test_an_overrides_twin_resolves_only_where_the_declared_pins_conflict(monkey
     conflict = {"plain": True}
 
     def fake_compile(python: Path, reqs: Any, *, excludes: Any = (), cutoff: Any = None,
-                     overrides: Any = ()) -> Lock | uv.Conflict:
+                     overrides: Any = (), uv_path: str | None = None) -> Lock | uv.Conflict:
         calls.append(tuple(overrides))
         if not overrides and conflict["plain"]:
             return uv.Conflict("Because onnx2tf==2.6.9 depends on numpy==2.2.6 and ...")
@@ -256,7 +256,7 @@ def test_every_lockfile_format_carries_the_overrides(monkeypatch: pytest.MonkeyP
     assert "numpy==2.1.3\n" in constraints
     pyproject = tomllib.loads(render_environment(env, provenance, "pyproject"))
     assert pyproject["tool"]["uv"]["override-dependencies"] == ["numpy>=1.26,<2.2"]
-    monkeypatch.setattr(lockfile, "index_files", lambda url, name, version: (lockfile.IndexFile(
+    monkeypatch.setattr(lockfile, "index_files", lambda url, name, version, indexes=(): (lockfile.IndexFile(
         filename=f"{name}-{version}-py3-none-any.whl", url=f"https://files.example/{name}-{version}-py3-none-any.whl",
         sha256={"numpy": "a", "onnx2tf": "b", "tensorflow-cpu": "c"}[name] * 64,
         hashes=(("sha256", {"numpy": "a", "onnx2tf": "b", "tensorflow-cpu": "c"}[name] * 64),)),))

@@ -47,6 +47,7 @@ def upgrade() -> None:
         ))
     case = sa.table("case", sa.column("route", sa.String()), sa.column("target", sa.String()))
     op.execute(case.update().where(case.c.route.in_(TF_ROUTES)).values(target="keras"))
+    _fire_deferred_triggers()
     with op.batch_alter_table("case", schema=None) as batch_op:
         batch_op.drop_constraint("uq_case_identity", type_="unique")
         batch_op.create_unique_constraint("uq_case_identity", NEW_IDENTITY)
@@ -59,6 +60,7 @@ def downgrade() -> None:
     # Targets other than keras have no place in the old identity: they are dropped with the column.
     case = sa.table("case", sa.column("target", sa.String()))
     op.execute(case.delete().where(case.c.target.not_in(("", "keras"))))
+    _fire_deferred_triggers()
     with op.batch_alter_table("case", schema=None) as batch_op:
         batch_op.drop_index("ix_case_chain")
         batch_op.create_index("ix_case_chain", OLD_CHAIN, unique=False)
@@ -68,3 +70,10 @@ def downgrade() -> None:
     restore_change_triggers("case")
     op.drop_column("environment", "options")
     op.drop_column("environment", "overrides")
+
+
+def _fire_deferred_triggers() -> None:
+    # The rows just written queue PostgreSQL's deferred change-counter triggers (0003) until commit, and a table
+    # with pending trigger events cannot be altered in the same transaction: fire them now.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("SET CONSTRAINTS ALL IMMEDIATE")
