@@ -244,6 +244,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--since", type=_timestamp, help="report every run of the spec started since this ISO time "
                     "(the shards of one CI run) against the state before it")
     sp.set_defaults(func=cmd_report)
+
+    from knowngood import check
+    check.add_parser(sub)
     return p
 
 

@@ -137,7 +137,7 @@ _EDITABLE = ("-e", "--editable")
 
 def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """(first physical line number, logical line) with backslash continuations joined, as pip reads them."""
-    start, parts = 0, []
+    start, parts = 0, list[str]()
     for number, line in enumerate(text.splitlines(), start=1):
         if not parts:
             start = number
@@ -173,7 +173,7 @@ def _requirements(text: str, filename: str, python: str | None) -> Pins:
             req = Requirement(text_req)
         except InvalidRequirement as exc:
             raise PinsError(f"{filename}:{number}: expected a PEP 508 requirement such as 'torch==2.0.1', got "
-                            f"{text_req!r} ({exc})") from None
+                            f"{text_req!r} ({str(exc).splitlines()[0]})") from None
         if req.marker is not None and not req.marker.evaluate(env):
             continue
         pins.add(req.name, _specifier(req), number)
@@ -203,7 +203,7 @@ def _marker_environment(python: str | None) -> dict[str, str]:
 
     With no python known, packaging's default (the checker's own interpreter) answers python markers.
     """
-    env = dict(default_environment())
+    env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
     env.update(sys_platform="linux", platform_system="Linux", platform_machine="x86_64", os_name="posix",
                implementation_name="cpython", platform_python_implementation="CPython")
     if python:
