@@ -65,16 +65,23 @@ def _matters(route: str) -> tuple[str, ...]:
 
 def measured(session: Session, models: Iterable[str], route: str, exporter: str | None,
              facts: queries.FactsCache | None = None) -> dict[int, Measured]:
-    """Every environment with a recorded case of `models` on `route`; a skipped case is no evidence either way."""
+    """Every environment with a recorded case of `models` on `route`; a skipped case is no evidence either way.
+
+    Two aggregates pick one case per (environment, model): the newest pass, else the newest failure. Only those
+    cases' details are read, so the cost follows environments × models, not every case recorded.
+    """
     models = tuple(models)
-    conditions = [Case.model.in_(models), Case.route == route, Case.status != "skip"]
+    conditions = [Case.model.in_(models), Case.route == route]
     if exporter:
         conditions.append(Case.exporter == exporter)
-    rows = session.execute(
-        select(Case.id, Case.environment_id, Case.model, Case.exporter, Case.status, Case.signature, Case.run_id,
-               Case.recorded_at).where(*conditions).order_by(Case.recorded_at.desc(), Case.id)
-    ).all()
-    known, place = (facts or queries.FactsCache()).get(session, {r.environment_id for r in rows})
+    chosen: dict[tuple[int, str], tuple[str, int]] = {}
+    for status, condition in (("fail", Case.status.not_in(("pass", "skip"))), ("pass", Case.status == "pass")):
+        for env_id, model, case_id in session.connection().execute(
+            select(Case.environment_id, Case.model, func.max(Case.id)).where(*conditions, condition)
+            .group_by(Case.environment_id, Case.model)
+        ):
+            chosen[env_id, model] = (status, case_id)  # passes are read second, and replace failures
+    known, place = (facts or queries.FactsCache()).get(session, {e for e, _ in chosen})
     out = {e: Measured(e, f.python, dict(f.versions), place[e]) for e, f in known.items()}
     extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
     if extra and out:
@@ -83,14 +90,17 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
         ):
             if env_id in out:
                 out[env_id].versions[name] = version
-    for r in rows:  # newest first: the first pass, else the newest failure, speaks for the environment
-        m = out.get(r.environment_id)
-        if m is None:
-            continue
-        status = "pass" if r.status == "pass" else "fail"
-        held = m.outcomes.get(r.model)
-        if held is None or (held.status == "fail" and status == "pass"):
-            m.outcomes[r.model] = Outcome(status, r.id, r.run_id, r.exporter, r.signature)
+    ids = sorted(case_id for _, case_id in chosen.values())
+    details = {}
+    for i in range(0, len(ids), 5000):
+        for row in session.connection().execute(
+            select(Case.id, Case.run_id, Case.exporter, Case.signature).where(Case.id.in_(ids[i: i + 5000]))
+        ):
+            details[row.id] = row
+    for (env_id, model), (status, case_id) in chosen.items():
+        if env_id in out:
+            row = details[case_id]
+            out[env_id].outcomes[model] = Outcome(status, case_id, row.run_id, row.exporter, row.signature)
     return out
 
 

@@ -83,14 +83,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_chains(args: argparse.Namespace) -> int:
-    from api import queries
+    from api import queries, verdicts
     from store.db import make_engine, make_sessionmaker
 
     engine = make_engine(_settings(args).database_url)
     with make_sessionmaker(engine)() as session:
-        chains = queries.known_good_chains(session, queries.ChainQuery.parse(args.models, args.route))
+        query = queries.ChainQuery.parse(args.models, args.route)
+        chains = queries.known_good_chains(session, query)
+        near, counts = verdicts.explain_chains(session, query)
     for chain in chains:
         print(json.dumps(chain.model_dump(mode="json")))
+    # Last, as one line of its own: what was measured and the closest failures, so an empty answer explains itself.
+    print(json.dumps({"environments": counts.model_dump(), "near_misses": [n.model_dump(mode="json") for n in near]}))
     return 0 if chains else 1
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
-from api import queries
+from api import queries, verdicts
 from api.cache import CacheDep
 from api.routes.params import (
     ExporterParam,
@@ -42,10 +42,16 @@ async def chains(
     request: Request, cache: CacheDep, models: ModelsParam, route: RouteParam, exporter: ExporterParam = None,
     python: PythonParam = None, require: RequireParam = None, limit: LimitParam = 20,
 ) -> Response:
-    """Known-good chains, newest versions first, each with its evidence (run, date, per-model parity)."""
+    """Known-good chains, newest versions first, each with its evidence (run, date, per-model parity).
+
+    Beside them: the closest failing environments (`near_misses`, with step and signature) and how many
+    environments were measured, resolved only or unresolvable for the query, so an empty answer says why.
+    """
     def build(session: Session) -> Response:
         query = parse_query(session, models, route, exporter, python, require, limit)
         page, total = queries.known_good_chain_page(session, query, request.app.state.env_facts)
-        return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total))
+        near, counts = verdicts.explain_chains(session, query, request.app.state.env_facts)
+        return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total,
+                                       near_misses=near, environments=counts))
 
     return await cache.serve(request, build)
