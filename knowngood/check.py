@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from api.schemas import CheckOut, ModelVerdict
 
 USAGE = 3
-# Found by path like migrations/: the snapshot ships beside the packages in the repository (and the Action's checkout).
-SNAPSHOT = Path(__file__).resolve().parent.parent / "data" / "snapshot.json.gz"
+# The measured data: inside the package in a wheel (pyproject force-include; what pre-commit and `uv tool` install),
+# beside the packages in a checkout (the repository, the Action's own checkout, an editable install).
+_PACKAGED = Path(__file__).resolve().parent / "data" / "snapshot.json.gz"
+SNAPSHOT = _PACKAGED if _PACKAGED.exists() else Path(__file__).resolve().parent.parent / "data" / "snapshot.json.gz"
 FORMATS = ("table", "json", "markdown")
 FAIL_ON = ("bad", "untested", "never")
 # The spans a person reads beside a failure; numpy and protobuf follow from these and stay in the JSON.
