@@ -1,5 +1,6 @@
 """`knowngood check` and POST /check on the shipped snapshot: each verdict, offline and server answers equal,
-exit codes, /chains explaining itself, and the GitHub Action's and pre-commit hook's commands run for real."""
+exit codes, /chains explaining itself, the GitHub Action's and pre-commit hook's commands run for real; and the
+feed and badge, which read the same snapshot."""
 
 from __future__ import annotations
 
@@ -330,3 +331,34 @@ def test_the_pre_commit_hook_entry_checks_the_files_it_matches(cache_home: Path)
     mixed = subprocess.run([*argv, str(GOOD), str(UNTESTED / "uv.lock")], env=env, capture_output=True, text=True,
                            timeout=300)
     assert mixed.returncode == 2 and "untested" in mixed.stdout  # pass_filenames: every file, the worst verdict
+
+
+# -- feed and badge ---------------------------------------------------------------------------------------------
+
+def test_feed_counts_what_knowngood_report_counts(shipped_sqlite: str) -> None:
+    from xml.etree import ElementTree as ET
+
+    from api import feed
+    from knowngood import report
+
+    engine = make_engine(shipped_sqlite)
+    with make_sessionmaker(engine)() as session:
+        changes = feed.run_changes(session, limit=200)
+        for c in changes:
+            rep = report.compare(session, run=c.run_id)
+            assert (len(c.new_failures), len(c.new_passes)) == (len(rep.new_failures), len(rep.new_passes)), c.run_id
+    engine.dispose()
+    assert any(c.new_failures for c in changes)
+    with TestClient(create_app(Settings(database_url=shipped_sqlite))) as client:
+        resp = client.get("/api/v1/feed.atom", params={"limit": 5})
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("application/atom+xml")
+    entries = ET.fromstring(resp.content).findall("{http://www.w3.org/2005/Atom}entry")
+    assert len(entries) == 5 and "new failures" in entries[0].findtext("{http://www.w3.org/2005/Atom}title", "")
+
+
+def test_badge_is_a_shields_endpoint(shipped_sqlite: str) -> None:
+    with TestClient(create_app(Settings(database_url=shipped_sqlite))) as client:
+        good = client.get("/api/v1/badge", params={"models": "resnet", "route": "onnx2tf"}).json()
+        none = client.get("/api/v1/badge", params={"models": "transformer", "route": "onnx2tf"}).json()
+    assert good["schemaVersion"] == 1 and good["color"] == "brightgreen" and good["message"].startswith("torch ")
+    assert (none["color"], none["message"]) == ("red", "no known-good chain")
