@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sp.add_argument("--route", action="append", help="route (repeatable or comma-separated); default: the routes "
                                                      "whose packages the file pins")
     sp.add_argument("--exporter", help="torchscript | dynamo; default: any exporter that passed")
-    sp.add_argument("--python", help="python minor such as 3.11, where the file does not say")
+    sp.add_argument("--python", help="python minor such as 3.11, for a file that does not say which")
     sp.add_argument("--format", choices=FORMATS, default="table")
     sp.add_argument("--fail-on", choices=FAIL_ON, default="untested",
                     help="bad: only known-bad fails; untested (default): known-bad and untested fail; never")

@@ -73,9 +73,6 @@ class Pins:
     python: str | None = None  # the one minor ("3.11") the file is for, when it says
     requires_python: str | None = None  # the file's requires-python specifier, if any
 
-    def versions(self) -> dict[str, str]:
-        return {n: p.version or p.specifier for n, p in self.pins.items()}
-
 
 def kind_of(filename: str) -> Kind:
     name = PurePath(filename).name.lower()
@@ -91,7 +88,7 @@ def kind_of(filename: str) -> Kind:
 
 
 def read(path: str | Path, *, python: str | None = None) -> Pins:
-    """Read a lockfile from disk; `python` ("3.11") is used where the file does not say."""
+    """Read a lockfile from disk; `python` ("3.11") is used where the file does not say which python it is for."""
     path = Path(path)
     kind = kind_of(str(path))  # before reading: an unsupported name is refused even if it exists
     try:
@@ -152,7 +149,7 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
 
 
 def _requirements(text: str, filename: str, python: str | None) -> Pins:
-    header = python or _header_python(text)
+    header = _header_python(text) or python
     pins = _Collector(filename)
     env = _marker_environment(header)
     for number, line in _logical_lines(text):
@@ -284,7 +281,7 @@ def _locked_packages(text: str, filename: str, data: dict[str, Any], array: str,
     if requires is not None and not isinstance(requires, str):
         raise PinsError(f"{filename}:{_key_line(text, 'requires-python')}: requires-python: expected a string, got "
                         f"{requires!r}")
-    chosen = python or _python_of(requires, filename, _key_line(text, "requires-python"))
+    chosen = _python_of(requires, filename, _key_line(text, "requires-python")) or python
     entries = data.get(array)
     if not isinstance(entries, list):
         raise PinsError(f"{filename}:1: expected [[{array}]] tables, got "
@@ -340,7 +337,7 @@ def _pyproject(text: str, filename: str, python: str | None) -> Pins:
     project = data.get("project") or {}
     uv = (data.get("tool") or {}).get("uv") or {}
     requires = project.get("requires-python")
-    chosen = python or _python_of(requires, filename, _key_line(text, "requires-python"))
+    chosen = _python_of(requires, filename, _key_line(text, "requires-python")) or python
     env = _marker_environment(chosen)
     found: dict[str, list[tuple[str, str, int]]] = {}
     for key, table in (("dependencies", project), ("constraint-dependencies", uv), ("override-dependencies", uv)):

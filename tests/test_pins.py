@@ -101,3 +101,9 @@ def test_unreadable_files(tmp_path: Path) -> None:
         read(tmp_path / "missing.txt")
     with pytest.raises(PinsError, match=r"--python: expected a version like '3.11', got '311'"):
         parse("torch==2.0.1\n", "r.txt", python="311")
+
+
+def test_python_option_fills_in_only_where_the_file_does_not_say() -> None:
+    assert read(LOCKFILES / "good" / "requirements.in", python="3.10").python == "3.10"  # no header
+    assert read(LOCKFILES / "good" / "requirements.txt", python="3.10").python == "3.11"  # the header says
+    assert read(LOCKFILES / "pyproject-uv" / "pyproject.toml", python="3.10").python == "3.10"  # allows two
