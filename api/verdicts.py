@@ -25,7 +25,7 @@ from api.schemas import (
     SignatureSeen,
     Verdict,
 )
-from matrix.routes import ALIASES, KEY_PACKAGES, ROUTE_PACKAGES, ROUTES
+from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES, ROUTES
 from store.models import Case, Environment, Package, Step
 from store.pins import FilePin, Pins
 
@@ -236,6 +236,8 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
     for route in chosen:
         if route not in ROUTES:
             raise queries.QueryError("route", f"expected one of {', '.join(ROUTES)}, got {route!r}")
+    if exporter is not None and exporter not in EXPORTERS:
+        raise queries.QueryError("exporter", f"expected one of {', '.join(EXPORTERS)}, got {exporter!r}")
     unknown = queries.unknown_models(session, models)
     if unknown:
         raise queries.QueryError("models", f"no results recorded for {unknown}; known: "

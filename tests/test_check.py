@@ -158,6 +158,7 @@ def test_exit_codes(shipped_sqlite: str, capsys: pytest.CaptureFixture[str], pat
 @pytest.mark.parametrize(("args", "message"), [
     ([str(GOOD), "--models", "nosuchmodel"], "models: no results recorded for ['nosuchmodel']"),
     ([str(GOOD), "--models", "resnet", "--route", "teleport"], "route: expected one of onnxruntime"),
+    ([str(GOOD), "--models", "resnet", "--exporter", "jit"], "exporter: expected one of torchscript, dynamo"),
     ([str(LOCKFILES / "poetry.lock"), "--models", "resnet"], "poetry.lock:1: expected a requirements"),
 ])
 def test_usage_errors_exit_3_and_say_what_was_expected(shipped_sqlite: str, capsys: pytest.CaptureFixture[str],
