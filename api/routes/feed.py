@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from api import feed, queries
 from api.cache import CacheDep
 from api.routes.chains import parse_query
-from api.routes.params import ExporterParam, ModelsParam, PythonParam, RequireParam, RouteParam, errors, json_response
+from api.routes.params import ExporterParam, ModelsParam, PythonParam, RequireParam, RouteParam, json_response
 
 router = APIRouter(tags=["feed"])
 
@@ -41,7 +41,7 @@ async def feed_atom(
     return await cache.serve(request, build)
 
 
-@router.get("/badge", response_model=BadgeOut, responses=errors(422))
+@router.get("/badge", response_model=BadgeOut)
 async def badge(
     request: Request, cache: CacheDep, models: ModelsParam, route: RouteParam, exporter: ExporterParam = None,
     python: PythonParam = None, require: RequireParam = None,
