@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.cache import CacheMiddleware, ResponseCache
 from api.lockfile import LockfileUnavailable
 from api.queries import FactsCache, QueryError
-from api.routes import chains, dashboard, failures, ingest, lockfile, matrix, runs
+from api.routes import chains, check, dashboard, failures, feed, ingest, lockfile, matrix, runs
 from api.routes.params import reject_nul, reject_repeats
 from store import __version__
 from store.db import make_engine, make_sessionmaker
@@ -94,6 +94,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(matrix.router, prefix="/api/v1", dependencies=read_only)
     app.include_router(failures.router, prefix="/api/v1", dependencies=read_only)
     app.include_router(runs.router, prefix="/api/v1", dependencies=read_only)
+    app.include_router(check.router, prefix="/api/v1", dependencies=read_only)
+    app.include_router(feed.router, prefix="/api/v1", dependencies=read_only)
     app.include_router(ingest.router, prefix="/api/v1")
     app.include_router(dashboard.router, dependencies=read_only)
     return app

@@ -74,6 +74,8 @@ class ChainsOut(BaseModel):
         default_factory=list, description="export → runtime pairs, best first (each side is its own lockfile)"
     )
     split_total: int = Field(default=0, description="split chains matching before `limit` was applied")
+    near_misses: list[NearMiss] = Field(default_factory=list, description="closest environments that failed")
+    environments: MeasuredCounts | None = Field(default=None, description="what was measured for this query")
 
 
 class MatrixEnvironment(BaseModel):
@@ -235,3 +237,101 @@ class EnvironmentOut(BaseModel):
     packages: list[PackageOut]
     cases: list[CaseOut]
     lockfiles: dict[str, str] = Field(description="format → URL of this environment's lockfile; empty if unresolved")
+
+
+# -- explanations and verdicts (GET /chains' additive fields, POST /check) -----------------------------------------
+
+Verdict = Literal["known-good", "known-bad", "untested"]
+
+
+class FailedCase(BaseModel):
+    model: str
+    exporter: str
+    step: str | None = Field(description="the first step that was not ok")
+    signature: str | None
+
+
+class NearMiss(BaseModel):
+    """A measured environment where some requested model did not pass: the closest the data came to a chain."""
+
+    environment_id: int
+    name: str
+    python: str
+    versions: dict[str, str]
+    passed: list[str] = Field(description="requested models that passed here")
+    failed: list[FailedCase]
+
+
+class MeasuredCounts(BaseModel):
+    """How many environments the data holds for a query, so that an empty answer says why it is empty."""
+
+    measured: int = Field(description="environments with recorded cases of the requested models on the route")
+    resolved_only: int = Field(description="resolved for the route, but no case of these models was run there")
+    unresolvable: int = Field(description="asked for the route's packages but could not be resolved or installed")
+
+
+class PinDiff(BaseModel):
+    package: str = Field(description="a package name, or 'python'")
+    yours: str | None = Field(description="what the file pins; null if it does not pin the package")
+    measured: str | None = Field(description="what the environment has; null if it does not have the package")
+
+
+class Fix(BaseModel):
+    """The smallest change that makes the pins a known-good chain: fewest packages, then least version distance."""
+
+    environment_id: int
+    environment: str
+    python: str
+    run_id: str | None
+    changes: list[PinDiff] = Field(description="empty: the pins already are this chain")
+    summary: str = Field(description="e.g. 'onnx2tf 1.28.8 → 1.26.9', or 'no change'")
+
+
+class SignatureSeen(BaseModel):
+    """Where a failure signature was seen on the route: when, in how many environments, between which versions."""
+
+    environments: int
+    first_seen: Timestamp
+    last_seen: Timestamp
+    versions: dict[str, list[str]] = Field(description="package → [lowest, highest] version it was seen with")
+
+
+class Nearby(BaseModel):
+    environment_id: int
+    environment: str
+    python: str
+    status: Literal["pass", "fail"]
+    signature: str | None
+    differs: list[PinDiff]
+
+
+class ModelVerdict(BaseModel):
+    model: str
+    route: str
+    exporter: str | None = Field(description="the exporter of the evidence (or as asked, when untested)")
+    verdict: Verdict
+    environment_id: int | None = Field(description="the evidence: where the pins passed (good) or failed (bad)")
+    environment: str | None
+    run_id: str | None
+    step: str | None = Field(default=None, description="known-bad: the step that failed")
+    signature: str | None = None
+    message: str | None = None
+    seen: SignatureSeen | None = None
+    matched: dict[str, int] = Field(description="environments matching the pins, by outcome: passed, failed")
+    nearest: list[Nearby] = Field(description="untested: the closest measured environments and the pins that differ")
+    fix: Fix | None = Field(description="the smallest change to an environment where the model passed")
+
+
+class CheckOut(BaseModel):
+    """The verdict on one lockfile, per model and route."""
+
+    file: str
+    format: str
+    python: str | None = Field(description="the python the file is for (or --python); null if unknown")
+    pins: dict[str, str] = Field(description="the packages that matter, as the file pins them")
+    models: list[str]
+    routes: list[str]
+    exporter: str | None
+    verdict: Verdict = Field(description="the worst of the results: known-bad, then untested, then known-good")
+    results: list[ModelVerdict]
+    fixes: dict[str, Fix | None] = Field(description="route → the smallest change to a chain passing every model")

@@ -205,7 +205,7 @@ def _chain_query(session: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_chains(args: argparse.Namespace) -> int:
-    from api import queries
+    from api import queries, verdicts
     from store.db import make_engine, make_sessionmaker
 
     engine = make_engine(_database(args).database_url)
@@ -213,13 +213,16 @@ def cmd_chains(args: argparse.Namespace) -> int:
         with make_sessionmaker(engine)() as session:
             query = _chain_query(session, args)
             chains = [*queries.known_good_chains(session, query), *queries.split_chain_page(session, query)[0]]
+            near, counts = verdicts.explain_chains(session, query)
     finally:
         engine.dispose()
+    for chain in chains:  # joint chains first, then split ones; each line says which in "kind"
+        print(json.dumps(chain.model_dump(mode="json")))
+    # Last, as one line of its own: what was measured and the closest failures, so an empty answer explains itself.
+    print(json.dumps({"environments": counts.model_dump(), "near_misses": [n.model_dump(mode="json") for n in near]}))
     if not chains:
         print("no known-good chain for that query", file=sys.stderr)
         return EXIT_NOTHING
-    for chain in chains:  # joint chains first, then split ones; each line says which in "kind"
-        print(json.dumps(chain.model_dump(mode="json")))
     return 0
 
 
@@ -392,6 +395,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--since", type=_timestamp, help="report every run of the spec started since this ISO time "
                     "(the shards of one CI run) against the state before it")
     sp.set_defaults(func=cmd_report)
+
+    from knowngood import check
+    check.add_parser(sub)
     return p
 
 

@@ -129,10 +129,11 @@ def api_answers() -> Callable[[str], list[Any]]:
                 resp = client.get("/api/v1/chains", params=params)
                 assert resp.status_code == 200, resp.text
                 body = resp.json()
-                for chain in body["chains"]:
+                for chain in [*body["chains"], *body.get("near_misses", [])]:
                     del chain["environment_id"]
-                    at = dt.datetime.fromisoformat(chain["recorded_at"])
-                    chain["recorded_at"] = (at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at).isoformat()
+                    if "recorded_at" in chain:  # a chain's evidence; near misses carry none
+                        at = dt.datetime.fromisoformat(chain["recorded_at"])
+                        chain["recorded_at"] = (at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at).isoformat()
                 lock = client.get("/api/v1/lockfile", params=params)
                 out += [body, lock.status_code, lock.text]
         return out

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
-from api import queries
+from api import queries, verdicts
 from api.cache import CacheDep
 from api.routes.params import (
     ExporterParam,
@@ -46,12 +46,18 @@ async def chains(
 ) -> Response:
     """Known-good chains, newest versions first, each with its evidence (run, date, per-model parity): joint
     chains (one environment) in `chains`, split chains (export environment → runtime environment) in
-    `split_chains`."""
+    `split_chains`.
+
+    Beside them: the closest failing environments (`near_misses`, with step and signature) and how many
+    environments were measured, resolved only or unresolvable for the query, so an empty answer says why.
+    """
     def build(session: Session) -> Response:
         query = parse_query(session, models, route, exporter, python, require, limit, target)
         page, total = queries.known_good_chain_page(session, query, request.app.state.env_facts)
         split, split_total = queries.split_chain_page(session, query, request.app.state.env_facts)
+        near, counts = verdicts.explain_chains(session, query, request.app.state.env_facts)
         return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total,
-                                       split_chains=split, split_total=split_total))
+                                       split_chains=split, split_total=split_total,
+                                       near_misses=near, environments=counts))
 
     return await cache.serve(request, build)

@@ -1,0 +1,381 @@
+"""Verdicts on pins (known-good, known-bad, untested), and why a chains answer is what it is: read-only queries."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from packaging.requirements import Requirement
+from packaging.version import InvalidVersion, Version
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api import queries
+from api.schemas import (
+    CheckOut,
+    FailedCase,
+    Fix,
+    MeasuredCounts,
+    ModelVerdict,
+    Nearby,
+    NearMiss,
+    PinDiff,
+    SignatureSeen,
+    Verdict,
+)
+from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES, ROUTES
+from store.models import Case, Environment, Package, Step
+from store.pins import FilePin, Pins
+
+NEAREST = 3  # environments shown for an untested verdict
+NEAR_MISSES = 5  # failing environments shown beside a chains answer
+_WORST: dict[Verdict, int] = {"known-good": 0, "untested": 1, "known-bad": 2}
+
+
+# -- what was measured ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """One environment's result for one model on the route: passed anywhere, or its first failure."""
+
+    status: str  # "pass" | "fail"
+    case_id: int
+    run_id: str
+    exporter: str
+    signature: str | None
+
+
+@dataclass
+class Measured:
+    """Per environment: python, the packages that matter, its ranking place, and each requested model's outcome."""
+
+    env_id: int
+    python: str
+    versions: dict[str, str]
+    place: int
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+
+def _matters(route: str) -> tuple[str, ...]:
+    """KEY_PACKAGES plus the route's own converter (nobuco is not a key package of the other routes)."""
+    return tuple(dict.fromkeys((*KEY_PACKAGES, *ROUTE_PACKAGES.get(route, ()))))
+
+
+def measured(session: Session, models: Iterable[str], route: str, exporter: str | None,
+             facts: queries.FactsCache | None = None) -> dict[int, Measured]:
+    """Every environment with a recorded case of `models` on `route`; a skipped case is no evidence either way.
+
+    Two aggregates pick one case per (environment, model): the newest pass, else the newest failure. Only those
+    cases' details are read, so the cost follows environments × models, not every case recorded.
+    """
+    models = tuple(models)
+    # Joint environments' current results only: a superseded result is no evidence (issue 15), and a runtime
+    # environment's case of a split chain is evidence only together with its export side.
+    conditions = [Case.model.in_(models), Case.route == route, Case.artifact_id.is_(None), queries.current()]
+    if exporter:
+        conditions.append(Case.exporter == exporter)
+    chosen: dict[tuple[int, str], tuple[str, int]] = {}
+    for status, condition in (("fail", Case.status.not_in(("pass", "skip"))), ("pass", Case.status == "pass")):
+        for env_id, model, case_id in session.connection().execute(
+            select(Case.environment_id, Case.model, func.max(Case.id)).where(*conditions, condition)
+            .group_by(Case.environment_id, Case.model)
+        ):
+            chosen[env_id, model] = (status, case_id)  # passes are read second, and replace failures
+    known, place = (facts or queries.FactsCache()).get(session, {e for e, _ in chosen})
+    out = {e: Measured(e, f.python, dict(f.versions), place[e]) for e, f in known.items()}
+    extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
+    if extra and out:
+        for env_id, name, version in session.execute(
+            select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(extra))
+        ):
+            if env_id in out:
+                out[env_id].versions[name] = version
+    ids = sorted(case_id for _, case_id in chosen.values())
+    details = {}
+    for i in range(0, len(ids), 5000):
+        for row in session.connection().execute(
+            select(Case.id, Case.run_id, Case.exporter, Case.signature).where(Case.id.in_(ids[i: i + 5000]))
+        ):
+            details[row.id] = row
+    for (env_id, model), (status, case_id) in chosen.items():
+        if env_id in out:
+            row = details[case_id]
+            out[env_id].outcomes[model] = Outcome(status, case_id, row.run_id, row.exporter, row.signature)
+    return out
+
+
+def _first_failed_steps(session: Session, case_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
+    """case id → (name, message) of the first step that was not ok."""
+    out: dict[int, tuple[str, str | None]] = {}
+    ids = sorted(set(case_ids))
+    if ids:
+        for case_id, name, message in session.execute(
+            select(Step.case_id, Step.name, Step.message).where(Step.case_id.in_(ids), Step.status != "ok")
+            .order_by(Step.case_id, Step.ordinal)
+        ):
+            out.setdefault(case_id, (name, message))
+    return out
+
+
+def _names(session: Session, env_ids: Iterable[int]) -> dict[int, str]:
+    ids = sorted(set(env_ids))
+    if not ids:
+        return {}
+    return {env_id: name for env_id, name in session.execute(
+        select(Environment.id, Environment.name).where(Environment.id.in_(ids)))}
+
+
+# -- distance between pins and an environment ----------------------------------------------------------------------
+
+def _tf(versions: dict[str, str]) -> tuple[str, str] | None:
+    """TensorFlow under either name: to a user tensorflow and tensorflow-cpu are one framework."""
+    for name in ALIASES["tensorflow"]:
+        if name in versions:
+            return name, versions[name]
+    return None
+
+
+def differences(pins: Pins, env: Measured, route: str) -> list[PinDiff]:
+    """The pins (of the packages that matter) that `env` does not satisfy, python first, in a chain's reading order."""
+    diffs: list[PinDiff] = []
+    if pins.python and env.python != pins.python:
+        diffs.append(PinDiff(package="python", yours=pins.python, measured=env.python))
+    elif not pins.python and pins.requires_python and not FilePin("python", pins.requires_python, 0).allows(
+            f"{env.python}.0"):
+        diffs.append(PinDiff(package="python", yours=pins.requires_python, measured=env.python))
+    for name in _matters(route):
+        if name == "tensorflow-cpu":
+            continue  # compared under "tensorflow", either name on either side
+        if name == "tensorflow":
+            pin = next((pins.pins[n] for n in ALIASES["tensorflow"] if n in pins.pins), None)
+            have = (_tf(env.versions) or (name, None))[1]
+        else:
+            pin, have = pins.pins.get(name), env.versions.get(name)
+        if pin is not None and (have is None or not pin.allows(have)):
+            diffs.append(PinDiff(package=pin.name, yours=_shown(pin), measured=have))
+    return diffs
+
+
+def _shown(pin: FilePin) -> str:
+    return pin.version or pin.specifier or "(unpinned)"
+
+
+def _distance(diffs: list[PinDiff]) -> tuple[int, int, int, int]:
+    """(packages changed, then |Δmajor|, |Δminor|, |Δmicro| summed): fewest changes first, then smallest moves."""
+    total = [0, 0, 0]
+    for d in diffs:
+        a, b = _release(d.yours), _release(d.measured)
+        for i in range(3):
+            total[i] += abs(a[i] - b[i]) if a and b else 0
+    return (len(diffs), total[0], total[1], total[2])
+
+
+def _release(text: str | None) -> tuple[int, int, int] | None:
+    try:
+        r = Version(text or "").release
+    except InvalidVersion:
+        return None
+    return (*r, 0, 0, 0)[:3]  # type: ignore[return-value]
+
+
+def summary(diffs: list[PinDiff]) -> str:
+    """'onnx2tf 1.28.8 → 1.26.9, python 3.11 → 3.12', in the order a person reads a chain."""
+    if not diffs:
+        return "no change"
+    parts = []
+    for d in diffs:
+        if d.measured is None:
+            parts.append(f"remove {d.package} {d.yours}")
+        elif d.yours is None:
+            parts.append(f"add {d.package} {d.measured}")
+        else:
+            parts.append(f"{d.package} {d.yours} → {d.measured}")
+    return ", ".join(parts)
+
+
+def _closest(pins: Pins, route: str, envs: Iterable[Measured]) -> list[tuple[Measured, list[PinDiff]]]:
+    """Environments by distance from the pins; among equals the newest versions (highest place) first."""
+    scored = [(m, differences(pins, m, route)) for m in envs]
+    scored.sort(key=lambda s: (_distance(s[1]), -s[0].place))
+    return scored
+
+
+def _fix(session: Session, pins: Pins, route: str, envs: Iterable[Measured], models: tuple[str, ...],
+         names: dict[int, str]) -> Fix | None:
+    good = [m for m in envs if all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
+    if not good:
+        return None
+    best, diffs = _closest(pins, route, good)[0]
+    names.update(_names(session, [best.env_id]) if best.env_id not in names else {})
+    run = max((best.outcomes[x] for x in models), key=lambda o: o.case_id).run_id
+    return Fix(environment_id=best.env_id, environment=names[best.env_id], python=best.python, run_id=run,
+               changes=diffs, summary=summary(diffs))
+
+
+# -- the verdict ---------------------------------------------------------------------------------------------------
+
+def routes_for(pins: Pins) -> list[str]:
+    """The routes whose converter (or runtime) the file pins, in the routes table's order."""
+    return [r for r in ROUTES if all(p in pins.pins for p in ROUTE_PACKAGES.get(r, ()))]
+
+
+def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[str] | None = None,
+          exporter: str | None = None, facts: queries.FactsCache | None = None) -> CheckOut:
+    """Per model and route: known-good (cite it), known-bad (step, signature, evidence, span) or untested (nearest).
+
+    Routes default to those the file pins the packages of. Raises QueryError for names nothing was recorded for.
+    """
+    models = tuple(dict.fromkeys(models))
+    if not models:
+        raise queries.QueryError("models", "expected one or more comma-separated model names")
+    chosen = list(dict.fromkeys(routes)) if routes else routes_for(pins)
+    if not chosen:
+        raise queries.QueryError("route", f"{pins.path} pins none of the routes' packages "
+                                          f"({', '.join(p for r in ROUTES for p in ROUTE_PACKAGES[r])}); "
+                                          f"name one: {', '.join(ROUTES)}")
+    for route in chosen:
+        if route not in ROUTES:
+            raise queries.QueryError("route", f"expected one of {', '.join(ROUTES)}, got {route!r}")
+    if exporter is not None and exporter not in EXPORTERS:
+        raise queries.QueryError("exporter", f"expected one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    unknown = queries.unknown_models(session, models)
+    if unknown:
+        raise queries.QueryError("models", f"no results recorded for {unknown}; known: "
+                                           f"{sorted(queries.known_models(session))}")
+    if not any(n in pins.pins for r in chosen for n in _matters(r)):
+        raise queries.QueryError("file", f"{pins.path} pins none of {', '.join(_matters(chosen[0]))}: nothing to "
+                                         "compare with what was measured")
+    results: list[ModelVerdict] = []
+    fixes: dict[str, Fix | None] = {}
+    names: dict[int, str] = {}
+    for route in chosen:
+        envs = measured(session, models, route, exporter, facts)
+        names.update(_names(session, envs))
+        for model in models:
+            results.append(_model_verdict(session, pins, model, route, exporter, envs, names))
+        fixes[route] = _fix(session, pins, route, envs.values(), models, names)
+    shown = {n: _shown(p) for n, p in pins.pins.items() if any(n in _matters(r) for r in chosen)}
+    return CheckOut(
+        file=pins.path, format=pins.kind, python=pins.python, pins=shown, models=list(models), routes=chosen,
+        exporter=exporter, verdict=max((r.verdict for r in results), key=_WORST.__getitem__), results=results,
+        fixes=fixes,
+    )
+
+
+def _model_verdict(session: Session, pins: Pins, model: str, route: str, exporter: str | None,
+                   envs: dict[int, Measured], names: dict[int, str]) -> ModelVerdict:
+    tried = [m for m in envs.values() if model in m.outcomes]
+    matching = [m for m in tried if not differences(pins, m, route)]
+    passed = sorted((m for m in matching if m.outcomes[model].status == "pass"), key=lambda m: -m.place)
+    failed = sorted((m for m in matching if m.outcomes[model].status == "fail"), key=lambda m: -m.place)
+    verdict = ModelVerdict(
+        model=model, route=route, exporter=exporter, verdict="untested", environment_id=None, environment=None,
+        run_id=None, matched={"passed": len(passed), "failed": len(failed)}, nearest=[],
+        fix=_fix(session, pins, route, tried, (model,), names),
+    )
+    # A pass anywhere the pins match outweighs a failure elsewhere: the failing twin differs in what the file
+    # leaves unpinned (another exporter, or a package it does not name).
+    evidence = passed[0] if passed else failed[0] if failed else None
+    if evidence is None:
+        verdict.nearest = [
+            Nearby(environment_id=m.env_id, environment=names[m.env_id], python=m.python,
+                   status="pass" if m.outcomes[model].status == "pass" else "fail",
+                   signature=m.outcomes[model].signature, differs=diffs)
+            for m, diffs in _closest(pins, route, tried)[:NEAREST]
+        ]
+        return verdict
+    outcome = evidence.outcomes[model]
+    verdict.environment_id, verdict.environment = evidence.env_id, names[evidence.env_id]
+    verdict.run_id, verdict.exporter = outcome.run_id, outcome.exporter
+    if passed:
+        verdict.verdict = "known-good"
+        return verdict
+    verdict.verdict = "known-bad"
+    verdict.step, verdict.message = _first_failed_steps(session, [outcome.case_id]).get(outcome.case_id, (None, None))
+    verdict.signature = outcome.signature
+    verdict.seen = signature_seen(session, outcome.signature, route)
+    return verdict
+
+
+def signature_seen(session: Session, signature: str | None, route: str) -> SignatureSeen | None:
+    """Where `signature` was seen on `route` (any model): dates, environments, and the span of each key version."""
+    if signature is None:
+        return None
+    rows = session.execute(
+        select(Case.environment_id, func.min(Case.recorded_at), func.max(Case.recorded_at))
+        .where(Case.signature == signature, Case.route == route).group_by(Case.environment_id)
+    ).all()
+    if not rows:
+        return None
+    env_ids = [r[0] for r in rows]
+    spans: dict[str, set[str]] = defaultdict(set)
+    for name, version in session.execute(
+        select(Package.name, Package.version).where(Package.environment_id.in_(env_ids),
+                                                    Package.name.in_(_matters(route)))
+    ):
+        spans["tensorflow" if name in ALIASES else name].add(version)
+    first: dt.datetime = min(r[1] for r in rows)
+    last: dt.datetime = max(r[2] for r in rows)
+    return SignatureSeen(
+        environments=len(env_ids), first_seen=first, last_seen=last,
+        versions={n: [min(v, key=queries.version_key), max(v, key=queries.version_key)]
+                  for n, v in sorted(spans.items(), key=lambda kv: _matters(route).index(kv[0])
+                                     if kv[0] in _matters(route) else 99)},
+    )
+
+
+# -- why a chains answer is what it is -----------------------------------------------------------------------------
+
+def explain_chains(session: Session, query: queries.ChainQuery,
+                   facts: queries.FactsCache | None = None) -> tuple[list[NearMiss], MeasuredCounts]:
+    """The closest failing environments (most requested models passed, then newest) and how much was measured.
+
+    An empty chains answer then says whether nothing was measured, nothing resolved, or everything failed.
+    """
+    envs = measured(session, query.models, query.route, query.exporter, facts)
+    if query.python:
+        envs = {e: m for e, m in envs.items() if m.python == query.python}
+    tried = {e: m for e, m in envs.items() if m.outcomes}
+    misses = [m for m in tried.values() if not all(
+        query_model in m.outcomes and m.outcomes[query_model].status == "pass" for query_model in query.models)]
+    wanted = [m for m in misses if all(_meets(m.versions, r) for r in query.require)] or misses
+    wanted.sort(key=lambda m: (-sum(o.status == "pass" for o in m.outcomes.values()), -m.place))
+    shown = wanted[:NEAR_MISSES]
+    failed_ids = [o.case_id for m in shown for o in m.outcomes.values() if o.status == "fail"]
+    steps = _first_failed_steps(session, failed_ids)
+    names = _names(session, [m.env_id for m in shown])
+    near = [
+        NearMiss(
+            environment_id=m.env_id, name=names[m.env_id], python=m.python,
+            versions={n: v for n, v in m.versions.items() if n in KEY_PACKAGES},
+            passed=[x for x in query.models if x in m.outcomes and m.outcomes[x].status == "pass"],
+            failed=[FailedCase(model=x, exporter=m.outcomes[x].exporter,
+                               step=steps.get(m.outcomes[x].case_id, (None, None))[0],
+                               signature=m.outcomes[x].signature)
+                    for x in query.models if x in m.outcomes and m.outcomes[x].status == "fail"],
+        )
+        for m in shown
+    ]
+    return near, _counts(session, query, set(tried))
+
+
+def _meets(versions: dict[str, str], req: Requirement) -> bool:
+    return any(n in versions and req.specifier.contains(versions[n], prereleases=True)
+               for n in queries.aliases(req.name))
+
+
+def _counts(session: Session, query: queries.ChainQuery, measured_ids: set[int]) -> MeasuredCounts:
+    env_query = select(Environment.id, Environment.requirements, Environment.signature, Environment.lock_hash)
+    if query.python:
+        env_query = env_query.where(Environment.python == query.python)
+    resolved_only = unresolvable = 0
+    for env in session.execute(env_query):
+        if env.id in measured_ids or not queries._requests_route(env.requirements, query.route):
+            continue
+        if env.lock_hash is not None:
+            resolved_only += 1
+        elif env.signature is not None:  # a conflict, or no interpreter: recorded with the reason
+            unresolvable += 1
+    return MeasuredCounts(measured=len(measured_ids), resolved_only=resolved_only, unresolvable=unresolvable)

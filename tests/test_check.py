@@ -1,0 +1,365 @@
+"""`knowngood check` and POST /check on the shipped snapshot: each verdict, offline and server answers equal,
+exit codes, /chains explaining itself, the GitHub Action's and pre-commit hook's commands run for real; and the
+feed and badge, which read the same snapshot."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import yaml
+from fastapi.testclient import TestClient
+
+from api import verdicts
+from api.app import create_app
+from knowngood import check, cli
+from store import snapshot
+from store.db import make_engine, make_sessionmaker
+from store.pins import read
+from store.settings import Settings
+from tests.pgcluster import database, free_port
+
+ROOT = Path(__file__).parents[1]
+SHIPPED = ROOT / "data" / "snapshot.json.gz"
+LOCKFILES = Path(__file__).parent / "fixtures" / "lockfiles"
+GOOD, BAD = LOCKFILES / "good" / "requirements.txt", LOCKFILES / "bad" / "requirements.txt"
+UNTESTED = LOCKFILES / "untested"
+
+
+def _import(url: str) -> str:
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as session:
+        snapshot.import_(session, SHIPPED)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="module")
+def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One XDG cache for the module's offline checks, so the snapshot is imported into it once."""
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
+@pytest.fixture(scope="module")
+def shipped_sqlite(cache_home: Path) -> str:
+    """The offline database exactly as `knowngood check` makes it: the snapshot imported into the XDG cache."""
+    return check.snapshot_database(SHIPPED, cache_home / "knowngood" / "check")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shipped(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The shipped snapshot in each kind of database (imported once per module and kind)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("shipped_sqlite")
+        return
+    server, template = request.getfixturevalue("postgres_server"), request.getfixturevalue("pg_template")
+    with database(server, template=template) as url:
+        yield _import(url)
+
+
+def verdict(url: str, path: Path, models: list[str], routes: list[str] | None = None,
+            exporter: str | None = None) -> Any:
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as session:
+        out = verdicts.check(session, read(path), models, routes, exporter)
+    engine.dispose()
+    return out
+
+
+# -- each verdict, on both databases ----------------------------------------------------------------------------
+
+def test_known_good_cites_the_environment_and_run(shipped: str) -> None:
+    out = verdict(shipped, GOOD, ["resnet", "transformer"], ["onnxruntime"])
+    assert out.verdict == "known-good"
+    for r in out.results:
+        assert (r.verdict, r.environment) == ("known-good", "py3.11-torch2.10.0-tfcpu2.19.1-onnx-ort-onnx2tf[>=1.0]")
+        assert r.run_id and r.matched["passed"] == 1
+        assert r.fix is not None and r.fix.changes == [] and r.fix.summary == "no change"
+
+
+def test_known_bad_gives_step_signature_evidence_span_and_the_smallest_fix(shipped: str) -> None:
+    out = verdict(shipped, BAD, ["resnet", "control_flow_script"], ["onnx2tf"], "torchscript")
+    good, bad = out.results
+    assert (out.verdict, good.verdict, bad.verdict) == ("known-bad", "known-good", "known-bad")
+    assert bad.environment == "py3.11-torch2.9.1-tfcpu2.18.1-onnx-ort-onnx2tf[>=1.0]"
+    assert (bad.step, bad.signature) == ("convert", "KeyError(convert: '<path>')")
+    assert bad.seen is not None and bad.seen.versions["onnx2tf"] == ["1.28.2", "1.28.8"]
+    # control_flow_script converts only with the torch 2.0.1 stack: every key pin moves, onnx2tf among them
+    assert bad.fix is not None and bad.fix.python == "3.11"
+    assert {d.package: (d.yours, d.measured) for d in bad.fix.changes}["onnx2tf"] == ("1.28.8", "1.15.9")
+    assert out.fixes["onnx2tf"] == bad.fix  # the chain for both models is the one for the harder model
+
+
+def test_untested_gives_the_nearest_environments_and_the_pins_that_differ(shipped: str) -> None:
+    out = verdict(shipped, UNTESTED / "uv.lock", ["resnet"], ["onnx2tf"])
+    (r,) = out.results
+    assert r.verdict == "untested" and r.environment_id is None
+    assert [n.environment for n in r.nearest][:1] == ["py3.11-torch2.9.1-tfcpu2.18.1-onnx-ort-onnx2tf[>=1.0]"]
+    assert all([(d.package, d.yours) for d in n.differs] == [("torch", "2.10.0")] for n in r.nearest)
+    assert r.fix is not None and r.fix.summary == "torch 2.10.0 → 2.9.1"
+
+
+def test_every_format_of_one_project_gets_the_same_verdict(shipped_sqlite: str) -> None:
+    answers = [verdict(shipped_sqlite, UNTESTED / name, ["resnet"], ["onnx2tf"]).model_dump(exclude={"file", "format"})
+               for name in ("requirements.txt", "uv.lock", "pylock.toml", "pyproject.toml")]
+    assert all(a == answers[0] for a in answers)
+
+
+def test_specifiers_match_any_measured_version_they_allow(shipped_sqlite: str) -> None:
+    out = verdict(shipped_sqlite, LOCKFILES / "pyproject-uv" / "pyproject.toml", ["resnet"], ["onnx2tf"])
+    assert out.verdict == "known-good" and out.results[0].environment is not None
+    assert "torch2.0.1" in out.results[0].environment
+
+
+def test_a_python_no_environment_ran_moves_python(shipped_sqlite: str, tmp_path: Path) -> None:
+    project = tmp_path / "pyproject.toml"
+    project.write_text('[project]\nname = "x"\nversion = "0"\nrequires-python = "==3.12.*"\ndependencies = [\n'
+                       '  "torch==2.0.1", "onnx==1.14.0", "onnxruntime==1.15.1", "tensorflow==2.13.0",\n'
+                       '  "onnx2tf==1.15.9", "numpy==1.24.3", "protobuf==4.25.8",\n]\n')
+    (r,) = verdict(shipped_sqlite, project, ["resnet"], ["onnx2tf"]).results
+    assert r.verdict == "untested" and r.fix is not None
+    assert r.fix.summary in ("python 3.12 → 3.11", "python 3.12 → 3.10")
+
+
+# -- the command: formats, exit codes, offline cache, no network ------------------------------------------------
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = cli.main(["check", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(("path", "models", "route", "fail_on", "code"), [
+    (GOOD, "resnet", "onnxruntime", "untested", 0),
+    (BAD, "resnet,control_flow_script", "onnx2tf", "untested", 1),
+    (BAD, "resnet,control_flow_script", "onnx2tf", "never", 0),
+    (UNTESTED / "requirements.txt", "resnet", "onnx2tf", "untested", 2),
+    (UNTESTED / "requirements.txt", "resnet", "onnx2tf", "bad", 0),
+])
+def test_exit_codes(shipped_sqlite: str, capsys: pytest.CaptureFixture[str], path: Path, models: str, route: str,
+                    fail_on: str, code: int) -> None:
+    got, out, _ = run_cli(capsys, str(path), "--models", models, "--route", route, "--fail-on", fail_on,
+                          "--db", shipped_sqlite)
+    assert got == code, out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([str(GOOD), "--models", "nosuchmodel"], "models: no results recorded for ['nosuchmodel']"),
+    ([str(GOOD), "--models", "resnet", "--route", "teleport"], "route: expected one of onnxruntime"),
+    ([str(GOOD), "--models", "resnet", "--exporter", "jit"], "exporter: expected one of torchscript, dynamo"),
+    ([str(LOCKFILES / "poetry.lock"), "--models", "resnet"], "poetry.lock:1: expected a requirements"),
+])
+def test_usage_errors_exit_3_and_say_what_was_expected(shipped_sqlite: str, capsys: pytest.CaptureFixture[str],
+                                                       args: list[str], message: str) -> None:
+    code, _, err = run_cli(capsys, *args, "--db", shipped_sqlite)
+    assert code == 3 and message in err, err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([str(GOOD)], "the following arguments are required: --models"),
+    ([str(GOOD), "--models", "resnet", "--fail-on", "sometimes"], "argument --fail-on: invalid choice"),
+])
+def test_option_errors_exit_3_not_argparse_2(capsys: pytest.CaptureFixture[str], args: list[str],
+                                             message: str) -> None:
+    # argparse's own exit code, 2, would read as "untested".
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["check", *args])
+    assert exited.value.code == 3 and message in capsys.readouterr().err
+
+
+def test_formats(shipped_sqlite: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = (str(BAD), "--models", "resnet,control_flow_script", "--route", "onnx2tf", "--db", shipped_sqlite)
+    _, table, _ = run_cli(capsys, *args)
+    assert "known-bad" in table and "KeyError(convert: '<path>')" in table and "onnx2tf 1.28.8 → 1.15.9" in table
+    _, md, _ = run_cli(capsys, *args, "--format", "markdown")
+    assert md.startswith("### ❌ `") and "| control_flow_script | onnx2tf | ❌ known-bad |" in md
+    _, doc, _ = run_cli(capsys, *args, "--format", "json")
+    assert json.loads(doc)["verdict"] == "known-bad"
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any connection attempt fails the test: offline means offline (loopback is allowed for a local server)."""
+    real = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            raise AssertionError(f"network access to {address}")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+def test_offline_reads_the_snapshot_through_one_cached_database(cache_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 no_network: None) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    args = (str(GOOD), "--models", "resnet", "--route", "onnxruntime", "--format", "json")
+    first = run_cli(capsys, *args)
+    cached = list((cache_home / "knowngood" / "check").glob("snapshot-*.db"))
+    assert first[0] == 0 and len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    started = time.monotonic()
+    assert run_cli(capsys, *args) == first
+    assert cached[0].stat().st_mtime_ns == stamp and time.monotonic() - started < 5  # read, not imported again
+    assert not list((cache_home / "knowngood" / "check").glob("*.partial"))
+
+
+# -- the server gives the same answers --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(shipped_sqlite: str) -> Iterator[str]:
+    """A real uvicorn on loopback over the shipped snapshot."""
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(database_url=shipped_sqlite)), host="127.0.0.1",
+                                       port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.parametrize(("path", "models", "route"), [
+    (GOOD, "resnet,transformer", ""),
+    (BAD, "resnet,control_flow_script", "onnx2tf"),
+    (UNTESTED / "uv.lock", "resnet", "onnx2tf"),
+    (UNTESTED / "pylock.toml", "grid_sample", ""),
+    (LOCKFILES / "pyproject-uv" / "pyproject.toml", "resnet", "onnx2tf"),
+])
+def test_offline_and_server_answers_are_equal(server: str, cache_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str], no_network: None, path: Path,
+                                              models: str, route: str) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))  # offline: the shipped snapshot through the cache
+    args = [str(path), "--models", models, "--format", "json", *(["--route", route] if route else [])]
+    offline = run_cli(capsys, *args)
+    online = run_cli(capsys, *args, "--server", server)
+    assert offline == online
+    assert json.loads(offline[1])["results"]
+
+
+def test_route_takes_json_and_multipart_alike(shipped_sqlite: str) -> None:
+    text = BAD.read_text()
+    with TestClient(create_app(Settings(database_url=shipped_sqlite))) as client:
+        as_json = client.post("/api/v1/check", json={"filename": "requirements.txt", "text": text,
+                                                     "models": "resnet,control_flow_script", "routes": ["onnx2tf"]})
+        as_form = client.post("/api/v1/check", files={"file": ("requirements.txt", text.encode())},
+                              data={"models": "resnet,control_flow_script", "route": "onnx2tf"})
+        assert as_json.status_code == as_form.status_code == 200
+        assert as_json.json() == as_form.json() and as_json.json()["verdict"] == "known-bad"
+        bad = client.post("/api/v1/check", json={"filename": "uv.lock", "text": "version = 1\n[[package]\n",
+                                                 "models": "resnet"})
+        assert bad.status_code == 422 and "uv.lock:2: expected valid TOML" in bad.text
+        assert client.post("/api/v1/check", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
+
+
+# -- /chains explains an empty answer ---------------------------------------------------------------------------
+
+def test_chains_say_what_was_measured_and_the_closest_failures(shipped: str) -> None:
+    with TestClient(create_app(Settings(database_url=shipped))) as client:
+        body = client.get("/api/v1/chains", params={"models": "transformer", "route": "onnx2tf"}).json()
+    assert body["chains"] == [] and body["total"] == 0
+    counts = body["environments"]
+    assert counts["measured"] > 0 and counts["resolved_only"] > 0 and counts["unresolvable"] > 0
+    miss = body["near_misses"][0]
+    assert miss["passed"] == [] and miss["failed"][0]["step"] and miss["failed"][0]["signature"]
+
+
+def test_cli_chains_ends_with_the_explanation(shipped_sqlite: str, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert cli.main(["chains", "--models", "resnet,grid_sample_nearest", "--route", "onnx2tf",
+                     "--db", shipped_sqlite]) == 1
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["environments"]["measured"] > 0
+    assert last["near_misses"][0]["passed"] == ["resnet"]
+    assert last["near_misses"][0]["failed"][0]["model"] == "grid_sample_nearest"
+
+
+# -- CI and pre-commit: their commands, run for real ------------------------------------------------------------
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def test_the_action_is_valid_and_its_command_checks_a_file(tmp_path: Path, cache_home: Path) -> None:
+    action = yaml.safe_load((ROOT / "action.yml").read_text())
+    subprocess.run([_bin("check-jsonschema"), "--builtin-schema", "vendor.github-actions", str(ROOT / "action.yml")],
+                   check=True, capture_output=True)
+    step = next(s for s in action["runs"]["steps"] if "run" in s)
+    script = tmp_path / "step.sh"
+    script.write_text(step["run"])
+    subprocess.run([_bin("shellcheck"), "--shell=bash", str(script)], check=True)
+    summary = tmp_path / "summary.md"
+    env = {**os.environ, "GITHUB_ACTION_PATH": str(ROOT), "GITHUB_STEP_SUMMARY": str(summary),
+           "XDG_CACHE_HOME": str(cache_home), "KG_PATH": str(BAD), "KG_MODELS": "resnet,control_flow_script",
+           "KG_ROUTE": "onnx2tf", "KG_EXPORTER": "", "KG_PYTHON": "", "KG_FAIL_ON": "untested", "KG_SERVER": ""}
+    env.pop("VIRTUAL_ENV", None)
+    assert shutil.which("uv", path=env["PATH"]), "the action runs uv (setup-uv installs it on a runner)"
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr  # known-bad fails the step
+    assert "❌ known-bad" in summary.read_text() and summary.read_text() in done.stdout
+
+
+def test_the_pre_commit_hook_entry_checks_the_files_it_matches(cache_home: Path) -> None:
+    import re
+
+    (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    files = [GOOD, UNTESTED / "uv.lock", UNTESTED / "pylock.toml", UNTESTED / "pyproject.toml",
+             LOCKFILES / "good" / "constraints.txt"]
+    assert all(re.search(hook["files"], str(f.relative_to(ROOT))) for f in files)
+    assert not re.search(hook["files"], "src/app.py")
+    entry = hook["entry"].split()
+    argv = [_bin(entry[0]), *entry[1:], "--models", "resnet", "--route", "onnx2tf"]
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+    good = subprocess.run([*argv, str(GOOD)], env=env, capture_output=True, text=True, timeout=300)
+    assert good.returncode == 0, good.stdout + good.stderr
+    mixed = subprocess.run([*argv, str(GOOD), str(UNTESTED / "uv.lock")], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert mixed.returncode == 2 and "untested" in mixed.stdout  # pass_filenames: every file, the worst verdict
+
+
+# -- feed and badge ---------------------------------------------------------------------------------------------
+
+def test_feed_counts_what_knowngood_report_counts(shipped_sqlite: str) -> None:
+    from xml.etree import ElementTree as ET
+
+    from api import feed
+    from knowngood import report
+
+    engine = make_engine(shipped_sqlite)
+    with make_sessionmaker(engine)() as session:
+        changes = feed.run_changes(session, limit=200)
+        for c in changes:
+            rep = report.compare(session, run=c.run_id)
+            assert (len(c.new_failures), len(c.new_passes)) == (len(rep.new_failures), len(rep.new_passes)), c.run_id
+    engine.dispose()
+    assert any(c.new_failures for c in changes)
+    with TestClient(create_app(Settings(database_url=shipped_sqlite))) as client:
+        resp = client.get("/api/v1/feed.atom", params={"limit": 5})
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("application/atom+xml")
+    entries = ET.fromstring(resp.content).findall("{http://www.w3.org/2005/Atom}entry")
+    assert len(entries) == 5 and "new failures" in entries[0].findtext("{http://www.w3.org/2005/Atom}title", "")
+
+
+def test_badge_is_a_shields_endpoint(shipped_sqlite: str) -> None:
+    with TestClient(create_app(Settings(database_url=shipped_sqlite))) as client:
+        good = client.get("/api/v1/badge", params={"models": "resnet", "route": "onnx2tf"}).json()
+        none = client.get("/api/v1/badge", params={"models": "transformer", "route": "onnx2tf"}).json()
+    assert good["schemaVersion"] == 1 and good["color"] == "brightgreen" and good["message"].startswith("torch ")
+    assert (none["color"], none["message"]) == ("red", "no known-good chain")
