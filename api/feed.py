@@ -3,7 +3,8 @@
 A run records only what it did not find recorded, so what it saw is its spec's state: per cell (environment
 request × model × route × exporter × opset) the newest case of a run of the same spec that started no later.
 A run's changes are the cells whose state it moved from pass (or nothing) to failing, or from failing to pass.
-knowngood/report.py compares two chosen runs the same way; it lives above api/, so this is its feed-sized twin.
+api/changes.py compares two chosen runs the same way (for `knowngood report`), one run pair at a time; the feed
+needs every run's changes at once, so it reads the cases in one pass instead (a test keeps the two in step).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from xml.etree import ElementTree as ET
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from store.db import as_utc
 from store.models import Case, Environment, Run
 
 Cell = tuple[str, str, str, str, int]
@@ -103,5 +105,4 @@ def _text(parent: ET.Element, tag: str, text: str) -> ET.Element:
 
 
 def _time(value: dt.datetime) -> str:
-    # Stored in UTC; SQLite returns it without an offset, and Atom requires one (RFC 3339).
-    return (value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value).isoformat()
+    return as_utc(value).isoformat()  # Atom requires the offset (RFC 3339)
