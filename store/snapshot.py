@@ -352,7 +352,8 @@ def lock_packages(lock_text: str | None) -> list[PackageDoc]:
 
 
 def _unknown_version(value: Any) -> str:
-    return f"this knowngood reads versions {' and '.join(map(str, READS))}, got {value!r}"
+    known = ", ".join(map(str, READS[:-1])) + f" and {READS[-1]}"
+    return f"this knowngood reads versions {known}, got {value!r}"
 
 
 def describe(exc: ValidationError) -> str:

@@ -80,7 +80,7 @@ def verdict(url: str, path: Path, models: list[str], routes: list[str] | None = 
 # -- each verdict, on both databases ----------------------------------------------------------------------------
 
 def test_known_good_cites_the_environment_and_run(shipped: str) -> None:
-    out = verdict(shipped, GOOD, ["resnet", "transformer"], ["onnxruntime"])
+    out = verdict(shipped, GOOD, ["resnet", "transformer_padding_mask"], ["onnxruntime"])
     assert out.verdict == "known-good"
     for r in out.results:
         assert (r.verdict, r.environment) == ("known-good", "py3.11-torch2.10.0-tfcpu2.19.1-onnx-ort-onnx2tf[>=1.0]")
@@ -237,7 +237,7 @@ def server(shipped_sqlite: str) -> Iterator[str]:
 
 
 @pytest.mark.parametrize(("path", "models", "route"), [
-    (GOOD, "resnet,transformer", ""),
+    (GOOD, "resnet,transformer_padding_mask", ""),
     (BAD, "resnet,control_flow_script", "onnx2tf"),
     (UNTESTED / "uv.lock", "resnet", "onnx2tf"),
     (UNTESTED / "pylock.toml", "grid_sample", ""),
@@ -273,7 +273,7 @@ def test_route_takes_json_and_multipart_alike(shipped_sqlite: str) -> None:
 
 def test_chains_say_what_was_measured_and_the_closest_failures(shipped: str) -> None:
     with TestClient(create_app(Settings(database_url=shipped))) as client:
-        body = client.get("/api/v1/chains", params={"models": "transformer", "route": "onnx2tf"}).json()
+        body = client.get("/api/v1/chains", params={"models": "transformer_padding_mask", "route": "onnx2tf"}).json()
     assert body["chains"] == [] and body["total"] == 0
     counts = body["environments"]
     assert counts["measured"] > 0 and counts["resolved_only"] > 0 and counts["unresolvable"] > 0
@@ -360,6 +360,6 @@ def test_feed_counts_what_knowngood_report_counts(shipped_sqlite: str) -> None:
 def test_badge_is_a_shields_endpoint(shipped_sqlite: str) -> None:
     with TestClient(create_app(Settings(database_url=shipped_sqlite))) as client:
         good = client.get("/api/v1/badge", params={"models": "resnet", "route": "onnx2tf"}).json()
-        none = client.get("/api/v1/badge", params={"models": "transformer", "route": "onnx2tf"}).json()
+        none = client.get("/api/v1/badge", params={"models": "transformer_padding_mask", "route": "onnx2tf"}).json()
     assert good["schemaVersion"] == 1 and good["color"] == "brightgreen" and good["message"].startswith("torch ")
     assert (none["color"], none["message"]) == ("red", "no known-good chain")

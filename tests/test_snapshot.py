@@ -72,7 +72,7 @@ def test_round_trip_keeps_every_row(db_url: str, recorded: dict, fresh_db: Calla
     raw = (tmp_path / name).read_bytes()
     assert raw[:2] == b"\x1f\x8b" if name.endswith(".gz") else raw.startswith(b"{")
     data = json.loads(gzip.decompress(raw) if name.endswith(".gz") else raw)
-    assert (data["format"], data["format_version"]) == ("knowngood-snapshot", 2)
+    assert (data["format"], data["format_version"]) == ("knowngood-snapshot", snapshot.FORMAT_VERSION)
     assert "id" not in data["cases"][0] and "environment_id" not in data["cases"][0]  # natural keys only
     assert not any("lock_text" in e for e in data["environments"])
     # The smoke environment's packages are its lock's; the made-up ones' (no hashes) are not, so they are written.
@@ -161,7 +161,7 @@ def _as_v1(d: dict[str, Any]) -> None:
         (lambda d: d["cases"][7].update(run="00000000-0000-0000-0000-000000000000"), "cases[7].run"),
         (lambda d: d["environments"][1].pop("python"), "environments[1].python"),
         (lambda d: d["runs"][0].update(surprise=1), "runs[0].surprise"),
-        (lambda d: d.update(format_version=3), "format_version: this knowngood reads versions 1 and 2, got 3"),
+        (lambda d: d.update(format_version=9), "format_version: this knowngood reads versions 1, 2 and 3, got 9"),
         (lambda d: _locked(d)["lock"].__setitem__(4, 999),
          "environments[{i}].lock[4]: block 999 is not in lock_blocks ({blocks} blocks)"),
         (lambda d: _locked(d)["lock"].__setitem__(0, -1),
@@ -276,7 +276,7 @@ def test_v1_file_and_its_v2_export_store_the_same_rows(db_url: str, recorded: di
     assert cli.main(["snapshot", "import", str(v2_path), "--db", from_v2]) == 0
 
     v2 = json.loads(gzip.decompress(v2_path.read_bytes()))
-    assert v2["format_version"] == 2 and len(v2["lock_blocks"]) == len(set(v2["lock_blocks"]))
+    assert v2["format_version"] == snapshot.FORMAT_VERSION and len(v2["lock_blocks"]) == len(set(v2["lock_blocks"]))
     assert v2_path.stat().st_size < len(gzip.compress(v1_path.read_bytes(), mtime=0))
     expected = db_dump(db_url)
     assert sum(len(e["packages"]) for e in expected["environments"]) > 100  # packages with hashes are compared
@@ -316,7 +316,8 @@ def test_v2_may_give_lock_text_and_packages_directly(session: Session) -> None:
     written = snapshot.encode(parsed)["environments"]
     assert [e.get("packages") for e in written] == [[{"name": "torch", "version": "2.4.1", "hashes": []}], None, None]
     assert [e.get("lock") for e in written] == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4], None]
-    assert snapshot.parse(snapshot.encode(parsed)) == parsed
+    again = snapshot.parse(snapshot.encode(parsed))  # written as the current version, read back the same
+    assert again.format_version == snapshot.FORMAT_VERSION and again.environments == parsed.environments
 
 
 def test_v1_without_packages_still_means_none() -> None:
@@ -331,9 +332,9 @@ def test_post_runs_takes_v2_and_names_the_versions(db_url: str, recorded: dict, 
     other = fresh_db("sqlite")
     with TestClient(create_app(Settings(database_url=other, ingest_token="t"))) as client:
         auth = {"Authorization": "Bearer t"}
-        wrong = client.post("/api/v1/runs", json={**data, "format_version": 3}, headers=auth)
+        wrong = client.post("/api/v1/runs", json={**data, "format_version": 9}, headers=auth)
         assert wrong.status_code == 422
-        assert "this knowngood reads versions 1 and 2, got 3" in wrong.json()["detail"][0]["msg"]
+        assert "this knowngood reads versions 1, 2 and 3, got 9" in wrong.json()["detail"][0]["msg"]
         resp = client.post("/api/v1/runs", json=data, headers=auth)
         assert resp.status_code == 201, resp.text
     assert db_dump(other) == db_dump(db_url)

@@ -46,7 +46,7 @@ _BODY = {
 }
 
 
-@router.post("/check", response_model=CheckOut, responses=errors(413, 415), openapi_extra={"requestBody": _BODY})
+@router.post("/check", response_model=CheckOut, responses=errors(413, 415, 422), openapi_extra={"requestBody": _BODY})
 async def check(request: Request) -> CheckOut:
     """known-good, known-bad or untested per model and route, with evidence and the smallest change to a chain."""
     body = await request.body()

@@ -40,7 +40,9 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     Spelled out as JSON content: FastAPI would otherwise document them with the route's own media type, which is
     text/plain for the lockfile routes.
     """
-    schema = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+    # A message, or FastAPI's list of {loc, msg, type} where a parameter was wrong (QueryError answers that way).
+    detail = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+    schema = {"type": "object", "properties": {"detail": detail}, "required": ["detail"]}
     return {code: {"description": "Error", "content": {"application/json": {"schema": schema}}} for code in codes}
 
 
