@@ -33,6 +33,8 @@ exit codes:
   5 the package index could not be reached, or uv failed (e.g. an install)
   6 the database cannot be opened or reached
   7 an output path cannot be written (its directory does not exist)
+  130, 143 run stopped by SIGINT or SIGTERM: finished cases are recorded, the run is marked interrupted, and
+    running it again resumes (KNOWNGOOD_STOP_GRACE: seconds from the signal to exit, default 20)
 """
 
 
@@ -146,10 +148,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     ensure_head(settings.database_url)
     summary = run(args.spec, settings, force=args.force, shard=args.shard, only=args.only, corpus=args.corpus,
                   resolve_only=args.resolve_only)
-    print(json.dumps({"run": summary.run_id, "environments": dict(summary.environments),
-                      "cases": dict(summary.cases), "skipped_recorded": summary.skipped_recorded,
-                      "installs": summary.installs, "seconds": round(summary.seconds, 1)}))
-    return 0
+    result = {"run": summary.run_id, "environments": dict(summary.environments), "cases": dict(summary.cases),
+              "skipped_recorded": summary.skipped_recorded, "installs": summary.installs,
+              "seconds": round(summary.seconds, 1)}
+    if summary.interrupted:
+        result["interrupted"] = summary.interrupted
+    print(json.dumps(result))
+    return summary.exit_code
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

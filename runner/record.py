@@ -54,6 +54,13 @@ def finish_run(session: Session, run: Run, counts: dict[str, Any]) -> None:
     session.commit()
 
 
+def interrupt_run(session: Session, run: Run, counts: dict[str, Any]) -> None:
+    """A run stopped on request (SIGTERM, SIGINT): what finished is recorded, the rest is left to a resumed run."""
+    run.status = "interrupted"
+    run.counts = {**run.counts, **counts}
+    session.commit()
+
+
 def stored_lock(session: Session, env_hash: str) -> Environment | None:
     """The newest stored resolution of this request (reused only when a cutoff makes it final)."""
     return session.scalars(

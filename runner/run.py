@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from matrix import spec as spec_mod
 from runner import environments, execute, record, split, uv
 from runner.errors import UvFailed
 from runner.results import StepResult, case_status
+from runner.stop import Stop, Stopped, handling_signals
 from store.db import make_engine, make_sessionmaker
 from store.models import Environment as EnvironmentRow
 from store.models import Run
@@ -48,6 +50,8 @@ class Summary:
     skipped_recorded: int = 0
     installs: int = 0
     seconds: float = 0.0
+    interrupted: str | None = None  # the signal that stopped the run, if one did
+    exit_code: int = 0  # 128 + that signal's number, as a shell reports it
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, kind: str, key: str, n: int = 1) -> None:
@@ -92,6 +96,7 @@ class Context:
     resolve_only: bool
     step_timeout: float
     memory_limit: int
+    stopping: Stop = field(default_factory=lambda: Stop(20.0))
 
 
 def shard_of(items: list, shard: tuple[int, int] | None) -> list:  # type: ignore[type-arg]
@@ -122,8 +127,10 @@ def run(
     items = shard_of(expand.select(plan, only), shard)
     engine = make_engine(settings.database_url)
     Session = make_sessionmaker(engine)
+    stopping = Stop(settings.stop_grace)
     with Session() as session, _progress(console) as progress:
         run_row = record.start_run(session, plan)
+        on_deadline = _interrupt_later(Session, run_row.id)
         ctx = Context(
             settings=settings, plan=plan, run_id=run_row.id, Session=Session, progress=progress,
             env_task=progress.add_task("environments", total=len(items)),
@@ -134,25 +141,53 @@ def run(
             resolve_only=resolve_only,
             step_timeout=min(settings.step_timeout, spec.limits.step_timeout),
             memory_limit=min(settings.memory_limit_mb, spec.limits.memory_limit_mb) * 2**20,
+            stopping=stopping,
         )
-        if spec.mode in ("joint", "both"):
-            _process_all(ctx, items)
-        if spec.mode in ("split", "both"):
-            split.run_split(ctx, expand.split(replace(plan, items=tuple(items))), _process_all)
         summary = ctx.summary
+        try:
+            with handling_signals(stopping, on_deadline):
+                if spec.mode in ("joint", "both"):
+                    _process_all(ctx, items)
+                if spec.mode in ("split", "both"):
+                    split.run_split(ctx, expand.split(replace(plan, items=tuple(items))), _process_all)
+        except Stopped:
+            summary.interrupted, summary.exit_code = stopping.name, stopping.exit_code
         summary.seconds = time.monotonic() - started
-        record.finish_run(session, run_row, {
-            "environment_status": dict(summary.environments),
-            "case_status": dict(summary.cases),
-            "skipped_recorded": summary.skipped_recorded,
-            "installs": summary.installs,
-            "seconds": round(summary.seconds, 1),
-        })
+        counts = _counts(summary)
+        if summary.interrupted:
+            session.rollback()  # whatever the stop cut short in this session is not a result
+            record.interrupt_run(session, run_row, counts)
+        else:
+            record.finish_run(session, run_row, counts)
     engine.dispose()
     return summary
 
 
+def _counts(summary: Summary) -> dict[str, object]:
+    counts: dict[str, object] = {
+        "environment_status": dict(summary.environments),
+        "case_status": dict(summary.cases),
+        "skipped_recorded": summary.skipped_recorded,
+        "installs": summary.installs,
+        "seconds": round(summary.seconds, 1),
+    }
+    if summary.interrupted:
+        counts["stopped_by"] = summary.interrupted
+    return counts
+
+
+def _interrupt_later(Session: sessionmaker[Session], run_id: str) -> Callable[[], None]:
+    """What the stop watchdog records before it ends the process at the deadline: the run is interrupted."""
+
+    def mark() -> None:
+        with Session() as session:
+            record.interrupt_run(session, session.get_one(Run, run_id), {"stopped_by": "grace period over"})
+
+    return mark
+
+
 def _process_all(ctx: Context, items: list[tuple[expand.Environment, tuple[expand.Case, ...]]]) -> None:
+    ctx.stopping.check()
     if ctx.settings.jobs == 1:
         for env, cases in items:
             process_environment(ctx, env, cases)
@@ -165,6 +200,7 @@ def _process_all(ctx: Context, items: list[tuple[expand.Environment, tuple[expan
 def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expand.Case, ...]) -> None:
     """Resolve, install, execute and record one environment, in a session of its own."""
     progress, summary = ctx.progress, ctx.summary
+    ctx.stopping.check()  # environments not yet started when a stop came are left for the resumed run
     with ctx.Session() as session:
         run_row = session.get_one(Run, ctx.run_id)
         resolved = environments.resolve(env, record.stored_lock(session, env.hash), ttl=ctx.settings.resolve_ttl,
@@ -187,6 +223,7 @@ def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expa
             return
         admitted = ctx.budget.acquire(_predicted_peak(env_row))
         try:
+            ctx.stopping.check()  # it may have come while this environment waited for memory
             _install_and_execute(ctx, session, run_row, env, env_row, resolved, todo)
         finally:
             ctx.budget.release(admitted)
@@ -227,6 +264,7 @@ def _install_and_execute(
         step_timeout=ctx.step_timeout,
         memory_limit=ctx.memory_limit,
         on_case=on_case,
+        stopping=ctx.stopping,
     )
     record.worker_figures(session, env_row, outcome.peak_rss, outcome.attempts)
     if not settings.keep_workdirs:

@@ -60,4 +60,9 @@ class Settings(BaseSettings):
         default=100_000, gt=0,
         description="largest plan a run or `plan` expands (a spec's limits.max-environments may lower it)",
     )
+    stop_grace: float = Field(
+        default=20.0, gt=0,
+        description="seconds from SIGTERM or SIGINT to exit: the current case may finish in what the worker's "
+        "stop leaves of it; later cases are left for a resumed run (`docker stop -t` should be longer)",
+    )
     keep_workdirs: bool = False
