@@ -145,9 +145,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from store.migrate import ensure_head
 
     settings = _database(args)
+    if args.queue and args.shard:
+        raise UsageError("--queue and --shard: choose one (the queue hands out environments as workers free up; "
+                         "--shard splits the plan up front, for CI without database credentials)")
+    if args.queue and not settings.database_url.startswith("postgresql"):
+        raise UsageError("--queue needs a PostgreSQL database (--db or KNOWNGOOD_DATABASE_URL): workers claim "
+                         "environments with row locks that skip locked rows; with SQLite use --jobs or --shard I/N")
     ensure_head(settings.database_url)
     summary = run(args.spec, settings, force=args.force, shard=args.shard, only=args.only, corpus=args.corpus,
-                  resolve_only=args.resolve_only)
+                  resolve_only=args.resolve_only, queue=args.queue)
     result = {"run": summary.run_id, "environments": dict(summary.environments), "cases": dict(summary.cases),
               "skipped_recorded": summary.skipped_recorded, "installs": summary.installs,
               "seconds": round(summary.seconds, 1)}
@@ -344,6 +350,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("spec")
     sp.add_argument("--jobs", type=_positive, help="environments processed at once (default 1)")
     sp.add_argument("--shard", type=_shard, help="run only shard I of N, e.g. 2/4")
+    sp.add_argument("--queue", action="store_true",
+                    help="PostgreSQL: plan once into a work queue (or join this spec's unfinished one) and claim "
+                    "environments from it; start the same command on as many machines as you like")
     sp.add_argument("--force", action="store_true", help="re-run cases that are already recorded")
     sp.add_argument("--resolve-only", action="store_true",
                     help="record every environment's resolution (lock or conflict) and run nothing")

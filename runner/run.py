@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from matrix import expand, versions
 from matrix import spec as spec_mod
 from runner import environments, execute, record, split, uv
+from runner import queue as work_queue
 from runner.errors import UvFailed
 from runner.results import StepResult, case_status
 from runner.stop import Stop, Stopped, handling_signals
@@ -116,9 +117,13 @@ def run(
     only: list[str] | None = None,
     corpus: str | None = None,
     resolve_only: bool = False,
+    queue: bool = False,
     console: Console | None = None,
 ) -> Summary:
-    """Run a spec end to end and record everything in the database."""
+    """Run a spec end to end and record everything in the database.
+
+    `queue` (PostgreSQL): store the plan once as a work queue, or join the unfinished queue of the same spec, and
+    claim environments from it until it is drained; any number of processes may do so at once (runner/queue.py)."""
     started = time.monotonic()
     console = console or Console(stderr=True)
     spec = spec_mod.load(spec_path, corpus=corpus)
@@ -129,12 +134,20 @@ def run(
     Session = make_sessionmaker(engine)
     stopping = Stop(settings.stop_grace)
     with Session() as session, _progress(console) as progress:
-        run_row = record.start_run(session, plan)
-        on_deadline = _interrupt_later(Session, run_row.id)
+        if queue:
+            run_row, joined = work_queue.open_or_join(session, plan, items)
+            n_envs, n_cases = work_queue.totals(session, run_row.id)
+            progress.console.print(f"queue of run {run_row.id}: {'joined' if joined else 'planned'}, {n_envs} "
+                                   f"environments; more workers: the same command, on any machine")
+        else:
+            run_row = record.start_run(session, plan)
+            n_envs, n_cases = len(items), sum(len(c) for _, c in items)
+        # With a queue, a worker past its grace period just goes: its lease passes and another worker retakes.
+        on_deadline = (lambda: None) if queue else _interrupt_later(Session, run_row.id)
         ctx = Context(
             settings=settings, plan=plan, run_id=run_row.id, Session=Session, progress=progress,
-            env_task=progress.add_task("environments", total=len(items)),
-            case_task=progress.add_task("cases", total=sum(len(c) for _, c in items)),
+            env_task=progress.add_task("environments", total=n_envs),
+            case_task=progress.add_task("cases", total=n_cases),
             summary=Summary(run_id=run_row.id),
             budget=MemoryBudget(settings.memory_budget_mb * 2**20),
             force=force,
@@ -144,17 +157,24 @@ def run(
             stopping=stopping,
         )
         summary = ctx.summary
+        worker = work_queue.worker_id()
         try:
             with handling_signals(stopping, on_deadline):
-                if spec.mode in ("joint", "both"):
-                    _process_all(ctx, items)
-                if spec.mode in ("split", "both"):
-                    split.run_split(ctx, expand.split(replace(plan, items=tuple(items))), _process_all)
+                if queue:
+                    work_queue.work(ctx, worker, process_environment)
+                else:
+                    if spec.mode in ("joint", "both"):
+                        _process_all(ctx, items)
+                    if spec.mode in ("split", "both"):
+                        split.run_split(ctx, expand.split(replace(plan, items=tuple(items))), _process_all)
         except Stopped:
             summary.interrupted, summary.exit_code = stopping.name, stopping.exit_code
         summary.seconds = time.monotonic() - started
         counts = _counts(summary)
-        if summary.interrupted:
+        if queue:
+            session.rollback()
+            _queue_worker_done(session, run_row.id, worker, counts, stopped=bool(summary.interrupted))
+        elif summary.interrupted:
             session.rollback()  # whatever the stop cut short in this session is not a result
             record.interrupt_run(session, run_row, counts)
         else:
@@ -174,6 +194,18 @@ def _counts(summary: Summary) -> dict[str, object]:
     if summary.interrupted:
         counts["stopped_by"] = summary.interrupted
     return counts
+
+
+def _queue_worker_done(session: Session, run_id: str, worker: str, counts: dict[str, object], *,
+                       stopped: bool) -> None:
+    """Keep this worker's counts on the run; the worker that drains the queue finishes the run, and a stopped
+    worker marks it interrupted only if no other worker still holds a lease on it."""
+    status = None
+    if work_queue.drained(session, run_id):
+        status = "finished"
+    elif stopped and not work_queue.others_working(session, run_id, worker):
+        status = "interrupted"
+    record.worker_counts(session, run_id, worker, counts, status)
 
 
 def _interrupt_later(Session: sessionmaker[Session], run_id: str) -> Callable[[], None]:

@@ -40,7 +40,7 @@ def job(case: expand.Case, artifact_root: Path) -> execute.Job:
     )
 
 
-def _torch_order(env: expand.Environment) -> tuple[Version, str]:
+def torch_order(env: expand.Environment) -> tuple[Version, str]:
     """Export environments newest torch first, grouped by torch, so one torch build is in use at a time."""
     for req in env.requirements:
         name, spec = expand.split_requirement(req)
@@ -60,7 +60,7 @@ def _by_torch(exports: Items) -> list[Items]:
     """Consecutive export environments grouped by their torch requirement (already sorted by it)."""
     groups: list[Items] = []
     for item in exports:
-        if groups and _torch_order(groups[-1][0][0])[0] == _torch_order(item[0])[0]:
+        if groups and torch_order(groups[-1][0][0])[0] == torch_order(item[0])[0]:
             groups[-1].append(item)
         else:
             groups.append([item])
@@ -88,6 +88,15 @@ def runtime_cases(
     """
     partners = [e for e, r in split.pairs if r == runtime.hash]
     wanted = {(c.model, c.exporter, c.opset, c.model_hash) for _, cases in split.exports for c in cases}
+    return artifact_cases(session, partners, wanted, routes)
+
+
+def artifact_cases(
+    session: Session, partners: list[str], wanted: set[tuple[str, str, int, str]], routes: tuple[str, ...],
+) -> tuple[expand.Case, ...]:
+    """The cases of a runtime environment whose export partners (environment hashes) are done: one per distinct
+    stored artifact of a wanted (model, exporter, opset, model hash), through each route. The queue calls this
+    with what it stored of the plan (runner/queue.py)."""
     rows = session.execute(
         select(Case.model, Case.exporter, Case.opset, Case.model_hash, Artifact.key)
         .join(Artifact, Artifact.id == Case.artifact_id)
@@ -111,7 +120,7 @@ def run_split(ctx: Context, split: expand.SplitPlan, process_all: Callable[[Any,
     """Phase one: every export environment (torch by torch). Phase two: every runtime environment on the
     artifacts its partners stored. Each phase resumes: recorded cases are skipped as in joint runs."""
     progress = ctx.progress
-    exports = sorted(split.exports, key=lambda item: _torch_order(item[0]), reverse=True)
+    exports = sorted(split.exports, key=lambda item: torch_order(item[0]), reverse=True)
     if ctx.plan.spec.mode == "split":  # the joint plan's totals were set before the split was known
         progress.update(ctx.env_task, total=split.installs, completed=0)
         progress.update(ctx.case_task, total=sum(len(c) for _, c in exports), completed=0)
