@@ -207,3 +207,35 @@ def test_four_workers_one_killed_record_every_case_once(pg: str, tmp_path: Path)
     print(f"4 workers, one SIGKILLed after {killed - started:.1f} s; its environment retaken "
           f"{(retaken.claimed_at - lease_at_kill).total_seconds():.1f} s after its lease ended; all done in "
           f"{took:.1f} s; cases per surviving worker: {[sum(s['cases'].values()) for s in summaries]}")
+
+
+def test_a_stopped_worker_gives_its_environment_back_and_the_queue_resumes(pg: str, tmp_path: Path) -> None:
+    path = tmp_path / "q.toml"
+    path.write_text(JOINT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KNOWNGOOD_")}
+    env.update(KNOWNGOOD_ENV_ROOT=str(tmp_path / "envs"), KNOWNGOOD_WORK_ROOT=str(tmp_path / "work"),
+               KNOWNGOOD_QUEUE_LEASE="60", KNOWNGOOD_STOP_GRACE="10")
+    argv = [sys.executable, "-m", "knowngood", "run", str(path), "--queue", "--db", pg]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not _recorded(pg):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert time.monotonic() - signalled < 10
+    (held,) = [e for e in _entries(pg) if e.attempts]
+    assert held.done_at is None and held.lease_until is None  # given back: nobody waits out a 60 s lease
+    with _session(pg) as s:
+        assert s.scalars(select(Run.status)).one() == "interrupted"
+    run_id = json.loads(out.strip().splitlines()[-1])["run"]
+
+    again = subprocess.run(argv, cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["run"] == run_id  # joined, not planned again
+    planned = Counter((e.id, c.model) for e, cases in expand.plan(spec.load(path)).items for c in cases)
+    assert _recorded(pg) == planned
+    with _session(pg) as s:
+        assert s.scalars(select(Run.status)).one() == "finished"
