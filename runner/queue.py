@@ -75,7 +75,7 @@ def entries(plan: expand.Plan, items: Items) -> list[QueueEntry]:
     if plan.spec.mode in ("split", "both"):
         cut = expand.split(expand.Plan(plan.spec, plan.corpus_path, plan.corpus_version, tuple(items)))
         rows += [(EXPORTS, env, {"cases": [asdict(c) for c in cases]})
-                 for env, cases in sorted(cut.exports, key=lambda item: split.torch_order(item[0]), reverse=True)]
+                 for env, cases in split.export_order(cut)]
         wanted = sorted({(c.model, c.exporter, c.opset, c.model_hash) for _, cases in cut.exports for c in cases})
         rows += [(RUNTIMES, env, {"routes": list(routes), "wanted": [list(w) for w in wanted],
                                   "partners": [e for e, r in cut.pairs if r == env.hash]})

@@ -237,6 +237,7 @@ def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expa
         run_row = session.get_one(Run, ctx.run_id)
         resolved = environments.resolve(env, record.stored_lock(session, env.hash), ttl=ctx.settings.resolve_ttl,
                                         uv_path=ctx.settings.uv)
+        ctx.stopping.check()  # a stop during resolution: record nothing of an answer it may have cut short
         env_row = record.save_environment(session, resolved)
         summary.count("environments", resolved.status)
         if resolved.lock is None or ctx.resolve_only:
@@ -270,6 +271,7 @@ def _install_and_execute(
     try:
         venv, built = environments.install(settings.env_root, resolved, uv_path=settings.uv)
     except UvFailed as exc:
+        ctx.stopping.check()  # not the environment's failure if a stop came during the install
         record.install_failed(session, env_row, str(exc))
         progress.console.print(f"[red]{env.id}: install failed[/]")
         progress.advance(ctx.case_task, len(todo))

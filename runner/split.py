@@ -40,7 +40,7 @@ def job(case: expand.Case, artifact_root: Path) -> execute.Job:
     )
 
 
-def torch_order(env: expand.Environment) -> tuple[Version, str]:
+def _torch_order(env: expand.Environment) -> tuple[Version, str]:
     """Export environments newest torch first, grouped by torch, so one torch build is in use at a time."""
     for req in env.requirements:
         name, spec = expand.split_requirement(req)
@@ -52,6 +52,11 @@ def torch_order(env: expand.Environment) -> tuple[Version, str]:
     return Version("0"), env.id
 
 
+def export_order(split: expand.SplitPlan) -> Items:
+    """Export environments newest torch first, grouped by torch (what both a split run and a queue follow)."""
+    return sorted(split.exports, key=lambda item: _torch_order(item[0]), reverse=True)
+
+
 # A CUDA build of torch is mostly these; dropping them from uv's cache is what bounds a sweep's disk.
 _TORCH_BUILD = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 
@@ -60,7 +65,7 @@ def _by_torch(exports: Items) -> list[Items]:
     """Consecutive export environments grouped by their torch requirement (already sorted by it)."""
     groups: list[Items] = []
     for item in exports:
-        if groups and torch_order(groups[-1][0][0])[0] == torch_order(item[0])[0]:
+        if groups and _torch_order(groups[-1][0][0])[0] == _torch_order(item[0])[0]:
             groups[-1].append(item)
         else:
             groups.append([item])
@@ -120,7 +125,7 @@ def run_split(ctx: Context, split: expand.SplitPlan, process_all: Callable[[Any,
     """Phase one: every export environment (torch by torch). Phase two: every runtime environment on the
     artifacts its partners stored. Each phase resumes: recorded cases are skipped as in joint runs."""
     progress = ctx.progress
-    exports = sorted(split.exports, key=lambda item: torch_order(item[0]), reverse=True)
+    exports = export_order(split)
     if ctx.plan.spec.mode == "split":  # the joint plan's totals were set before the split was known
         progress.update(ctx.env_task, total=split.installs, completed=0)
         progress.update(ctx.case_task, total=sum(len(c) for _, c in exports), completed=0)
