@@ -234,8 +234,8 @@ class Heartbeat:
 # -- the work loop -----------------------------------------------------------------------------------------------
 
 def work(ctx: Context, worker: str, process: Callable[[Context, expand.Environment, tuple[expand.Case, ...]], None],
-         ) -> bool:
-    """Claim and process entries until the queue is drained (True) or a stop is asked for (raises `Stopped`).
+         ) -> None:
+    """Claim and process entries until the queue is drained, or a stop is asked for (raises `Stopped`).
 
     With --jobs N, N claim loops share this process's heartbeat. A worker with nothing to claim while others
     hold leases waits: one of them may die, and its entry must then be retaken."""
@@ -253,7 +253,6 @@ def work(ctx: Context, worker: str, process: Callable[[Context, expand.Environme
                 t.join()
             if errors:
                 raise errors[0]
-    return True
 
 
 def _guarded(errors: list[BaseException], fn: Callable[..., None], *args: Any) -> None:
@@ -278,6 +277,7 @@ def _loop(ctx: Context, worker: str, heart: Heartbeat,
             heart.hold(entry.id)
             try:
                 env, cases = load(session, entry)
+                session.commit()  # no transaction left open (idle) on this connection while the environment runs
                 ctx.progress.console.print(f"[dim]queue: {entry.name} (attempt {entry.attempts})[/]")
                 process(ctx, env, cases)
             except BaseException:

@@ -239,3 +239,20 @@ def test_a_stopped_worker_gives_its_environment_back_and_the_queue_resumes(pg: s
     assert _recorded(pg) == planned
     with _session(pg) as s:
         assert s.scalars(select(Run.status)).one() == "finished"
+
+
+def test_one_worker_with_two_jobs_drains_the_queue(pg: str, tmp_path: Path) -> None:
+    path = tmp_path / "q.toml"
+    path.write_text(JOINT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KNOWNGOOD_")}
+    env.update(KNOWNGOOD_ENV_ROOT=str(tmp_path / "envs"), KNOWNGOOD_WORK_ROOT=str(tmp_path / "work"))
+    proc = subprocess.run([sys.executable, "-m", "knowngood", "run", str(path), "--queue", "--jobs", "2", "--db", pg],
+                          cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    planned = Counter((e.id, c.model) for e, cases in expand.plan(spec.load(path)).items for c in cases)
+    assert _recorded(pg) == planned
+    entries = _entries(pg)
+    assert [e.attempts for e in entries] == [1] * 4
+    # two claim loops: the second environment was claimed before the first was done
+    assert entries[1].claimed_at is not None and entries[0].done_at is not None
+    assert entries[1].claimed_at < entries[0].done_at
