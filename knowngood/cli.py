@@ -33,6 +33,8 @@ exit codes:
   5 the package index could not be reached, or uv failed (e.g. an install)
   6 the database cannot be opened or reached
   7 an output path cannot be written (its directory does not exist)
+  130, 143 run stopped by SIGINT or SIGTERM: finished cases are recorded, the run is marked interrupted, and
+    running it again resumes (KNOWNGOOD_STOP_GRACE: seconds from the signal to exit, default 20)
 """
 
 
@@ -143,13 +145,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from store.migrate import ensure_head
 
     settings = _database(args)
+    if args.queue and args.shard:
+        raise UsageError("--queue and --shard: choose one (the queue hands out environments as workers free up; "
+                         "--shard splits the plan up front, for CI without database credentials)")
+    if args.queue and not settings.database_url.startswith("postgresql"):
+        raise UsageError("--queue needs a PostgreSQL database (--db or KNOWNGOOD_DATABASE_URL): workers claim "
+                         "environments with row locks that skip locked rows; with SQLite use --jobs or --shard I/N")
     ensure_head(settings.database_url)
     summary = run(args.spec, settings, force=args.force, shard=args.shard, only=args.only, corpus=args.corpus,
-                  resolve_only=args.resolve_only)
-    print(json.dumps({"run": summary.run_id, "environments": dict(summary.environments),
-                      "cases": dict(summary.cases), "skipped_recorded": summary.skipped_recorded,
-                      "installs": summary.installs, "seconds": round(summary.seconds, 1)}))
-    return 0
+                  resolve_only=args.resolve_only, queue=args.queue)
+    result = {"run": summary.run_id, "environments": dict(summary.environments), "cases": dict(summary.cases),
+              "skipped_recorded": summary.skipped_recorded, "installs": summary.installs,
+              "seconds": round(summary.seconds, 1)}
+    if summary.interrupted:
+        result["interrupted"] = summary.interrupted
+    print(json.dumps(result))
+    return summary.exit_code
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -344,6 +355,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("spec")
     sp.add_argument("--jobs", type=_positive, help="environments processed at once (default 1)")
     sp.add_argument("--shard", type=_shard, help="run only shard I of N, e.g. 2/4")
+    sp.add_argument("--queue", action="store_true",
+                    help="PostgreSQL: plan once into a work queue (or join this spec's unfinished one) and claim "
+                    "environments from it; start the same command on as many machines as you like")
     sp.add_argument("--force", action="store_true", help="re-run cases that are already recorded")
     sp.add_argument("--resolve-only", action="store_true",
                     help="record every environment's resolution (lock or conflict) and run nothing")

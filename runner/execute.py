@@ -19,6 +19,7 @@ from pathlib import Path
 
 from matrix.routes import ROUTES, SPLIT_ROUTES
 from runner.results import StepResult, StepStatus, parse_lines
+from runner.stop import Stop, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,9 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes], grace: float = GRACE_SECONDS) -> None:
     """SIGTERM the whole process group, wait a grace period, then SIGKILL it."""
-    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, 30.0)):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -183,17 +184,22 @@ def execute(
     step_timeout: float,
     memory_limit: int,
     on_case: Callable[[str, list[StepResult]], None] | None = None,
+    stopping: Stop | None = None,
 ) -> Outcome:
     """Run every job in the venv; restart the worker after a crash until each job has its steps.
 
     `on_case` gets each case as soon as its `case_end` line arrives, while the worker goes on: a runner
-    killed later loses only the case that was running."""
+    killed later loses only the case that was running. On a stop request (`stopping`) the current case may
+    finish until the stop's case deadline; then the worker is stopped, the case it was in is left unrecorded
+    (a resumed run takes it again) and `Stopped` is raised."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
     outcome = Outcome()
     remaining = list(jobs)
     by_key = {j.key: j for j in jobs}
     while remaining:
+        if stopping:
+            stopping.check()
         outcome.attempts += 1
         attempt = outcome.attempts
         cases_file = workdir / f"cases-{attempt}.json"
@@ -215,10 +221,13 @@ def execute(
                 preexec_fn=_die_with_parent,
             )
             try:
-                killed_for = _watch(proc, out_file, step_timeout, memory_limit, outcome, collector.feed)
+                killed_for = _watch(proc, out_file, step_timeout, memory_limit, outcome, collector.feed, stopping)
             except BaseException:
                 stop(proc)  # `on_case` failed (e.g. the database went away) while the worker ran: take it down too
                 raise
+        if killed_for == "stop":
+            # Not a result: the case was cut short by us, not by its environment. Keep nothing of it.
+            raise Stopped(stopping.name if stopping else "stop")
         records = collector.finish()
         tail = log_file.read_text(errors="replace")[-3000:]
         progressed = collector.progressed
@@ -255,12 +264,13 @@ def execute(
 
 def _watch(
     proc: subprocess.Popen[bytes], out_file: Path, step_timeout: float, memory_limit: int, outcome: Outcome,
-    on_record: Callable[[dict[str, object]], None],
+    on_record: Callable[[dict[str, object]], None], stopping: Stop | None = None,
 ) -> str | None:
-    """Poll until the worker exits, passing on each complete line; kill it on a step timeout or past the
-    memory limit."""
+    """Poll until the worker exits, passing on each complete line; kill it on a step timeout, past the
+    memory limit, or on a stop request once the current case ended or its stop deadline passed."""
     current_start: float | None = None
     killed_for: str | None = None
+    in_case = ended_on_stop = False
     reader = _LineReader(out_file)
     while proc.poll() is None:
         time.sleep(POLL_SECONDS)
@@ -270,7 +280,20 @@ def _watch(
                 current_start = time.monotonic()
             elif event in ("end", "case_end"):
                 current_start = None
+            in_case = event in ("start", "end") or (in_case and event != "case_end")
+            # A case that ended after the stop came is the one we waited for: the worker has already begun the
+            # next by the time we read this line, and that one is given up at once. (A line read after the stop
+            # may have been written before it: the worker's clock says which.)
+            ended_on_stop = ended_on_stop or bool(
+                stopping and stopping.requested and event == "case_end"
+                and float(rec.get("t") or 0) >= stopping.requested_wall)  # type: ignore[arg-type]
             on_record(rec)
+        if stopping and stopping.requested and (
+                not in_case or ended_on_stop or time.monotonic() > stopping.case_deadline()):
+            # The worker's own SIGTERM grace comes out of what is left of the stop's grace period.
+            stop(proc, grace=min(GRACE_SECONDS, max(0.5, stopping.deadline() - time.monotonic() - 2.0)))
+            killed_for = "stop"
+            break
         rss = _tree_rss(proc.pid)
         outcome.peak_rss = max(outcome.peak_rss, rss)
         if rss > memory_limit:

@@ -26,8 +26,10 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\\x00") if value else value
 
 
-def start_run(session: Session, plan: Plan) -> Run:
-    """Record a new run, and mark the spec's earlier runs that never finished as interrupted."""
+def start_run(session: Session, plan: Plan, *, commit: bool = True) -> Run:
+    """Record a new run, and mark the spec's earlier runs that never finished as interrupted.
+
+    `commit=False` leaves the transaction open, so a queue's entries become visible with their run."""
     run = Run(
         id=str(uuid.uuid4()),
         spec_name=plan.spec.name,
@@ -43,13 +45,41 @@ def start_run(session: Session, plan: Plan) -> Run:
     session.execute(update(Run).where(Run.spec_name == plan.spec.name, Run.status == "running")
                     .values(status="interrupted"))
     session.add(run)
-    session.commit()
+    if commit:
+        session.commit()
     return run
+
+
+def resume_run(session: Session, run: Run) -> None:
+    """A worker joins a queued run: it is running again, whatever a stop or a later run had marked it."""
+    run.status = "running"
+    session.commit()
+
+
+def worker_counts(session: Session, run_id: str, worker: str, counts: dict[str, Any], status: str | None) -> None:
+    """Merge one queue worker's counts into its run (row-locked: workers end at once), and set the run's status
+    when this worker decides it: `finished` once the queue is drained, `interrupted` when the last one stops."""
+    # populate_existing: the session's own copy of the run is stale by whatever other workers merged meanwhile.
+    run = session.scalars(select(Run).where(Run.id == run_id).with_for_update()
+                          .execution_options(populate_existing=True)).one()
+    run.counts = {**run.counts, "workers": {**run.counts.get("workers", {}), worker: counts}}
+    if status == "finished" and run.status != "finished":
+        run.status, run.finished_at = "finished", utcnow()
+    elif status == "interrupted" and run.status == "running":
+        run.status = "interrupted"
+    session.commit()
 
 
 def finish_run(session: Session, run: Run, counts: dict[str, Any]) -> None:
     run.finished_at = utcnow()
     run.status = "finished"
+    run.counts = {**run.counts, **counts}
+    session.commit()
+
+
+def interrupt_run(session: Session, run: Run, counts: dict[str, Any]) -> None:
+    """A run stopped on request (SIGTERM, SIGINT): what finished is recorded, the rest is left to a resumed run."""
+    run.status = "interrupted"
     run.counts = {**run.counts, **counts}
     session.commit()
 

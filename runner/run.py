@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,8 +28,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from matrix import expand, versions
 from matrix import spec as spec_mod
 from runner import environments, execute, record, split, uv
+from runner import queue as work_queue
 from runner.errors import UvFailed
 from runner.results import StepResult, case_status
+from runner.stop import Stop, Stopped, handling_signals
 from store.db import make_engine, make_sessionmaker
 from store.models import Environment as EnvironmentRow
 from store.models import Run
@@ -48,6 +51,8 @@ class Summary:
     skipped_recorded: int = 0
     installs: int = 0
     seconds: float = 0.0
+    interrupted: str | None = None  # the signal that stopped the run, if one did
+    exit_code: int = 0  # 128 + that signal's number, as a shell reports it
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, kind: str, key: str, n: int = 1) -> None:
@@ -92,6 +97,7 @@ class Context:
     resolve_only: bool
     step_timeout: float
     memory_limit: int
+    stopping: Stop = field(default_factory=lambda: Stop(20.0))
 
 
 def shard_of(items: list, shard: tuple[int, int] | None) -> list:  # type: ignore[type-arg]
@@ -111,9 +117,13 @@ def run(
     only: list[str] | None = None,
     corpus: str | None = None,
     resolve_only: bool = False,
+    queue: bool = False,
     console: Console | None = None,
 ) -> Summary:
-    """Run a spec end to end and record everything in the database."""
+    """Run a spec end to end and record everything in the database.
+
+    `queue` (PostgreSQL): store the plan once as a work queue, or join the unfinished queue of the same spec, and
+    claim environments from it until it is drained; any number of processes may do so at once (runner/queue.py)."""
     started = time.monotonic()
     console = console or Console(stderr=True)
     spec = spec_mod.load(spec_path, corpus=corpus)
@@ -122,37 +132,94 @@ def run(
     items = shard_of(expand.select(plan, only), shard)
     engine = make_engine(settings.database_url)
     Session = make_sessionmaker(engine)
+    stopping = Stop(settings.stop_grace)
     with Session() as session, _progress(console) as progress:
-        run_row = record.start_run(session, plan)
+        if queue:
+            run_row, joined = work_queue.open_or_join(session, plan, items)
+            n_envs, n_cases = work_queue.totals(session, run_row.id)
+            progress.console.print(f"queue of run {run_row.id}: {'joined' if joined else 'planned'}, {n_envs} "
+                                   f"environments; more workers: the same command, on any machine")
+        else:
+            run_row = record.start_run(session, plan)
+            n_envs, n_cases = len(items), sum(len(c) for _, c in items)
+        # With a queue, a worker past its grace period just goes: its lease passes and another worker retakes.
+        on_deadline = (lambda: None) if queue else _interrupt_later(Session, run_row.id)
         ctx = Context(
             settings=settings, plan=plan, run_id=run_row.id, Session=Session, progress=progress,
-            env_task=progress.add_task("environments", total=len(items)),
-            case_task=progress.add_task("cases", total=sum(len(c) for _, c in items)),
+            env_task=progress.add_task("environments", total=n_envs),
+            case_task=progress.add_task("cases", total=n_cases),
             summary=Summary(run_id=run_row.id),
             budget=MemoryBudget(settings.memory_budget_mb * 2**20),
             force=force,
             resolve_only=resolve_only,
             step_timeout=min(settings.step_timeout, spec.limits.step_timeout),
             memory_limit=min(settings.memory_limit_mb, spec.limits.memory_limit_mb) * 2**20,
+            stopping=stopping,
         )
-        if spec.mode in ("joint", "both"):
-            _process_all(ctx, items)
-        if spec.mode in ("split", "both"):
-            split.run_split(ctx, expand.split(replace(plan, items=tuple(items))), _process_all)
         summary = ctx.summary
+        worker = work_queue.worker_id()
+        try:
+            with handling_signals(stopping, on_deadline):
+                if queue:
+                    work_queue.work(ctx, worker, process_environment)
+                else:
+                    if spec.mode in ("joint", "both"):
+                        _process_all(ctx, items)
+                    if spec.mode in ("split", "both"):
+                        split.run_split(ctx, expand.split(replace(plan, items=tuple(items))), _process_all)
+        except Stopped:
+            summary.interrupted, summary.exit_code = stopping.name, stopping.exit_code
         summary.seconds = time.monotonic() - started
-        record.finish_run(session, run_row, {
-            "environment_status": dict(summary.environments),
-            "case_status": dict(summary.cases),
-            "skipped_recorded": summary.skipped_recorded,
-            "installs": summary.installs,
-            "seconds": round(summary.seconds, 1),
-        })
+        counts = _counts(summary)
+        if queue:
+            session.rollback()
+            _queue_worker_done(session, run_row.id, worker, counts, stopped=bool(summary.interrupted))
+        elif summary.interrupted:
+            session.rollback()  # whatever the stop cut short in this session is not a result
+            record.interrupt_run(session, run_row, counts)
+        else:
+            record.finish_run(session, run_row, counts)
     engine.dispose()
     return summary
 
 
+def _counts(summary: Summary) -> dict[str, object]:
+    counts: dict[str, object] = {
+        "environment_status": dict(summary.environments),
+        "case_status": dict(summary.cases),
+        "skipped_recorded": summary.skipped_recorded,
+        "installs": summary.installs,
+        "seconds": round(summary.seconds, 1),
+    }
+    if summary.interrupted:
+        counts["stopped_by"] = summary.interrupted
+    return counts
+
+
+def _queue_worker_done(session: Session, run_id: str, worker: str, counts: dict[str, object], *,
+                       stopped: bool) -> None:
+    """Keep this worker's counts on the run; the worker that drains the queue finishes the run, and a stopped
+    worker marks it interrupted only if no other worker still holds a lease on it."""
+    status = None
+    if work_queue.drained(session, run_id):
+        status = "finished"
+    elif stopped and not work_queue.others_working(session, run_id, worker):
+        status = "interrupted"
+    record.worker_counts(session, run_id, worker, counts, status)
+
+
+def _interrupt_later(Session: sessionmaker[Session], run_id: str) -> Callable[[], None]:
+    """What the stop watchdog records before it ends the process at the deadline: the run is interrupted."""
+
+    def mark() -> None:
+        with Session() as session:
+            record.interrupt_run(session, session.get_one(Run, run_id), {"stopped_by": "grace period over"})
+
+    return mark
+
+
 def _process_all(ctx: Context, items: list[tuple[expand.Environment, tuple[expand.Case, ...]]]) -> None:
+    ctx.stopping.check()
     if ctx.settings.jobs == 1:
         for env, cases in items:
             process_environment(ctx, env, cases)
@@ -165,10 +232,12 @@ def _process_all(ctx: Context, items: list[tuple[expand.Environment, tuple[expan
 def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expand.Case, ...]) -> None:
     """Resolve, install, execute and record one environment, in a session of its own."""
     progress, summary = ctx.progress, ctx.summary
+    ctx.stopping.check()  # environments not yet started when a stop came are left for the resumed run
     with ctx.Session() as session:
         run_row = session.get_one(Run, ctx.run_id)
         resolved = environments.resolve(env, record.stored_lock(session, env.hash), ttl=ctx.settings.resolve_ttl,
                                         uv_path=ctx.settings.uv)
+        ctx.stopping.check()  # a stop during resolution: record nothing of an answer it may have cut short
         env_row = record.save_environment(session, resolved)
         summary.count("environments", resolved.status)
         if resolved.lock is None or ctx.resolve_only:
@@ -187,6 +256,7 @@ def process_environment(ctx: Context, env: expand.Environment, cases: tuple[expa
             return
         admitted = ctx.budget.acquire(_predicted_peak(env_row))
         try:
+            ctx.stopping.check()  # it may have come while this environment waited for memory
             _install_and_execute(ctx, session, run_row, env, env_row, resolved, todo)
         finally:
             ctx.budget.release(admitted)
@@ -201,6 +271,7 @@ def _install_and_execute(
     try:
         venv, built = environments.install(settings.env_root, resolved, uv_path=settings.uv)
     except UvFailed as exc:
+        ctx.stopping.check()  # not the environment's failure if a stop came during the install
         record.install_failed(session, env_row, str(exc))
         progress.console.print(f"[red]{env.id}: install failed[/]")
         progress.advance(ctx.case_task, len(todo))
@@ -227,6 +298,7 @@ def _install_and_execute(
         step_timeout=ctx.step_timeout,
         memory_limit=ctx.memory_limit,
         on_case=on_case,
+        stopping=ctx.stopping,
     )
     record.worker_figures(session, env_row, outcome.peak_rss, outcome.attempts)
     if not settings.keep_workdirs:

@@ -8,7 +8,7 @@ time when `limits.prune` removes each venv after use; the artifacts they leave a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,11 @@ def _torch_order(env: expand.Environment) -> tuple[Version, str]:
     return Version("0"), env.id
 
 
+def export_order(split: expand.SplitPlan) -> Items:
+    """Export environments newest torch first, grouped by torch (what both a split run and a queue follow)."""
+    return sorted(split.exports, key=lambda item: _torch_order(item[0]), reverse=True)
+
+
 # A CUDA build of torch is mostly these; dropping them from uv's cache is what bounds a sweep's disk.
 _TORCH_BUILD = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 
@@ -90,6 +95,17 @@ def runtime_cases(
     """
     partners = [e for e, r in split.pairs if r == runtime.hash]
     wanted = {(c.model, c.exporter, c.opset, c.model_hash) for _, cases in split.exports for c in cases}
+    targets = {r: expand.targets_of(split.plan.spec, r) for r in routes}
+    return artifact_cases(session, partners, wanted, routes, targets)
+
+
+def artifact_cases(
+    session: Session, partners: list[str], wanted: set[tuple[str, str, int, str]], routes: tuple[str, ...],
+    targets: Mapping[str, tuple[str, ...]] | None = None,
+) -> tuple[expand.Case, ...]:
+    """The cases of a runtime environment whose export partners (environment hashes) are done: one per distinct
+    stored artifact of a wanted (model, exporter, opset, model hash), through each route. The queue calls this
+    with what it stored of the plan (runner/queue.py)."""
     rows = session.execute(
         select(Case.model, Case.exporter, Case.opset, Case.model_hash, Artifact.key)
         .join(Artifact, Artifact.id == Case.artifact_id)
@@ -106,7 +122,7 @@ def runtime_cases(
         expand.Case(model=m, route=route, exporter=e, opset=o, model_hash=h, artifact=key, target=target)
         for key, (m, e, o, h) in first.items()
         for route in routes
-        for target in expand.targets_of(split.plan.spec, route)
+        for target in (targets or {}).get(route, ("",))
     )
 
 
@@ -114,7 +130,7 @@ def run_split(ctx: Context, split: expand.SplitPlan, process_all: Callable[[Any,
     """Phase one: every export environment (torch by torch). Phase two: every runtime environment on the
     artifacts its partners stored. Each phase resumes: recorded cases are skipped as in joint runs."""
     progress = ctx.progress
-    exports = sorted(split.exports, key=lambda item: _torch_order(item[0]), reverse=True)
+    exports = export_order(split)
     if ctx.plan.spec.mode == "split":  # the joint plan's totals were set before the split was known
         progress.update(ctx.env_task, total=split.installs, completed=0)
         progress.update(ctx.case_task, total=sum(len(c) for _, c in exports), completed=0)

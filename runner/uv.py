@@ -62,8 +62,11 @@ def _run(
 ) -> subprocess.CompletedProcess[str]:
     cmd = [uv_binary(uv_path), *args]
     log.debug("+ %s", shlex.join(cmd))
+    # A session of its own, as the worker has: a terminal's Ctrl-C reaches only the runner, which stops at the next
+    # boundary (runner/stop.py), instead of killing uv half-way and reading its exit as the combination's answer.
     return subprocess.run(
-        cmd, input=input, capture_output=True, text=True, env=uv_env(), timeout=timeout, check=False
+        cmd, input=input, capture_output=True, text=True, env=uv_env(), timeout=timeout, check=False,
+        start_new_session=True,
     )
 
 

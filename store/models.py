@@ -199,3 +199,35 @@ class DataChange(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     counter: Mapped[int] = mapped_column(BigInteger, comment="incremented once per writing transaction (PostgreSQL) "
                                                              "or per changed row (SQLite)")
+
+
+class QueueEntry(Base):
+    """One environment of a queued run's plan (`knowngood run --queue`), claimed by one worker at a time.
+
+    A claim is a lease: the worker renews `lease_until` while it works; a worker that dies stops renewing, and once
+    the lease has passed another worker takes the environment again (recorded cases are skipped as on any rerun).
+    """
+
+    __tablename__ = "queue_entry"
+    __table_args__ = (
+        UniqueConstraint("run_id", "env_hash"),
+        # The claim: the next open entry of a run's lowest open phase, in plan order.
+        Index("ix_queue_entry_claim", "run_id", "done_at", "phase", "position"),
+    )
+
+    id: Mapped[intpk]
+    run_id: Mapped[str] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"))
+    phase: Mapped[int] = mapped_column(
+        comment="0: joint and export environments; 1: runtime environments, claimable once phase 0 is done"
+    )
+    position: Mapped[int] = mapped_column(comment="order in the plan; claimed lowest first")
+    env_hash: Mapped[str] = mapped_column(String(64), comment="expand.Environment.hash of the payload")
+    name: Mapped[str] = mapped_column(String(300), comment="readable environment id, for logs")
+    payload: Mapped[dict[str, Any]] = mapped_column(
+        comment="the planned environment and its cases (runtime side: its routes and export partners)"
+    )
+    worker: Mapped[str | None] = mapped_column(String(200), comment="host:pid:nonce of the last claimant")
+    claimed_at: Mapped[dt.datetime | None]
+    lease_until: Mapped[dt.datetime | None] = mapped_column(comment="database clock; past it anyone may claim")
+    attempts: Mapped[int] = mapped_column(default=0, comment="claims so far; more than one means a retake")
+    done_at: Mapped[dt.datetime | None]

@@ -78,6 +78,19 @@ class Settings(BaseSettings):
         default=100_000, gt=0,
         description="largest plan a run or `plan` expands (a spec's limits.max-environments may lower it)",
     )
+    stop_grace: float = Field(
+        default=20.0, gt=0,
+        description="seconds from SIGTERM or SIGINT to exit: the current case may finish in what the worker's "
+        "stop leaves of it; later cases are left for a resumed run (`docker stop -t` should be longer)",
+    )
+    queue_lease: float = Field(
+        default=120.0, gt=0,
+        description="seconds a queue worker's claim on an environment lasts unless renewed (every third of it); "
+        "a dead worker's environment is retaken this long after its last renewal",
+    )
+    queue_poll: float = Field(
+        default=5.0, gt=0, description="seconds a queue worker with nothing to claim waits before asking again",
+    )
     keep_workdirs: bool = False
 
     @field_validator("pylock_indexes")
