@@ -152,7 +152,10 @@ def signature(example, dynamic=None):  # type: ignore[no-untyped-def]
 
 def load_steps():  # type: ignore[no-untyped-def]
     """The worker's steps module, loaded by path as the worker loads it (stdlib-only at import)."""
-    path = os.path.join(ROOT, "runner", "worker", "steps.py")
+    folder = os.path.join(ROOT, "runner", "worker")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # as main.py does: steps imports its sibling deploy.py
+    path = os.path.join(folder, "steps.py")
     spec = importlib.util.spec_from_file_location("knowngood_worker_steps", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
