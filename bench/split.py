@@ -1,8 +1,10 @@
 """Joint vs split chains on the same plan: installs, exports, conversions, distinct graphs, wall time, disk peak.
 
-Both modes run the same spec for real (fresh databases, fresh environment and artifact folders, uv's shared
-cache warm), in one invocation, one after the other. Counts come from the databases; the disk peak is the
-largest size the environment root plus artifact root reached while each mode ran (sampled every 2 s). From
+Both modes run the same spec for real (fresh databases, fresh environment and artifact folders), in one
+invocation, one after the other. First, untimed, every joint environment of the plan is resolved and installed once
+into a throwaway folder, so that uv's cache holds every wheel either mode needs and neither pays for downloads the
+other does not (`--no-warm` skips this where the cache is known to be warm). Counts come from the databases; the
+disk peak is the largest size the environment root plus artifact root reached while each mode ran (every 2 s). From
 the measured per-step costs, both modes are then extrapolated to the full grid of a spec (default: history.toml,
 every torch minor × every TF minor) using the plan's install counts and the measured dedup ratio.
 
@@ -30,14 +32,14 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from matrix import expand, spec, versions
-from runner import uv
+from runner import environments, uv
 from store.db import make_engine, make_sessionmaker
 from store.models import Artifact, Case, Step
 
 ROOT = Path(__file__).parents[1]
 PLAN_SPEC = ROOT / "bench" / "split-plan.toml"
 GRID_SPEC = ROOT / "matrix" / "specs" / "history.toml"
-CONVERT_STEPS = ("runtime", "convert", "tf_run")
+CONVERT_STEPS = ("runtime", "convert")  # one per conversion: ONNX Runtime's session, or the converter's run
 
 
 @dataclass
@@ -119,6 +121,18 @@ def measure(mode: str, spec_path: Path, work: Path) -> Measured:
                     statistics.fmean(convert_s) if convert_s else 0.0)
 
 
+def warm(spec_path: Path) -> None:
+    """Install every joint environment of the plan once, untimed, so both modes start from the same warm cache."""
+    loaded = spec.load(spec_path)
+    plan = expand.plan(loaded, index=uv.index_settings(), selectors=versions.resolve_selectors(loaded))
+    with tempfile.TemporaryDirectory(prefix="knowngood-bench-warm-") as tmp:
+        for env, _ in plan.items:
+            resolved = environments.resolve(env)
+            if resolved.lock is not None:
+                venv, _ = environments.install(Path(tmp), resolved)
+                environments.remove(venv)  # the wheels stay in uv's cache; the links go
+
+
 def grid_counts(grid: Path) -> tuple[expand.Plan, expand.SplitPlan]:
     loaded = spec.load(grid)
     plan = expand.plan(loaded, index=uv.index_settings(), selectors=versions.resolve_selectors(loaded))
@@ -130,6 +144,7 @@ def main() -> None:
     parser.add_argument("--spec", type=Path, default=PLAN_SPEC, help="the plan measured in both modes")
     parser.add_argument("--grid", type=Path, default=GRID_SPEC, help="the full grid to extrapolate to")
     parser.add_argument("--plan-only", action="store_true", help="print the full grid's counts; run nothing")
+    parser.add_argument("--no-warm", action="store_true", help="skip the untimed install that warms uv's cache")
     args = parser.parse_args()
     console = Console()
 
@@ -145,6 +160,8 @@ def main() -> None:
     if args.plan_only:
         return
 
+    if not args.no_warm:
+        warm(args.spec)
     with tempfile.TemporaryDirectory(prefix="knowngood-bench-split-") as tmp:
         work = Path(tmp)
         results = [measure(mode, args.spec, work) for mode in ("joint", "split")]
