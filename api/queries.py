@@ -271,12 +271,7 @@ def known_good_chain_page(
     chains = []
     for env_id in page:
         env, rows = envs[env_id], evidence[env_id]
-        newest = max(rows, key=lambda r: r.recorded_at)
-        per_model: dict[str, AnyRow] = {}
-        for row in rows:  # the worst passing diff per model is the honest figure
-            worst = per_model.get(row.model)
-            if worst is None or (row.max_abs_diff or 0) > (worst.max_abs_diff or 0):
-                per_model[row.model] = row
+        newest, per_model = _newest_and_worst(rows)
         chains.append(ChainOut(
             environment_id=env_id, name=env.name, python=env.python, python_full=env.python_full,
             versions={n: v for n, v in versions[env_id].items() if n in KEY_PACKAGES},
@@ -287,6 +282,17 @@ def known_good_chain_page(
                     for r in sorted(per_model.values(), key=lambda r: query.models.index(r.model))],
         ))
     return chains, len(ranked)
+
+
+def _newest_and_worst(rows: list[AnyRow]) -> tuple[AnyRow, dict[str, AnyRow]]:
+    """A chain's evidence: its newest passing case (run and date), and per model the worst passing diff, which is
+    the honest figure."""
+    per_model: dict[str, AnyRow] = {}
+    for row in rows:
+        worst = per_model.get(row.model)
+        if worst is None or (row.max_abs_diff or 0) > (worst.max_abs_diff or 0):
+            per_model[row.model] = row
+    return max(rows, key=lambda r: r.recorded_at), per_model
 
 
 def unknown_models(session: Session, models: tuple[str, ...] | list[str]) -> list[str]:
@@ -725,12 +731,7 @@ def split_chain_page(
     chains = []
     for pair in page:
         rows = evidence[pair]
-        newest = max(rows, key=lambda r: r.recorded_at)
-        per_model: dict[str, AnyRow] = {}
-        for row in rows:  # the worst passing diff per model is the honest figure
-            worst = per_model.get(row.model)
-            if worst is None or (row.max_abs_diff or 0) > (worst.max_abs_diff or 0):
-                per_model[row.model] = row
+        newest, per_model = _newest_and_worst(rows)
         chains.append(SplitChainOut(
             research=side(pair[0]), production=side(pair[1]), run_id=newest.run_id, recorded_at=newest.recorded_at,
             cases_passed=len(rows),

@@ -74,6 +74,17 @@ def _check_specifier(value: str) -> str:
     return value
 
 
+def _requirements_by_package(v: dict[str, list[str]], example: str) -> dict[str, list[str]]:
+    """package → PEP 508 requirements (companions, overrides), keyed by the normalised package name."""
+    for texts in v.values():
+        for text in texts:
+            try:
+                Requirement(text)
+            except InvalidRequirement:
+                raise ValueError(f"expected PEP 508 requirements such as {example}, got {text!r}") from None
+    return {canonicalize_name(k): texts for k, texts in v.items()}
+
+
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     prune: bool = Field(default=False, description="remove each environment's venv after its cases ran")
@@ -160,15 +171,7 @@ class Spec(BaseModel):
     @field_validator("overrides")
     @classmethod
     def _overrides(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        for texts in v.values():
-            for text in texts:
-                try:
-                    Requirement(text)
-                except InvalidRequirement:
-                    raise ValueError(
-                        f"expected PEP 508 requirements such as 'numpy>=1.26,<2.2', got {text!r}"
-                    ) from None
-        return {canonicalize_name(k): texts for k, texts in v.items()}
+        return _requirements_by_package(v, "'numpy>=1.26,<2.2'")
 
     @field_validator("exporters")
     @classmethod
@@ -210,15 +213,7 @@ class Spec(BaseModel):
     @field_validator("companions")
     @classmethod
     def _companions(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        for texts in v.values():
-            for text in texts:
-                try:
-                    Requirement(text)
-                except InvalidRequirement:
-                    raise ValueError(
-                        f"expected PEP 508 requirements such as 'psutil' or 'sng4onnx>=1', got {text!r}"
-                    ) from None
-        return {canonicalize_name(k): texts for k, texts in v.items()}
+        return _requirements_by_package(v, "'psutil' or 'sng4onnx>=1'")
 
     @field_validator("include", "exclude")
     @classmethod
