@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from knowngood import cli
+from store import snapshot
 
 SHIPPED = Path(__file__).parents[1] / "data" / "snapshot.json.gz"
 
@@ -17,7 +18,7 @@ SHIPPED = Path(__file__).parents[1] / "data" / "snapshot.json.gz"
 def test_shipped_snapshot_is_within_budget_and_current_format() -> None:
     assert SHIPPED.stat().st_size < 25 * 2**20
     head = json.loads(gzip.decompress(SHIPPED.read_bytes()))
-    assert (head["format"], head["format_version"]) == ("knowngood-snapshot", 2)
+    assert (head["format"], head["format_version"]) == ("knowngood-snapshot", snapshot.FORMAT_VERSION)
     specs = {run["spec_name"] for run in head["runs"]}
     assert {"smoke", "seed-chain", "history", "history-era"} <= specs
 
