@@ -51,7 +51,10 @@ def create_app(settings: Settings) -> FastAPI:
     engine = make_engine(settings.database_url)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Build every route's parameter schemas now, once: pydantic builds some lazily on first use, and several
+        # first requests at once race that build (seen as a spurious error under concurrent ingests).
+        app.openapi()
         yield
         engine.dispose()
 
