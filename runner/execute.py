@@ -102,9 +102,11 @@ def _tree_rss(pid: int) -> int:
         try:
             with open(f"/proc/{current}/statm", "rb") as fh:
                 total += int(fh.read().split()[1]) * page
-            for task in os.scandir(f"/proc/{current}/task"):
-                with open(f"{task.path}/children", "rb") as fh:
-                    todo.extend(int(c) for c in fh.read().split())
+            # Closed by `with` even when a process exits mid-walk and reading its children raises.
+            with os.scandir(f"/proc/{current}/task") as tasks:
+                for task in tasks:
+                    with open(f"{task.path}/children", "rb") as fh:
+                        todo.extend(int(c) for c in fh.read().split())
         except (OSError, ValueError):
             continue
     return total
