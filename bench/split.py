@@ -123,8 +123,7 @@ def measure(mode: str, spec_path: Path, work: Path) -> Measured:
 
 def warm(spec_path: Path) -> None:
     """Install every joint environment of the plan once, untimed, so both modes start from the same warm cache."""
-    loaded = spec.load(spec_path)
-    plan = expand.plan(loaded, index=uv.index_settings(), selectors=versions.resolve_selectors(loaded))
+    plan = _plan(spec_path)
     with tempfile.TemporaryDirectory(prefix="knowngood-bench-warm-") as tmp:
         for env, _ in plan.items:
             resolved = environments.resolve(env)
@@ -133,9 +132,13 @@ def warm(spec_path: Path) -> None:
                 environments.remove(venv)  # the wheels stay in uv's cache; the links go
 
 
+def _plan(path: Path) -> expand.Plan:
+    loaded = spec.load(path)
+    return expand.plan(loaded, index=uv.index_settings(), selectors=versions.resolve_selectors(loaded))
+
+
 def grid_counts(grid: Path) -> tuple[expand.Plan, expand.SplitPlan]:
-    loaded = spec.load(grid)
-    plan = expand.plan(loaded, index=uv.index_settings(), selectors=versions.resolve_selectors(loaded))
+    plan = _plan(grid)
     return plan, expand.split(plan)
 
 

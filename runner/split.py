@@ -90,8 +90,8 @@ def runtime_cases(
 ) -> tuple[expand.Case, ...]:
     """Every distinct artifact the runtime environment's export partners stored, through each of its routes.
 
-    Only exports of the plan's current models (model hash) and of this runner version count, and only graphs
-    still on disk: a graph is converted once here however many torch releases emitted it.
+    Only exports of the plan's current models (model hash) and of this runner version count: a graph is converted
+    once here however many torch releases emitted it.
     """
     partners = [e for e, r in split.pairs if r == runtime.hash]
     wanted = {(c.model, c.exporter, c.opset, c.model_hash) for _, cases in split.exports for c in cases}
