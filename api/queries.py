@@ -675,7 +675,8 @@ def split_chain_page(
     (its `export` case passed) and the runtime environment converted and ran that graph within tolerance.
 
     Any export environment pairs with any runtime environment that ran the same graph: the file is the
-    interface, so the two sides may even use different Pythons. Ranked by the research side, then production.
+    interface, so the two sides may even use different Pythons (a spec's export-python); `python` selects the
+    production side's. Ranked by the research side, then production.
     """
     runtime, export = aliased(Case), aliased(Case)
     conditions = [runtime.model.in_(query.models), runtime.route == query.route, runtime.status == "pass",
@@ -697,7 +698,7 @@ def split_chain_page(
     def fits(e: int, r: int) -> bool:
         if e not in known or r not in known:
             return False
-        if query.python and {known[e].python, known[r].python} != {query.python}:
+        if query.python and known[r].python != query.python:  # the production side's; research may differ
             return False
         merged = {**known[r].versions, **known[e].versions}
         return all(_satisfies(merged, req) for req in query.require)

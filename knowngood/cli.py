@@ -175,12 +175,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
              **({"overrides": list(env.overrides)} if env.overrides else {}),
              **({"options": dict(env.options)} if env.options else {}),
              "cases": [c.key for c in cases]} for env, cases in plan.items]
+    sides = expand.split(plan) if loaded.mode != "joint" else None
     if args.format == "json":
-        print(json.dumps({"spec": plan.spec.name, "corpus_version": plan.corpus_version,
-                          "environments": envs, "cases": plan.case_count}, indent=2))
-    else:
+        out: dict[str, Any] = {"spec": plan.spec.name, "corpus_version": plan.corpus_version,
+                               "environments": envs, "cases": plan.case_count}
+        if sides is not None:  # the runtime side's cases depend on the graphs the exports store: only routes here
+            out["split"] = {
+                "exports": [{"id": e.id, "hash": e.hash, "python": e.python, "requirements": list(e.requirements),
+                             "cases": [c.key for c in cs]} for e, cs in sides.exports],
+                "runtimes": [{"id": e.id, "hash": e.hash, "python": e.python, "requirements": list(e.requirements),
+                              "routes": list(rs)} for e, rs in sides.runtimes],
+                "pairs": len(sides.pairs), "installs": sides.installs}
+        print(json.dumps(out, indent=2))
+        return 0
+    if loaded.mode != "split":
         for env in envs:
             print(f"{env['id']}  ({len(env['cases'])} cases)")
+    if sides is not None:
+        for e, cs in sides.exports:
+            print(f"{e.id}  ({len(cs)} exports)")
+        for e, rs in sides.runtimes:
+            print(f"{e.id}  (routes {', '.join(rs)}: each distinct graph its export partners store)")
+        print(f"split: {len(sides.exports)} export + {len(sides.runtimes)} runtime environments = {sides.installs} "
+              f"installs, {len(sides.pairs)} (export, runtime) pairs; joint: {len(plan.items)} environments")
     return 0
 
 

@@ -474,7 +474,9 @@ def split(plan: Plan) -> SplitPlan:
     runtimes: dict[str, tuple[Environment, dict[str, None]]] = {}
     pairs: dict[tuple[str, str], None] = {}
     for env, cases in plan.items:
-        export_env = replace(env, kind="export", requirements=_side(env.requirements, True),
+        # Converter options and the overrides that relax a converter's pins belong to the runtime side only.
+        export_env = replace(env, kind="export", python=plan.spec.export_python or env.python, options=(),
+                             overrides=(), requirements=_side(env.requirements, True),
                              extras=_side(env.extras, True))
         runtime_env = replace(env, kind="runtime", requirements=_side(env.requirements, False),
                               extras=_side(env.extras, False))

@@ -131,6 +131,11 @@ class Spec(BaseModel):
         description="joint: torch and the runtime side in one environment (a hybrid container); split: export "
         "environments make artifacts that runtime environments without torch convert and run; both: each",
     )
+    export_python: str | None = Field(
+        default=None, alias="export-python", pattern=r"^3\.\d+$",
+        description="split and both modes: the Python of every export environment, whatever the runtime side's. The "
+        "ONNX file does not depend on it, so one torch build per minor feeds runtime environments of every Python",
+    )
     targets: list[str] | None = Field(
         default=None, description="what TF routes deploy and check (saved_model | tflite | keras); all that apply "
         "to each route when omitted",
@@ -288,6 +293,8 @@ class Spec(BaseModel):
     def _needs(self) -> Spec:
         if "python" not in self.axes:
             raise ValueError("axes: expected a 'python' axis, e.g. python = [\"3.11\"]")
+        if self.export_python and self.mode == "joint":
+            raise ValueError("export-python: applies to split chains only; expected mode = \"split\" or \"both\"")
         return self
 
 

@@ -164,6 +164,9 @@ def cache_clean(packages: Sequence[str], *, uv_path: str | None = None) -> None:
     """Remove these packages (every version) from uv's shared cache; venvs linked from it keep their files."""
     if not packages:
         return
-    proc = _run(["cache", "clean", *packages], uv_path=uv_path, timeout=600)
+    # --force: an enclosing `uv run knowngood ...` holds a shared lock on the cache for its whole life, and a
+    # plain clean waits for an exclusive one forever. Nothing else reads these builds at this point: the export
+    # environments of this torch release are done, and runtime environments never hold torch.
+    proc = _run(["cache", "clean", "--force", *packages], uv_path=uv_path, timeout=600)
     if proc.returncode != 0:
         raise UvFailed(f"uv cache clean failed: {proc.stderr.strip()[-2000:]}")

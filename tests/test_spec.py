@@ -24,7 +24,9 @@ torch = ["==2.0.1"]
 def _releases(name: str) -> list[tuple[str, dt.datetime | None]]:
     """A fixed release history standing in for the index (the selector logic is what is tested here)."""
     when = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-    return [(f"2.{minor}.{patch}", when) for minor in range(0, 16) for patch in range(3)] + [("2.16.0rc1", when)]
+    last = 21 if name == "tensorflow-cpu" else 15  # TensorFlow's minors run ahead of torch's, as on PyPI
+    return ([(f"2.{minor}.{patch}", when) for minor in range(0, last + 1) for patch in range(3)]
+            + [(f"2.{last + 1}.0rc1", when)])
 
 
 @pytest.mark.parametrize("path", sorted(spec.SPECS_DIR.glob("*.toml")), ids=lambda p: p.name)
@@ -46,7 +48,10 @@ def test_history_spans_every_torch_minor_against_every_tf_minor() -> None:
     plan = expand.plan(loaded, selectors=versions.resolve_selectors(loaded, fetch=_releases))
     torch_pins = {r for env in plan.environments for r in env.requirements if r.startswith("torch==")}
     assert torch_pins == {f"torch==2.{m}.2" for m in range(16)}
-    assert len(plan.items) == 16 * 3 * 2  # torch 2.0-2.15 × TF 2.13-2.15 (of this history) × 2 converters
+    tf_pins = {r for env in plan.environments for r in env.requirements if r.startswith("tensorflow-cpu==")}
+    assert tf_pins == {f"tensorflow-cpu==2.{m}.2" for m in range(13, 22)}
+    # × 2 converters: Python 3.11 on the whole grid, 3.12 from torch 2.2 and TF 2.16, 3.13 from torch 2.5 and TF 2.20
+    assert len(plan.items) == (16 * 9 + 14 * 6 + 11 * 2) * 2
 
 
 def test_tf_keras_companion_follows_the_environments_tensorflow_minor() -> None:
@@ -150,3 +155,19 @@ def test_non_utf8_spec_names_the_byte(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         spec.load(path)
     assert str(info.value).startswith(f"{path}:2: expected UTF-8 text, got byte 0xe9")
+
+
+def test_grid_specs_cover_every_cell_once_per_torch_build() -> None:
+    """grid.toml: every torch minor × every TF minor from 2.12, split into one export environment per torch and
+    one runtime per TF and converter; grid-py312.toml exports nothing of its own (same export environments)."""
+    sides = {}
+    for name in ("grid.toml", "grid-py312.toml"):
+        loaded = spec.load(spec.SPECS_DIR / name)
+        sides[name] = expand.split(expand.plan(loaded, selectors=versions.resolve_selectors(loaded, fetch=_releases)))
+    grid = sides["grid.toml"]
+    assert len(grid.plan.items) == 16 * 10 * 2 and len(grid.exports) == 16 and len(grid.runtimes) == 10 * 2
+    assert len(grid.pairs) == 16 * 10 * 2
+    py312 = sides["grid-py312.toml"]
+    assert {e.hash for e, _ in py312.exports} == {e.hash for e, _ in grid.exports}
+    # TF 2.16-2.21 on 3.12 and 2.20-2.21 on 3.13, each with both backends, as declared and with the override
+    assert len(py312.runtimes) == (6 + 2) * 2 * 2

@@ -68,6 +68,33 @@ def test_kinds_never_share_an_identity(split_plan: expand.SplitPlan) -> None:
     assert len(set(hashes)) == len(hashes) and not joint & set(hashes)
 
 
+def test_export_python_feeds_runtimes_of_every_python_from_one_export_per_torch(tmp_path: Path) -> None:
+    path = tmp_path / "cross.toml"
+    text = SPEC.replace('mode = "split"', 'mode = "split"\nexport-python = "3.11"').replace(
+        'python = ["3.11"]', 'python = ["3.12", "3.13"]').replace(
+        'converter = ["onnx2tf==1.26.9", "nobuco==0.17.0"]',
+        'converter = ["onnx2tf==1.26.9"]\nonnx2tf-backend = ["flatbuffer_direct", "tf_converter"]')
+    path.write_text(text + '\n[overrides]\nonnx2tf = ["numpy<2.2"]\n')
+    cross = expand.split(expand.plan(spec.load(path)))
+    # one export environment per torch on 3.11, with neither converter options nor a converter's overrides
+    assert sorted(e.requirements[0] for e, _ in cross.exports) == ["torch==2.4.1", "torch==2.5.1", "torch==2.6.0"]
+    assert {(e.python, e.options, e.overrides) for e, _ in cross.exports} == {("3.11", (), ())}
+    # runtime sides on both Pythons, each backend, with and without the override: 2 × 2 TF × 2 × 2
+    assert {e.python for e, _ in cross.runtimes} == {"3.12", "3.13"} and len(cross.runtimes) == 16
+    assert len(cross.pairs) == 3 * 16
+    # the export side is the one a 3.11 split spec builds: its artifacts are shared, nothing is exported twice
+    same = tmp_path / "same.toml"
+    same.write_text(SPEC)
+    assert {e.hash for e, _ in cross.exports} == {e.hash for e, _ in expand.split(expand.plan(spec.load(same))).exports}
+
+
+def test_export_python_is_refused_on_joint_specs(tmp_path: Path) -> None:
+    path = tmp_path / "joint.toml"
+    path.write_text(SPEC.replace('mode = "split"', 'mode = "joint"\nexport-python = "3.11"'))
+    with pytest.raises(spec.SpecError, match="export-python: applies to split chains only"):
+        spec.load(path)
+
+
 def test_export_groups_run_newest_torch_first_one_release_at_a_time(split_plan: expand.SplitPlan) -> None:
     ordered = sorted(split_plan.exports, key=lambda item: split._torch_order(item[0]), reverse=True)
     groups = split._by_torch(ordered)
