@@ -90,8 +90,9 @@ class Limits(BaseModel):
     prune: bool = Field(default=False, description="remove each environment's venv after its cases ran")
     prune_cache: bool = Field(
         default=False, alias="prune-cache",
-        description="split mode: after the last export environment of a torch release, remove that torch build "
-        "(torch, triton, nvidia-*) from uv's shared cache, so a sweep holds one build per job at a time. It empties "
+        description="environments run torch release by torch release (newest first), and after the last one of a "
+        "release (in split mode: its last export environment) that build (torch, triton, nvidia-*, cuda-*) leaves "
+        "uv's shared cache, so a sweep holds one torch build at a time. It empties "
         "every torch from the cache, the user's own included: off unless a spec asks",
     )
     step_timeout: float = Field(default=900.0, gt=0, alias="step-timeout", description="seconds")

@@ -163,7 +163,9 @@ def run(
                 if queue:
                     work_queue.work(ctx, worker, process_environment)
                 else:
-                    if spec.mode in ("joint", "both"):
+                    if spec.mode in ("joint", "both") and spec.limits.prune_cache:
+                        split.process_by_torch(ctx, items, _process_all)
+                    elif spec.mode in ("joint", "both"):
                         _process_all(ctx, items)
                     if spec.mode in ("split", "both"):
                         split.run_split(ctx, expand.split(replace(plan, items=tuple(items))), _process_all)

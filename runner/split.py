@@ -85,6 +85,15 @@ def _drop_torch_build(ctx: Context, group: Items) -> None:
     uv.cache_clean(doomed, uv_path=ctx.settings.uv)
 
 
+def process_by_torch(ctx: Context, items: Items, process_all: Callable[[Any, Items], None]) -> None:
+    """Environments newest torch first, one torch release at a time; with limits.prune-cache, that release's build
+    leaves uv's cache once its last environment is done, so a sweep holds one torch build at a time."""
+    for group in _by_torch(sorted(items, key=lambda item: _torch_order(item[0]), reverse=True)):
+        process_all(ctx, group)
+        if ctx.plan.spec.limits.prune_cache:
+            _drop_torch_build(ctx, group)
+
+
 def runtime_cases(
     session: Session, split: expand.SplitPlan, runtime: expand.Environment, routes: tuple[str, ...],
 ) -> tuple[expand.Case, ...]:
@@ -138,10 +147,7 @@ def run_split(ctx: Context, split: expand.SplitPlan, process_all: Callable[[Any,
         progress.update(ctx.env_task, total=(progress.tasks[ctx.env_task].total or 0) + split.installs)
         progress.update(ctx.case_task, total=(progress.tasks[ctx.case_task].total or 0)
                         + sum(len(c) for _, c in exports))
-    for group in _by_torch(exports):
-        process_all(ctx, group)
-        if ctx.plan.spec.limits.prune_cache:
-            _drop_torch_build(ctx, group)
+    process_by_torch(ctx, exports, process_all)
     with ctx.Session() as session:
         runtimes = [(env, runtime_cases(session, split, env, routes)) for env, routes in split.runtimes]
     progress.update(ctx.case_task, total=(progress.tasks[ctx.case_task].total or 0)

@@ -122,3 +122,15 @@ def test_cache_clean_removes_a_package_from_uvs_cache(tmp_path: Path, monkeypatc
     out = subprocess.run([str(venv / "bin" / "python"), "-c", "import six; print(six.__version__)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1.17.0"
+
+
+def test_joint_environments_run_one_torch_release_at_a_time(split_plan: expand.SplitPlan) -> None:
+    """limits.prune-cache in joint mode: the same torch-by-torch order as export environments, so the build of a
+    release can leave the cache after its last environment."""
+    from types import SimpleNamespace
+
+    seen: list[list[str]] = []
+    ctx = SimpleNamespace(plan=SimpleNamespace(spec=SimpleNamespace(limits=SimpleNamespace(prune_cache=False))))
+    split.process_by_torch(ctx, list(split_plan.plan.items),  # type: ignore[arg-type]
+                           lambda _, group: seen.append(sorted({e.requirements[0] for e, _ in group})))
+    assert seen == [["torch==2.6.0"], ["torch==2.5.1"], ["torch==2.4.1"]]
