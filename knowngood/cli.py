@@ -406,7 +406,7 @@ def parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
 
     sp = with_db(sub.add_parser("docs", help="generate docs/matrix.md and its heatmaps from the database"))
-    sp.add_argument("--out", default="docs", help="folder for matrix.md and heatmap-*.svg")
+    sp.add_argument("--out", default="docs", help="folder for matrix.md, heatmap-*.svg and coverage-*.svg")
     sp.set_defaults(func=cmd_docs)
 
     sp = with_db(sub.add_parser("db", help="database schema (Alembic)"))

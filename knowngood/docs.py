@@ -1,16 +1,17 @@
-"""docs/matrix.md and its heatmaps, generated from the database (`knowngood docs`), never written by hand."""
+"""docs/matrix.md, its heatmaps and coverage grids: generated from the database (`knowngood docs`), never by hand."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from html import escape
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api import queries
+from api import coverage, queries
 from matrix.routes import ROUTES
 from store.models import Case, Environment, Run
 
@@ -22,34 +23,23 @@ def _versions(session: Session, env_ids: list[int]) -> dict[int, dict[str, str]]
     return queries.package_versions(session, env_ids)
 
 
-def heatmap_svg(grid: object, title: str) -> str:
-    """A torch × TensorFlow grid as SVG: each cell coloured by its pass fraction, labelled passed/total."""
-    xs = [v for v in grid.x_versions if v is not None]  # type: ignore[attr-defined]
-    ys = [v for v in grid.y_versions if v is not None]  # type: ignore[attr-defined]
-    cells = {(c.x, c.y): c for c in grid.cells}  # type: ignore[attr-defined]
+def _grid_svg(xs: list[str], ys: list[str], paint: Callable[[str, str], tuple[str, str]], title: str,
+              footer: str, y_prefix: str = "") -> str:
+    """A grid as SVG: `xs` across, `ys` down, each cell filled and labelled by `paint(x, y)` → (fill, label)."""
     cw, ch, left, top = 64, 26, 90, 48
     width, height = max(left + cw * len(xs) + 10, 480), top + ch * len(ys) + 40
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
         f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
         f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
-        f'<text x="{left}" y="{height - 8}">torch →   (cell: cases passed / cases run; grey: no case ran)</text>',
+        f'<text x="{left}" y="{height - 8}">{escape(footer)}</text>',
     ]
     for i, x in enumerate(xs):
         parts.append(f'<text x="{left + i * cw + cw / 2}" y="{top - 6}" text-anchor="middle">{escape(x)}</text>')
     for j, y in enumerate(ys):
-        parts.append(f'<text x="{left - 6}" y="{top + j * ch + 17}" text-anchor="end">tf {escape(y)}</text>')
+        parts.append(f'<text x="{left - 6}" y="{top + j * ch + 17}" text-anchor="end">{escape(y_prefix + y)}</text>')
         for i, x in enumerate(xs):
-            cell = cells.get((x, y))
-            total = (cell.passed + cell.failed) if cell else 0
-            if cell is None:
-                fill, label = "#ffffff", ""
-            elif total == 0:
-                fill, label = "#d0d0d0", "unres." if cell.status == "unresolved" else "—"
-            else:
-                share = cell.passed / total
-                fill = f"rgb({int(230 - 120 * share)},{int(90 + 140 * share)},{int(90 + 20 * share)})"
-                label = f"{cell.passed}/{total}"
+            fill, label = paint(x, y)
             parts.append(f'<rect x="{left + i * cw}" y="{top + j * ch}" width="{cw - 2}" height="{ch - 2}" '
                          f'fill="{fill}"/><text x="{left + i * cw + cw / 2 - 1}" y="{top + j * ch + 17}" '
                          f'text-anchor="middle">{label}</text>')
@@ -57,8 +47,55 @@ def heatmap_svg(grid: object, title: str) -> str:
     return "\n".join(parts)
 
 
+def heatmap_svg(grid: object, title: str) -> str:
+    """A torch × TensorFlow grid as SVG: each cell coloured by its pass fraction, labelled passed/total."""
+    xs = [v for v in grid.x_versions if v is not None]  # type: ignore[attr-defined]
+    ys = [v for v in grid.y_versions if v is not None]  # type: ignore[attr-defined]
+    cells = {(c.x, c.y): c for c in grid.cells}  # type: ignore[attr-defined]
+
+    def paint(x: str, y: str) -> tuple[str, str]:
+        cell = cells.get((x, y))
+        total = (cell.passed + cell.failed) if cell else 0
+        if cell is None:
+            return "#ffffff", ""
+        if total == 0:
+            return "#d0d0d0", "unres." if cell.status == "unresolved" else "—"
+        share = cell.passed / total
+        return (f"rgb({int(230 - 120 * share)},{int(90 + 140 * share)},{int(90 + 20 * share)})",
+                f"{cell.passed}/{total}")
+
+    return _grid_svg(xs, ys, paint, title, "torch →   (cell: cases passed / cases run; grey: no case ran)", "tf ")
+
+
+# Coverage cells by status: measured (all pass, all fail, mixed), known not to resolve, no answer yet.
+COVERAGE_FILL = {"pass": "#6fcf6f", "fail": "#e06060", "mixed": "#f2b441", "unresolvable": "#c8c8c8",
+                 "missing": "#ffffff"}
+
+
+def coverage_svg(cov: coverage.Coverage) -> str:
+    """A route's coverage grid as SVG, torch minors down, the production side's minors across."""
+    columns = cov.columns if cov.column else ["torch"]
+
+    def paint(x: str, y: str) -> tuple[str, str]:
+        cell = cov.cell(y, x if cov.column else "")
+        return COVERAGE_FILL[cell.status], _cell_text(cell, unresolvable="unres.", missing="")
+
+    across = f"{cov.column} minor →" if cov.column else ""
+    return _grid_svg(
+        columns, cov.rows, paint,
+        f"route {cov.route}: {cov.answered} of {len(cov.rows) * len(cov.columns)} cells answered",
+        f"{across}  (green: all passed, amber: some, red: none; grey: cannot resolve; white: no answer)",
+        "torch ")
+
+
+def _cell_text(cell: coverage.CoverageCell, *, unresolvable: str, missing: str) -> str:
+    if cell.total:
+        return f"{cell.passed}/{cell.total}"
+    return unresolvable if cell.unresolvable else missing
+
+
 def render(session: Session, out_dir: Path) -> Path:
-    """Write matrix.md and heatmap-<route>.svg into `out_dir`; returns the Markdown file."""
+    """Write matrix.md, heatmap-<route>.svg and coverage-<route>.svg into `out_dir`; returns the Markdown file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     env_status = Counter({s: n for s, n in session.execute(
         select(Environment.status, func.count()).group_by(Environment.status))})
@@ -79,6 +116,11 @@ def render(session: Session, out_dir: Path) -> Path:
     lines += _chains(session)
     lines += _converter_stacks(session)
     lines += _heatmaps(session, out_dir)
+    measured = coverage.measurements(session)
+    lines += _coverage(measured, out_dir)
+    lines += _pins(session, measured)
+    lines += _torch_spans(measured)
+    lines += _default_exports(session, measured)
     lines += _failures(session)
     path = out_dir / "matrix.md"
     path.write_text("\n".join(lines) + "\n")
@@ -207,4 +249,117 @@ def _failures(session: Session) -> list[str]:
     for f in out.failures:
         lines.append(f"| `{f.signature}` | {f.scope} | {f.count} | {f.environments} | {f.first_version or ''} | "
                      f"{f.last_version or ''} | {', '.join(f.routes)} | {', '.join(f.models[:6])} |")
+    return [*lines, ""]
+
+
+def _coverage(m: coverage.Measurements, out_dir: Path) -> list[str]:
+    """Issue 17: per route, which torch minor × TensorFlow (onnxruntime) minor cells hold an answer."""
+    lines = ["## Coverage per route", "",
+             "Rows are torch minors; columns the production side's minor (TensorFlow, or onnxruntime on its route; "
+             "litert-torch has one column). A cell is measured (cases passed / run, joint environments and split "
+             "chains together: a graph exported by torch X and run beside TensorFlow Y answers X × Y), "
+             "`unres.` (uv cannot resolve those versions together: an answer too), or `·` (no answer: nothing "
+             "planned, or resolved but never run). Answered = measured + unresolvable.", ""]
+    for route in ROUTES:
+        cov = coverage.coverage(m, route)
+        if not cov.rows or not cov.columns:
+            continue
+        size = len(cov.rows) * len(cov.columns)
+        statuses = Counter(cov.cell(x, y).status for x in cov.rows for y in cov.columns)
+        measured = statuses["pass"] + statuses["fail"] + statuses["mixed"]
+        heading = f"torch × {cov.column}" if cov.column else "torch"
+        name = f"coverage-{route}.svg"
+        (out_dir / name).write_text(coverage_svg(cov))
+        lines += [f"### {route}: {heading}", "",
+                  f"**{cov.answered} of {size} cells answered ({cov.share:.0%})**: {measured} measured "
+                  f"({statuses['pass']} all pass, {statuses['mixed']} mixed, {statuses['fail']} all fail), "
+                  f"{statuses['unresolvable']} unresolvable, {statuses['missing']} missing.", "",
+                  f"![coverage of {route}]({name})", ""]
+        columns = cov.columns if cov.column else [""]
+        lines += ["| torch | " + " | ".join(c or "cases" for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for x in cov.rows:
+            lines.append(f"| {x} | " + " | ".join(
+                _cell_text(cov.cell(x, y), unresolvable="unres.", missing="·") for y in columns) + " |")
+        lines.append("")
+    return lines
+
+
+def _pins(session: Session, m: coverage.Measurements) -> list[str]:
+    """Issues 11 and 17: per deployment target and model family, the newest chain that passes."""
+    lines = ["## What to pin", "",
+             "Per model, grouped by family, the newest chain in which it passed (with the exporters that passed), "
+             "ranked by torch, TensorFlow, onnx, onnxruntime, converter. A family's variants are listed apart: "
+             "one that never passes (batchnorm in train mode) would otherwise hide the chains that serve the "
+             "others. *Split*: export in one environment (torch, onnx) and convert or run in another (no "
+             "torch); the Python reads research → production where they differ. Evidence: passing cases in this "
+             "chain; chains it passed in at any versions, over how many environments.", ""]
+    for deployment in coverage.DEPLOYMENTS:
+        answers = coverage.pins(session, m, deployment)
+        routes = ", ".join(dict.fromkeys(f"{r} ({t})" if t else r for r, t in deployment.routes))
+        lines += [f"### For {deployment.title} pin…", "", f"Routes: {routes}.", ""]
+        if not answers:
+            lines += ["No case has been measured for this target yet.", ""]
+            continue
+        found = [a for a in answers if isinstance(a, coverage.Pin)]
+        if found:
+            lines += ["| family | model | route | chain | python | torch | onnx | tensorflow | converter | "
+                      "onnxruntime | onnx2tf backend | exporter | evidence |", "|---" * 13 + "|"]
+        for pin in found:
+            v = pin.versions
+            tf = v.get("tensorflow") or v.get("tensorflow-cpu") or ""
+            lines.append(
+                f"| {pin.family} | {pin.model} | {pin.route} | {'split' if pin.split else 'joint'} | {pin.python} | "
+                f"{v.get('torch', '')} | {v.get('onnx', '')} | {tf} | {pin.converter} | {v.get('onnxruntime', '')} | "
+                f"{pin.backend} | {', '.join(pin.exporters)} | {pin.cases} cases; {pin.chains} chains over "
+                f"{pin.environments} environments |")
+        if found:
+            lines.append("")
+        for miss in answers:
+            if isinstance(miss, coverage.Miss):
+                lines.append(f"- **{miss.model}** ({miss.family}): nothing passes. " + _miss_text(miss))
+        lines.append("")
+    return lines
+
+
+def _miss_text(miss: coverage.Miss) -> str:
+    if miss.step is None and miss.signature is None:
+        return "No failure with a signature was recorded either."
+    v = miss.versions
+    shown = ", ".join(f"{n} {v[n]}" for n in ("torch", "onnx", "tensorflow", "tensorflow-cpu", "onnxruntime",
+                                             "onnx2tf", "onnx-tf", "nobuco", "litert-torch", "ai-edge-torch")
+                      if n in v)
+    return (f"Closest failure: step `{miss.step or '?'}`, `{miss.signature or '?'}` on {miss.route}"
+            f"{f' ({miss.target})' if miss.target else ''}, {'split' if miss.split else 'joint'}: {shown}.")
+
+
+def _torch_spans(m: coverage.Measurements) -> list[str]:
+    """Issue 10: per family, route and target, the first and last torch minor with a passing chain."""
+    spans = coverage.torch_spans(m)
+    lines = ["## First and last passing torch minor", "",
+             "Per model (grouped by family), route and target: the oldest and newest torch minor with a chain "
+             "where it passed (joint, or split by the torch that exported the graph), the minors measured, and "
+             "those between first and last measured without a pass.", ""]
+    if not spans:
+        return [*lines, "No case has been measured yet.", ""]
+    lines += ["| family | model | route | target | first | last | measured | no pass between |", "|---" * 8 + "|"]
+    for s in spans:
+        lines.append(f"| {s.family} | {s.model} | {s.route} | {s.target} | {s.first or 'none'} | {s.last or 'none'} | "
+                     f"{', '.join(s.measured)} | {', '.join(s.gaps)} |")
+    return [*lines, ""]
+
+
+def _default_exports(session: Session, m: coverage.Measurements) -> list[str]:
+    """Issue 10: what an unchanged torch.onnx.export(model, args, f) ran in each torch minor, and what it emitted."""
+    rows = coverage.default_exports(session, m)
+    lines = ["## What torch.onnx.export(model, args, f) does", "",
+             "Export steps of cases with exporter `default` (no `dynamo=`, no opset), as the worker recorded them: "
+             "the exporter that ran, the opset and IR version read back from the file.", ""]
+    if not rows:
+        return [*lines, "No case with the default exporter has been recorded yet.", ""]
+    lines += ["| torch | exporter that ran | opset emitted | IR version | export failures |", "|---|---|---|---|---|"]
+    for r in rows:
+        ran = ", ".join(f"{name} ×{n}" for name, n in r.ran.most_common())
+        failed = ", ".join(f"`{sig}` ×{n}" for sig, n in r.failed.most_common(3))
+        lines.append(f"| {r.torch} | {ran} | {', '.join(map(str, sorted(r.opsets)))} | "
+                     f"{', '.join(map(str, sorted(r.ir_versions)))} | {failed} |")
     return [*lines, ""]

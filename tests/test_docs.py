@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from knowngood.docs import render
+from api import coverage
+from knowngood.docs import COVERAGE_FILL, render
+from store.models import Artifact, Case, Environment, Step
 
 
 def _record(make_run: Callable, make_environment: Callable, make_case: Callable) -> dict:
@@ -54,3 +57,127 @@ def test_docs_show_the_quoted_chain_converter_releases_and_heatmaps(
     svg = (tmp_path / "heatmap-onnxruntime.svg").read_text()
     assert ">2/4<" in svg  # torch 2.9.1 × TF 2.14.1: the era pair's two passes of four cases
     assert "`IncompatibleDependency(ml_dtypes)`" in md
+
+
+def _conflict(session: Session, versions: dict[str, str], kind: str = "joint") -> Environment:
+    """An environment uv could not resolve: its request and uv's reason, no lock, no packages."""
+    env = Environment(
+        hash=uuid.uuid4().hex * 2, name="-".join(f"{n}{v}" for n, v in versions.items()), python="3.11",
+        requirements=[f"{n}=={v}" for n, v in versions.items()], excludes=[], index_url="https://pypi.org/simple",
+        cutoff="2026-11-01", status="conflict", kind=kind, memory={}, error="No solution found when resolving",
+        signature="ResolutionConflict(tensorflow-cpu)",
+    )
+    session.add(env)
+    session.commit()
+    return env
+
+
+def _steps(case: Case, *steps: tuple[str, str, str | None]) -> None:
+    """Give a case these steps in order (the factory's one step becomes the first)."""
+    first = case.steps[0]
+    first.name, first.status, first.signature = steps[0]
+    case.steps += [Step(ordinal=i, name=name, status=status, seconds=0.1, peak_rss=1, details={}, signature=sig)
+                   for i, (name, status, sig) in enumerate(steps[1:], start=1)]
+
+
+def _grid(session: Session, make_run: Callable, make_environment: Callable, make_case: Callable) -> None:
+    """Joint environments, one split chain (three exports of one graph, two of them torch 2.6), a conflicting
+    joint and a conflicting runtime environment, one resolved but never run, and a superseded pass."""
+    run = make_run(spec_name="grid")
+    tf_side = {"onnx": "1.17.0", "onnxruntime": "1.19.0"}
+    j21 = make_environment({"torch": "2.1.2", "tensorflow-cpu": "2.15.1", "onnx2tf": "1.20.0", **tf_side})
+    j22 = make_environment({"torch": "2.2.2", "tensorflow-cpu": "2.15.1", "onnx2tf": "1.20.0", **tf_side})
+    j24 = make_environment({"torch": "2.4.1", "tensorflow-cpu": "2.16.2", "onnx2tf": "1.26.0", **tf_side})
+    idle = make_environment({"torch": "2.3.1", "tensorflow-cpu": "2.17.0", "onnx2tf": "1.26.0", **tf_side})
+    idle.status = "resolved"  # resolved, never run: no answer
+    _conflict(session, {"torch": "2.5.1", "tensorflow-cpu": "2.13.1", "onnx2tf": "1.17.0"})
+    _conflict(session, {"tensorflow-cpu": "2.20.0", "onnx2tf": "1.28.8"}, kind="runtime")
+    e26 = make_environment({"torch": "2.6.0", "onnx": "1.18.0"})
+    e26b = make_environment({"torch": "2.6.1", "onnx": "1.18.0"}, python="3.12")
+    e27 = make_environment({"torch": "2.7.1", "onnx": "1.18.0"})
+    rt = make_environment({"tensorflow-cpu": "2.19.0", "onnx2tf": "1.28.8", "onnx": "1.17.0", "onnxruntime": "1.22.0"})
+    for env in (e26, e26b, e27):
+        env.kind = "export"
+    rt.kind, rt.options = "runtime", {"onnx2tf-backend": "flatbuffer_direct"}
+    graph = Artifact(key="b" * 64, model="resnet", opset_emitted=17, ir_version=8)
+    session.add(graph)
+    session.commit()
+
+    def case(env: Environment, model: str, route: str, status: str = "pass", target: str = "saved_model",
+             **kw: object) -> Case:
+        made = make_case(run, env, model, route, status=status, **kw)
+        made.target = target if route != "onnxruntime" else ""
+        return made
+
+    for env in (j21, j24):
+        case(env, "resnet", "onnx2tf")
+    case(j22, "resnet", "onnx2tf")
+    later = case(j22, "resnet", "onnx2tf", status="fail", signature="ParityExceeded(input=0)")
+    later.model_hash = "m2"  # re-measured after a corpus change: the pass above no longer counts
+    _steps(case(j21, "transformer", "onnx2tf", status="fail", signature="UnsupportedOperator(Erf)"),
+           ("export", "ok", None), ("convert", "fail", "UnsupportedOperator(Erf)"))
+    _steps(case(j24, "transformer", "onnx2tf", status="fail", signature="ParityExceeded(input=1)"),
+           ("export", "ok", None), ("convert", "ok", None), ("tf_run", "fail", "ParityExceeded(input=1)"))
+    for env in (e26, e26b, e27):
+        case(env, "resnet", "export", target="").artifact_id = graph.id
+    case(rt, "resnet", "onnx2tf").artifact_id = graph.id
+    case(rt, "resnet", "onnxruntime").artifact_id = graph.id
+    default = case(j24, "resnet", "onnxruntime", exporter="default", opset=0)
+    default.steps[0].details = {"exporter_ran": "torchscript", "opset_emitted": 17, "ir_version": 8}
+    dynamo = case(e27, "vit", "export", target="", exporter="default", opset=0)
+    dynamo.steps[0].details = {"exporter_ran": "dynamo", "opset_emitted": 18, "ir_version": 10}
+    session.commit()
+
+
+def test_coverage_counts_joint_and_split_cells_and_knows_a_conflict_from_a_hole(
+    session: Session, make_run: Callable, make_environment: Callable, make_case: Callable,
+) -> None:
+    _grid(session, make_run, make_environment, make_case)
+    cov = coverage.coverage(coverage.measurements(session), "onnx2tf")
+    assert cov.rows == ["2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "2.7"]
+    assert cov.columns == ["2.13", "2.15", "2.16", "2.17", "2.19", "2.20"]
+    cells = {(x, y): (c.passed, c.total, c.status) for (x, y), c in cov.cells.items() if c.total}
+    assert cells == {
+        ("2.1", "2.15"): (1, 2, "mixed"),
+        ("2.2", "2.15"): (0, 1, "fail"),  # the superseded pass is not counted
+        ("2.4", "2.16"): (1, 2, "mixed"),
+        ("2.6", "2.19"): (1, 1, "pass"),  # one runtime case, two torch 2.6 exports of its graph: counted once
+        ("2.7", "2.19"): (1, 1, "pass"),  # the same graph answers torch 2.7's cell too
+    }
+    assert cov.cell("2.5", "2.13").status == "unresolvable"  # the conflicting joint environment
+    assert {x for x in cov.rows if cov.cell(x, "2.20").status == "unresolvable"} == set(cov.rows)  # runtime side
+    assert cov.cell("2.3", "2.17").status == "missing"  # resolved, never run
+    assert cov.answered == 5 + 1 + 7 and cov.share == 13 / 42
+    ort = coverage.coverage(coverage.measurements(session), "onnxruntime")
+    assert {k: (c.passed, c.total) for k, c in ort.cells.items()} == {
+        ("2.4", "1.19"): (1, 1), ("2.6", "1.22"): (1, 1), ("2.7", "1.22"): (1, 1)}
+
+
+def test_docs_print_coverage_pins_torch_spans_and_the_default_exporter(
+    session: Session, tmp_path: Path, make_run: Callable, make_environment: Callable, make_case: Callable,
+) -> None:
+    _grid(session, make_run, make_environment, make_case)
+    md = render(session, tmp_path).read_text()
+    grid = md.split("### onnx2tf: torch × tensorflow")[1].split("\n### ")[0]
+    assert "**13 of 42 cells answered (31%)**: 5 measured (2 all pass, 2 mixed, 1 all fail), 8 unresolvable" in grid
+    assert "| 2.5 | unres. | · | · | · | · | unres. |" in grid
+    assert "| 2.6 | · | · | · | · | 1/1 | unres. |" in grid
+    svg = (tmp_path / "coverage-onnx2tf.svg").read_text()
+    for status in ("pass", "fail", "mixed", "unresolvable", "missing"):
+        assert f'fill="{COVERAGE_FILL[status]}"' in svg
+    # what to pin: the newest passing chain is the split one, through torch 2.7's export of the shared graph
+    serving = md.split("### For TF Serving pin…")[1].split("\n### ")[0]
+    assert ("| resnet | resnet | onnx2tf | split | 3.11 | 2.7.1 | 1.18.0 | 2.19.0 | onnx2tf 1.28.8 | 1.22.0 | "
+            "flatbuffer_direct | torchscript | 1 cases; 5 chains over 6 environments |") in serving
+    # nothing passes for transformer: the failure that got furthest (tf_run beats convert)
+    assert ("**transformer** (transformer): nothing passes. Closest failure: step `tf_run`, "
+            "`ParityExceeded(input=1)` on onnx2tf (saved_model), joint: torch 2.4.1") in serving
+    assert "No case has been measured for this target yet." in md.split("### For TFLite pin…")[1].split("\n### ")[0]
+    runtime = md.split("### For ONNX Runtime pin…")[1].split("\n## ")[0]
+    assert "| resnet | resnet | onnxruntime | split | 3.11 | 2.7.1 | 1.18.0 | 2.19.0 |  | 1.22.0 |" in runtime
+    # first and last passing torch minor, with the measured minor between that did not pass
+    assert "| resnet | resnet | onnx2tf | saved_model | 2.1 | 2.7 | 2.1, 2.2, 2.4, 2.6, 2.7 | 2.2 |" in md
+    assert "| transformer | transformer | onnx2tf | saved_model | none | none | 2.1, 2.4 |  |" in md
+    # the default exporter: TorchScript in torch 2.4, dynamo in 2.7, with the opset and IR version each emitted
+    assert "| 2.4 | torchscript ×1 | 17 | 8 |  |" in md
+    assert "| 2.7 | dynamo ×1 | 18 | 10 |  |" in md
