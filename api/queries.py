@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -21,9 +21,12 @@ from api.schemas import (
     CellStatus,
     ChainOut,
     ChainSide,
+    EnvironmentKind,
     EnvironmentOut,
+    EnvironmentRef,
     FailureExample,
     FailureOut,
+    FailureSlice,
     FailuresOut,
     MatrixCell,
     MatrixEnvironment,
@@ -37,7 +40,7 @@ from api.schemas import (
     SplitChainOut,
     StepOut,
 )
-from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES
+from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, KINDS, ROUTE_PACKAGES
 from store.models import Case, DataChange, Environment, Package, Run, Step
 
 # A result row of any shape (SQLAlchemy 2.1's Row is variadic: Row[Any] would be a one-column row).
@@ -351,10 +354,11 @@ class MatrixQuery:
     exporter: str | None = None
     python: str | None = None
     target: str | None = None
+    kind: str | None = None  # joint | export | runtime: the kind of environment that ran the cases
 
 
 def _case_filters(route: str | None, models: tuple[str, ...], exporter: str | None,
-                  python: str | None, target: str | None = None) -> list[ColumnElement[bool]]:
+                  python: str | None, target: str | None = None, kind: str | None = None) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = [current()]
     if target:
         conditions.append(Case.target == target)
@@ -366,61 +370,155 @@ def _case_filters(route: str | None, models: tuple[str, ...], exporter: str | No
         conditions.append(Case.exporter == exporter)
     if python:
         conditions.append(Case.environment_id.in_(select(Environment.id).where(Environment.python == python)))
+    if kind:
+        conditions.append(Case.environment_id.in_(select(Environment.id).where(Environment.kind == kind)))
     return conditions
 
 
+def _kind(value: str | None) -> EnvironmentKind:
+    """An environment's kind as the schemas type it; rows recorded before kinds existed are joint."""
+    return cast(EnvironmentKind, value if value in KINDS else "joint")
+
+
+def _environment_kinds(session: Session) -> dict[int, EnvironmentKind]:
+    # Every environment: the table is small beside the cases, and one read beats binding thousands of ids.
+    return {env_id: _kind(kind) for env_id, kind in session.execute(select(Environment.id, Environment.kind))}
+
+
+def _export_sides(session: Session, conditions: list[ColumnElement[bool]]) -> list[AnyRow]:
+    """Runtime cases matching `conditions`, each with the export environment whose stored graph it ran.
+
+    Rows of (id, environment_id, target, status, signature, export_id). One runtime case serves every export
+    environment that produced the same graph, so it comes once per export environment; export_id is None where no
+    current export case of the graph is recorded (the join is the one split_chain_page makes).
+    """
+    export = aliased(Case)
+    return list(session.execute(
+        select(Case.id, Case.environment_id, Case.target, Case.status, Case.signature,
+               export.environment_id.label("export_id"))
+        .outerjoin(export, and_(export.artifact_id == Case.artifact_id, export.model == Case.model,
+                                export.route == "export", export.status == "pass", current(export)))
+        .where(*conditions, Case.route != "export",
+               Case.environment_id.in_(select(Environment.id).where(Environment.kind == "runtime")))
+    ))
+
+
+def _refs(session: Session, env_ids: Collection[int]) -> dict[int, EnvironmentRef]:
+    """Export sides as rows name them: id, name, python and key versions (torch among them)."""
+    versions = package_versions(session, env_ids, KEY_PACKAGES)
+    return {row.id: EnvironmentRef(id=row.id, name=row.name, python=row.python, versions=versions.get(row.id, {}))
+            for row in session.execute(select(Environment.id, Environment.name, Environment.python)
+                                       .where(Environment.id.in_(sorted(set(env_ids)))))}
+
+
+def _member_order(m: MatrixEnvironment) -> tuple[str, str]:
+    return m.name, m.export_environment.name if m.export_environment else ""
+
+
+# A cell's identity: (x version, y version, target, environment kind). Targets and kinds never share a verdict
+# (issues 11, 12): the in-memory Keras model passing says nothing about the .tflite, nor a joint environment about
+# a split chain. A target of None is an environment in which nothing ran (it did not resolve).
+CellKey = tuple[str | None, str | None, str | None, EnvironmentKind]
+
+
 def matrix_grid(session: Session, query: MatrixQuery) -> MatrixOut:
-    """Versions of `x` against versions of `y`: per cell, the environments there and their pass/fail counts."""
+    """Versions of `x` against versions of `y`: per cell (one target, one environment kind) the environments
+    there and their pass/fail counts.
+
+    Joint and export environments count their own cases. A runtime environment has no torch, so its cases are
+    placed by export → runtime pair: the runtime side's pins, then the export side's (torch), name the cell.
+    """
     xs, ys = aliases(query.x), aliases(query.y)
-    counts = {
-        row.environment_id: (row.passed, row.total)
-        for row in session.execute(
-            select(Case.environment_id, func.count().filter(Case.status == "pass").label("passed"),
-                   func.count().label("total"))
-            .where(*_case_filters(query.route, query.models, query.exporter, query.python, query.target))
-            .group_by(Case.environment_id)
-        )
-    }
-    env_query = select(Environment.id, Environment.name, Environment.python, Environment.status,
-                       Environment.signature, Environment.requirements)
-    if query.python:
-        env_query = env_query.where(Environment.python == query.python)
-    envs = [
-        e for e in session.execute(env_query)
-        # An environment that never resolved has no cases, but it is an answer too: "this pair conflicts".
-        if e.id in counts or (e.signature and _requests_route(e.requirements, query.route))
+    conditions = _case_filters(query.route, query.models, query.exporter, query.python, query.target, query.kind)
+    kinds = _environment_kinds(session)
+    counts: dict[tuple[int, str], tuple[int, int]] = {}
+    for row in session.execute(
+        select(Case.environment_id, Case.target, func.count().filter(Case.status == "pass").label("passed"),
+               func.count().label("total"))
+        .where(*conditions).group_by(Case.environment_id, Case.target)
+    ):
+        if kinds.get(row.environment_id) != "runtime":  # counted per pair below
+            counts[row.environment_id, row.target] = (row.passed, row.total)
+    # (export environment or None, runtime environment, target) → runtime case id → passed
+    pairs: dict[tuple[int | None, int, str], dict[int, bool]] = defaultdict(dict)
+    for row in _export_sides(session, conditions):
+        pairs[row.export_id, row.environment_id, row.target][row.id] = row.status == "pass"
+    measured = {e for e, _ in counts} | {r for _, r, _ in pairs} | {e for e, _, _ in pairs if e is not None}
+    rows = {e.id: e for e in session.execute(
+        select(Environment.id, Environment.name, Environment.python, Environment.status, Environment.signature,
+               Environment.requirements))}
+    # An environment that never resolved has no cases, but it is an answer too: "this pair conflicts".
+    unresolved = [
+        e for e in rows.values()
+        if e.id not in measured and e.signature and _requests_route(e.requirements, query.route)
+        and (not query.python or e.python == query.python) and (not query.kind or kinds.get(e.id) == query.kind)
     ]
     pins: dict[int, dict[str, str]] = defaultdict(dict)
-    shown = {e.id for e in envs}
+    shown = measured | {e.id for e in unresolved}
     for env_id, name, version in session.connection().execute(
         select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(sorted({*xs, *ys})))
     ):
         if env_id in shown:  # filtered here rather than binding every id (see known_good_chain_page)
             pins[env_id][name] = version
 
-    def axis(env: AnyRow, names: tuple[str, ...]) -> str | None:
-        found = next((pins[env.id][n] for n in names if n in pins[env.id]), None)
-        return found or _requested_pin(env.requirements, names)
+    def axis(ids: tuple[int, ...], names: tuple[str, ...]) -> str | None:
+        """The first side that pins one of `names`, else the first that asked for it (an unresolved request)."""
+        for env_id in ids:
+            if found := next((pins[env_id][n] for n in names if n in pins[env_id]), None):
+                return found
+        return next((v for env_id in ids if (v := _requested_pin(rows[env_id].requirements, names))), None)
 
-    cells: dict[tuple[str | None, str | None], list[MatrixEnvironment]] = defaultdict(list)
-    for env in envs:
-        passed, total = counts.get(env.id, (0, 0))
-        cells[(axis(env, xs), axis(env, ys))].append(MatrixEnvironment(
-            id=env.id, name=env.name, python=env.python, status=env.status, signature=env.signature,
-            passed=passed, failed=total - passed,
-        ))
+    def member(env_id: int, passed: int, failed: int, export_id: int | None = None) -> MatrixEnvironment:
+        env = rows[env_id]
+        return MatrixEnvironment(
+            id=env.id, name=env.name, python=env.python, status=env.status, signature=env.signature, passed=passed,
+            failed=failed, kind=kinds.get(env_id, "joint"),
+            export_environment=None if export_id is None else refs[export_id],
+        )
+
+    refs = _refs(session, {e for e, _, _ in pairs if e is not None})
+    members: dict[CellKey, list[MatrixEnvironment]] = defaultdict(list)
+    tally: dict[CellKey, list[int]] = defaultdict(lambda: [0, 0])
+    runtime_cases: dict[CellKey, dict[int, bool]] = defaultdict(dict)  # a case counts once per cell
+    key: CellKey
+    for (env_id, target), (passed, total) in counts.items():
+        key = (axis((env_id,), xs), axis((env_id,), ys), target, kinds.get(env_id, "joint"))
+        members[key].append(member(env_id, passed, total - passed))
+        tally[key][0] += passed
+        tally[key][1] += total - passed
+    for (export_id, runtime_id, target), outcome in pairs.items():
+        sides = (runtime_id,) if export_id is None else (runtime_id, export_id)
+        key = (axis(sides, xs), axis(sides, ys), target, "runtime")
+        passed = sum(outcome.values())
+        members[key].append(member(runtime_id, passed, len(outcome) - passed, export_id))
+        runtime_cases[key].update(outcome)
+    # An unresolved environment joins the cells measured at its pins (it adds no verdict to them: 0 passed, 0 failed,
+    # its own status says why), and stands alone as target None only where nothing was measured.
+    measured_at: dict[tuple[str | None, str | None, EnvironmentKind], list[CellKey]] = defaultdict(list)
+    for key in list(members):
+        measured_at[key[0], key[1], key[3]].append(key)
+    for env in unresolved:
+        at = (axis((env.id,), xs), axis((env.id,), ys), kinds.get(env.id, "joint"))
+        for key in measured_at.get(at) or [(at[0], at[1], None, at[2])]:
+            members[key].append(member(env.id, 0, 0))
     out = []
-    for (xv, yv), members in cells.items():
-        passed, failed = sum(m.passed for m in members), sum(m.failed for m in members)
+    for key, group in members.items():
+        xv, yv, cell_target, kind = key
+        outcome = runtime_cases.get(key, {})
+        joint_passed, joint_failed = tally.get(key, (0, 0))
+        passed = joint_passed + sum(outcome.values())
+        failed = joint_failed + len(outcome) - sum(outcome.values())
         status: CellStatus = ("unresolved" if passed + failed == 0 else "pass" if failed == 0
                               else "fail" if passed == 0 else "mixed")
-        out.append(MatrixCell(x=xv, y=yv, status=status, passed=passed, failed=failed,
-                              environments=sorted(members, key=lambda m: m.name)))
-    out.sort(key=lambda c: (version_key(c.x), version_key(c.y)))
+        out.append(MatrixCell(x=xv, y=yv, status=status, passed=passed, failed=failed, target=cell_target, kind=kind,
+                              environments=sorted(group, key=_member_order)))
+    out.sort(key=lambda c: (version_key(c.x), version_key(c.y), c.target is None, c.target or "",
+                            KINDS.index(c.kind)))
     return MatrixOut(
         x=query.x, y=query.y, route=query.route, models=list(query.models), exporter=query.exporter,
         python=query.python, x_versions=sorted({c.x for c in out}, key=version_key),
-        y_versions=sorted({c.y for c in out}, key=version_key), cells=out,
+        y_versions=sorted({c.y for c in out}, key=version_key), cells=out, target=query.target,
+        kind=_kind(query.kind) if query.kind else None,
     )
 
 
@@ -432,6 +530,18 @@ class FailureQuery:
     exporter: str | None = None
     python: str | None = None
     limit: int = 100
+    target: str | None = None
+    kind: str | None = None
+
+
+@dataclass
+class _Slice:
+    """One (target, kind) part of a signature group."""
+
+    n: int = 0
+    envs: set[int] = field(default_factory=set)
+    example_id: int = 0
+    versions: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -442,67 +552,127 @@ class _SignatureGroup:
     n: int = 0
     envs: set[int] = field(default_factory=set)
     example_id: int = 0
+    versions: set[str] = field(default_factory=set)
+    slices: dict[tuple[str | None, EnvironmentKind], _Slice] = field(default_factory=dict)
+
+
+def _span(versions: set[str]) -> tuple[str | None, str | None]:
+    ordered = sorted(versions, key=version_key)
+    return (ordered[0], ordered[-1]) if ordered else (None, None)
+
+
+def _slices(g: _SignatureGroup, examples: dict[int, FailureExample]) -> list[FailureSlice]:
+    return [FailureSlice(target=target, kind=kind, count=s.n, environments=len(s.envs),
+                         first_version=_span(s.versions)[0], last_version=_span(s.versions)[1],
+                         example=examples[s.example_id])
+            for (target, kind), s in sorted(g.slices.items(), key=lambda item: (
+                -item[1].n, item[0][0] is None, item[0][0] or "", KINDS.index(item[0][1])))]
 
 
 def failures(session: Session, query: FailureQuery) -> FailuresOut:
-    """Signatures with counts, the span of `package` versions where each was seen, and one example."""
+    """Signatures with counts, the span of `package` versions where each was seen, and one example; each split
+    into slices of one target and one environment kind.
+
+    A runtime environment (split chain) pins no torch: where it does not pin `package`, the versions are those of
+    the export environments whose graph the failing cases ran.
+    """
     names = aliases(query.package)
     conditions = [Case.signature.is_not(None), *_case_filters(query.route, query.models, query.exporter,
-                                                               query.python)]
+                                                               query.python, query.target, query.kind)]
+    kinds = _environment_kinds(session)
+    pinned = {env_id: version for env_id, version in session.execute(
+        select(Package.environment_id, Package.version).where(Package.name.in_(names))
+    )}
+    exported: dict[tuple[str | None, int, str], set[int]] = defaultdict(set)
+    for side in _export_sides(session, conditions):
+        if side.export_id is not None:
+            exported[side.signature, side.environment_id, side.target].add(side.export_id)
+
+    def seen(signature: str, env_id: int, target: str) -> set[str]:
+        if env_id in pinned:
+            return {pinned[env_id]}
+        return {pinned[e] for e in exported.get((signature, env_id, target), ()) if e in pinned}
+
     by_sig: dict[str, _SignatureGroup] = {}
-    # Per (signature, environment): one pass over the failed cases, small enough to fold here.
+    # Per (signature, environment, target): one pass over the failed cases, small enough to fold here.
     for row in session.execute(
-        select(Case.signature, Case.environment_id, func.count().label("n"), func.min(Case.id).label("first_id"),
-               func.min(Case.recorded_at).label("first"), func.max(Case.recorded_at).label("last"))
-        .where(*conditions).group_by(Case.signature, Case.environment_id)
+        select(Case.signature, Case.environment_id, Case.target, func.count().label("n"),
+               func.min(Case.id).label("first_id"), func.min(Case.recorded_at).label("first"),
+               func.max(Case.recorded_at).label("last"))
+        .where(*conditions).group_by(Case.signature, Case.environment_id, Case.target)
     ):
         g = by_sig.get(row.signature) or by_sig.setdefault(
             row.signature, _SignatureGroup(row.signature, first=row.first, last=row.last)
         )
+        versions = seen(row.signature, row.environment_id, row.target)
         g.n += row.n
         g.envs.add(row.environment_id)
         g.example_id = min(g.example_id or row.first_id, row.first_id)
         g.first = min(g.first, row.first)
         g.last = max(g.last, row.last)
+        g.versions |= versions
+        part = g.slices.setdefault((row.target, kinds.get(row.environment_id, "joint")), _Slice())
+        part.n += row.n
+        part.envs.add(row.environment_id)
+        part.example_id = min(part.example_id or row.first_id, row.first_id)
+        part.versions |= versions
     groups = sorted(by_sig.values(), key=lambda g: (-g.n, g.signature))[: query.limit]
     where = [*conditions, Case.signature.in_([g.signature for g in groups])]
-    seen: dict[str | None, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
+    seen_in: dict[str | None, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
     for sig, model, route in session.execute(select(Case.signature, Case.model, Case.route).where(*where).distinct()):
-        seen[sig][0].add(model)
-        seen[sig][1].add(route)
-    pinned = {env_id: version for env_id, version in session.execute(
-        select(Package.environment_id, Package.version).where(Package.name.in_(names))
-    )}
-    examples: dict[int, FailureExample] = {}
-    for ex in session.execute(
-        select(Case.id, Case.environment_id, Environment.name.label("env"), Case.model, Case.route,
+        seen_in[sig][0].add(model)
+        seen_in[sig][1].add(route)
+    examples = _failure_examples(
+        session, {g.example_id for g in groups} | {s.example_id for g in groups for s in g.slices.values()}, kinds)
+    out = []
+    for g in groups:
+        models, routes = seen_in[g.signature]
+        first_version, last_version = _span(g.versions)
+        out.append(FailureOut(
+            signature=g.signature, scope="case", count=g.n, environments=len(g.envs), models=sorted(models),
+            routes=sorted(routes), first_version=first_version, last_version=last_version, first_seen=g.first,
+            last_seen=g.last, example=examples[g.example_id], targets=sorted({t for t, _ in g.slices if t is not None}),
+            kinds=sorted({k for _, k in g.slices}, key=KINDS.index), slices=_slices(g, examples),
+        ))
+    # A resolution failure ran no target and no model: it answers only a query that names neither.
+    if not query.models and not query.exporter and not query.target:
+        out.extend(_environment_failures(session, query, names, kinds))
+    out.sort(key=lambda f: (-f.count, f.signature))
+    return FailuresOut(package=query.package, route=query.route, models=list(query.models),
+                       failures=out[: query.limit], target=query.target,
+                       kind=_kind(query.kind) if query.kind else None)
+
+
+def _failure_examples(session: Session, case_ids: set[int], kinds: dict[int, EnvironmentKind],
+                      ) -> dict[int, FailureExample]:
+    """The example cases, each with its first failing step, its environment's versions and, on a runtime side,
+    the export environments that produced the graph it ran."""
+    rows = session.execute(
+        select(Case.id, Case.environment_id, Environment.name.label("env"), Case.model, Case.route, Case.target,
                Step.name.label("step"), Step.error_type, Step.message)
         .join(Environment, Environment.id == Case.environment_id)
         .outerjoin(Step, (Step.case_id == Case.id) & (Step.signature == Case.signature))
-        .where(Case.id.in_([g.example_id for g in groups])).order_by(Step.ordinal)
-    ):
+        .where(Case.id.in_(sorted(case_ids))).order_by(Step.ordinal)
+    ).all()
+    exported: dict[int, set[int]] = defaultdict(set)
+    for side in _export_sides(session, [Case.id.in_(sorted(case_ids))]):
+        if side.export_id is not None:
+            exported[side.id].add(side.export_id)
+    refs = _refs(session, {e for ids in exported.values() for e in ids})
+    versions = package_versions(session, {ex.environment_id for ex in rows}, KEY_PACKAGES)
+    examples: dict[int, FailureExample] = {}
+    for ex in rows:
         examples.setdefault(ex.id, FailureExample(
             environment_id=ex.environment_id, environment=ex.env, model=ex.model, route=ex.route,
-            step=ex.step, error_type=ex.error_type, message=ex.message,
+            step=ex.step, error_type=ex.error_type, message=ex.message, target=ex.target,
+            kind=kinds.get(ex.environment_id, "joint"), versions=versions.get(ex.environment_id, {}),
+            exported_by=sorted((refs[e] for e in exported.get(ex.id, ())), key=lambda r: r.name),
         ))
-    out = []
-    for g in groups:
-        models, routes = seen[g.signature]
-        ordered = sorted({pinned[e] for e in g.envs if e in pinned}, key=version_key)
-        out.append(FailureOut(
-            signature=g.signature, scope="case", count=g.n, environments=len(g.envs), models=sorted(models),
-            routes=sorted(routes), first_version=ordered[0] if ordered else None,
-            last_version=ordered[-1] if ordered else None, first_seen=g.first, last_seen=g.last,
-            example=examples[g.example_id],
-        ))
-    if not query.models and not query.exporter:
-        out.extend(_environment_failures(session, query, names))
-    out.sort(key=lambda f: (-f.count, f.signature))
-    return FailuresOut(package=query.package, route=query.route, models=list(query.models),
-                       failures=out[: query.limit])
+    return examples
 
 
-def _environment_failures(session: Session, query: FailureQuery, names: tuple[str, ...]) -> list[FailureOut]:
+def _environment_failures(session: Session, query: FailureQuery, names: tuple[str, ...],
+                          kinds: dict[int, EnvironmentKind]) -> list[FailureOut]:
     """Environments that never got a case (resolution conflicts, missing interpreters), grouped by signature."""
     env_query = select(Environment.id, Environment.name, Environment.signature, Environment.error,
                        Environment.requirements, Environment.resolved_at).where(
@@ -510,21 +680,32 @@ def _environment_failures(session: Session, query: FailureQuery, names: tuple[st
     ).order_by(Environment.id)
     if query.python:
         env_query = env_query.where(Environment.python == query.python)
+    if query.kind:
+        env_query = env_query.where(Environment.kind == query.kind)
     grouped: dict[str, list[AnyRow]] = defaultdict(list)
     for env in session.execute(env_query):
         if _requests_route(env.requirements, query.route):
             grouped[env.signature].append(env)
     out = []
     for signature, envs in grouped.items():
-        versions = sorted({v for e in envs if (v := _requested_pin(e.requirements, names))}, key=version_key)
-        first = envs[0]
+        versions = {v for e in envs if (v := _requested_pin(e.requirements, names))}
+        first_version, last_version = _span(versions)
+        examples = {e.id: FailureExample(environment_id=e.id, environment=e.name, model=None, route=None,
+                                         step="resolve", error_type=None, message=e.error,
+                                         kind=kinds.get(e.id, "joint")) for e in envs}
+        g = _SignatureGroup(signature, first=min(e.resolved_at for e in envs), last=max(e.resolved_at for e in envs))
+        for e in envs:
+            part = g.slices.setdefault((None, kinds.get(e.id, "joint")), _Slice())
+            part.n += 1
+            part.envs.add(e.id)
+            part.example_id = part.example_id or e.id
+            if v := _requested_pin(e.requirements, names):
+                part.versions.add(v)
         out.append(FailureOut(
             signature=signature, scope="environment", count=len(envs), environments=len(envs), models=[],
-            routes=[], first_version=versions[0] if versions else None,
-            last_version=versions[-1] if versions else None,
-            first_seen=min(e.resolved_at for e in envs), last_seen=max(e.resolved_at for e in envs),
-            example=FailureExample(environment_id=first.id, environment=first.name, model=None, route=None,
-                                   step="resolve", error_type=None, message=first.error),
+            routes=[], first_version=first_version, last_version=last_version, first_seen=g.first,
+            last_seen=g.last, example=examples[envs[0].id], kinds=sorted({k for _, k in g.slices}, key=KINDS.index),
+            slices=_slices(g, examples),
         ))
     return out
 
@@ -594,12 +775,12 @@ def environment_detail(session: Session, env_id: int) -> EnvironmentOut | None:
         cases=[CaseOut(
             id=c.id, run_id=c.run_id, model=c.model, route=c.route, exporter=c.exporter, opset=c.opset,
             opset_emitted=c.opset_emitted, status=c.status, signature=c.signature, max_abs_diff=c.max_abs_diff,
-            recorded_at=c.recorded_at,
+            recorded_at=c.recorded_at, target=c.target, artifact_id=c.artifact_id,
             steps=[StepOut(ordinal=s.ordinal, name=s.name, status=s.status, seconds=s.seconds,
                            peak_rss=s.peak_rss, error_type=s.error_type, message=s.message, signature=s.signature,
                            max_abs_diff=s.max_abs_diff, details=s.details) for s in c.steps],
         ) for c in cases],
-        lockfiles={},
+        lockfiles={}, kind=_kind(env.kind),
     )
 
 
@@ -625,7 +806,8 @@ def environment_provenance(session: Session, env_id: int) -> Provenance:
 
 
 def facets(session: Session) -> dict[str, list[str]]:
-    """The values the dashboard's controls offer: models, routes, exporters, pythons, and axis packages."""
+    """The values the dashboard's controls offer: models, routes, exporters, targets, environment kinds, pythons,
+    and axis packages."""
     # Axes are what specs vary (the requested packages) plus the key pins; a scan of every package row is not needed.
     requested = {pin[0] for reqs in session.scalars(select(Environment.requirements)) for t in reqs if (pin := _pin(t))}
     candidates = {"tensorflow" if n in ALIASES else n for n in requested | set(KEY_PACKAGES)}
@@ -639,6 +821,8 @@ def facets(session: Session) -> dict[str, list[str]]:
         "routes": sorted({c.route for c in combos}),
         # Only what the exporter filter accepts: a route without an ONNX export records exporter "none".
         "exporters": sorted({c.exporter for c in combos} & set(EXPORTERS)),
+        "targets": sorted(t for t in session.scalars(select(Case.target).distinct()) if t),
+        "kinds": sorted(set(_environment_kinds(session).values()), key=KINDS.index),
         "pythons": sorted(session.scalars(select(Environment.python).distinct()), key=version_key),
         "packages": first + sorted(merged - set(first)),
     }

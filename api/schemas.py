@@ -78,8 +78,25 @@ class ChainsOut(BaseModel):
     environments: MeasuredCounts | None = Field(default=None, description="what was measured for this query")
 
 
+EnvironmentKind = Literal["joint", "export", "runtime"]
+
+
+class EnvironmentRef(BaseModel):
+    """Another environment a row depends on: the export side of a split chain."""
+
+    id: int
+    name: str
+    python: str
+    versions: dict[str, str] = Field(description="its key package versions (torch, onnx, …)")
+
+
 class MatrixEnvironment(BaseModel):
-    """One environment inside a matrix cell, with its case counts."""
+    """One environment inside a matrix cell, with its case counts.
+
+    In a split cell (kind runtime) it is one export → runtime pair: the runtime environment that converted and ran
+    the graph, and in `export_environment` the one that exported it (null if no export case of the graph is
+    recorded). One runtime case serves every export environment that produced the same graph.
+    """
 
     id: int
     name: str
@@ -88,18 +105,28 @@ class MatrixEnvironment(BaseModel):
     signature: str | None = Field(description="why the environment could not be resolved or installed")
     passed: int
     failed: int
+    kind: EnvironmentKind = Field(default="joint", description="joint | export | runtime")
+    export_environment: EnvironmentRef | None = Field(
+        default=None, description="split chains: the export environment whose stored graph these cases ran")
 
 
 CellStatus = Literal["pass", "fail", "mixed", "unresolved"]
 
 
 class MatrixCell(BaseModel):
-    x: str | None = Field(description="version of the x package; null when the environment does not pin it")
+    """One verdict: the cases of one target in environments of one kind at one (x, y). Targets never merge."""
+
+    x: str | None = Field(description="version of the x package; null when the environment does not pin it. A "
+                                      "split cell reads the runtime side's pin, then the export side's (torch)")
     y: str | None
     status: CellStatus
     passed: int
     failed: int
     environments: list[MatrixEnvironment]
+    target: str | None = Field(default=None, description="saved_model | tflite | keras on TF routes, '' on routes "
+                                                          "without one; null where nothing ran (unresolved)")
+    kind: EnvironmentKind = Field(default="joint", description="joint: one environment; export or runtime: a side "
+                                                                "of a split chain (runtime cells pair both sides)")
 
 
 class MatrixOut(BaseModel):
@@ -114,6 +141,8 @@ class MatrixOut(BaseModel):
     x_versions: list[str | None] = Field(description="oldest first; null (not pinned) last")
     y_versions: list[str | None]
     cells: list[MatrixCell]
+    target: str | None = Field(default=None, description="the target filter, if any")
+    kind: EnvironmentKind | None = Field(default=None, description="the environment kind filter, if any")
 
 
 class FailureExample(BaseModel):
@@ -124,6 +153,26 @@ class FailureExample(BaseModel):
     step: str | None
     error_type: str | None
     message: str | None
+    target: str | None = Field(default=None, description="the case's target; null for a resolution failure")
+    kind: EnvironmentKind = "joint"
+    versions: dict[str, str] = Field(default_factory=dict, description="the environment's key package versions")
+    exported_by: list[EnvironmentRef] = Field(
+        default_factory=list, description="split chains: the export environments whose stored graph the case ran "
+                                          "(their torch beside this runtime side's versions)")
+
+
+class FailureSlice(BaseModel):
+    """A signature's cases on one target in environments of one kind: what one row of it measured."""
+
+    target: str | None = Field(description="saved_model | tflite | keras, '' on routes without one; null for "
+                                           "environments that did not resolve")
+    kind: EnvironmentKind
+    count: int
+    environments: int
+    first_version: str | None = Field(description="lowest version of `package`; on a runtime side (no torch) the "
+                                                  "export side's pin")
+    last_version: str | None
+    example: FailureExample
 
 
 class FailureOut(BaseModel):
@@ -140,6 +189,10 @@ class FailureOut(BaseModel):
     first_seen: Timestamp
     last_seen: Timestamp
     example: FailureExample
+    targets: list[str] = Field(default_factory=list, description="every target the signature was seen on")
+    kinds: list[EnvironmentKind] = Field(default_factory=list, description="every environment kind it was seen in")
+    slices: list[FailureSlice] = Field(default_factory=list,
+                                       description="one per (target, kind), most frequent first")
 
 
 class FailuresOut(BaseModel):
@@ -147,6 +200,8 @@ class FailuresOut(BaseModel):
     route: str | None
     models: list[str]
     failures: list[FailureOut]
+    target: str | None = Field(default=None, description="the target filter, if any")
+    kind: EnvironmentKind | None = Field(default=None, description="the environment kind filter, if any")
 
 
 class RunOut(BaseModel):
@@ -210,6 +265,8 @@ class CaseOut(BaseModel):
     max_abs_diff: float | None
     recorded_at: Timestamp
     steps: list[StepOut]
+    target: str = Field(default="", description="saved_model | tflite | keras on TF routes, '' elsewhere")
+    artifact_id: int | None = Field(default=None, description="split chains: the stored graph it stored or ran")
 
 
 class PackageOut(BaseModel):
@@ -237,6 +294,7 @@ class EnvironmentOut(BaseModel):
     packages: list[PackageOut]
     cases: list[CaseOut]
     lockfiles: dict[str, str] = Field(description="format → URL of this environment's lockfile; empty if unresolved")
+    kind: EnvironmentKind = "joint"
 
 
 # -- explanations and verdicts (GET /chains' additive fields, POST /check) -----------------------------------------

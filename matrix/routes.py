@@ -74,6 +74,8 @@ SPLIT_ROUTES = {
     "onnx2tf": ("load", "convert", "tf_run", "parity"),
     "onnx-tf": ("load", "convert", "tf_run", "parity"),
 }
+# Environment kinds (ARCHITECTURE.md): joint holds both sides; a split chain is an export and a runtime environment.
+KINDS = ("joint", "export", "runtime")
 # Distributions that belong to the export side of a split chain; everything else is the runtime side's.
 # onnx goes to both: torch.onnx needs it to export, and the converters read the file with it.
 EXPORT_SIDE = ("torch", "onnxscript", "torchvision")

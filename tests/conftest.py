@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from store import migrate
 from store.db import make_engine, make_sessionmaker, utcnow
-from store.models import Case, Environment, Package, Run, Step
+from store.models import Artifact, Case, Environment, Package, Run, Step
 from tests.pgcluster import PostgresNotFound, database, server_binary, throwaway_cluster
 
 
@@ -186,13 +186,45 @@ def make_environment(session: Session) -> MakeEnv:
 def make_case(session: Session) -> Callable[..., Case]:
     def make(run: Run, env: Environment, model: str, route: str, status: str = "pass",
              max_abs_diff: float | None = 1e-6, exporter: str = "torchscript", opset: int = 17,
-             signature: str | None = None) -> Case:
+             signature: str | None = None, target: str = "", artifact_id: int | None = None) -> Case:
         case = Case(run_id=run.id, environment_id=env.id, model=model, route=route, exporter=exporter, opset=opset,
                     opset_emitted=opset, model_hash="m1", corpus_version="c1", runner_version="test",
-                    status=status, signature=signature, max_abs_diff=max_abs_diff, recorded_at=utcnow())
+                    status=status, signature=signature, max_abs_diff=max_abs_diff, recorded_at=utcnow(),
+                    target=target, artifact_id=artifact_id)
         case.steps = [Step(ordinal=0, name="export", status="ok" if status == "pass" else status, seconds=0.1,
                            peak_rss=1, details={}, signature=signature)]
         session.add(case)
         session.commit()
         return case
     return make
+
+
+@pytest.fixture
+def targets_and_split(session: Session, make_run: Callable[..., Run], make_environment: MakeEnv,
+                      make_case: Callable[..., Case]) -> dict[str, Any]:
+    """resnet on onnx2tf, once per target in a joint environment (torch 2.5.1), and as split chains: torch 2.6.0
+    and 2.7.0 export the same graph, one runtime environment (no torch) converts and runs it per target.
+
+    tflite fails with one signature in both the joint and the runtime environment; the rest pass.
+    """
+    run = make_run()
+    tf = {"onnx": "1.17.0", "tensorflow": "2.17.0", "onnx2tf": "1.26.3"}
+    joint = make_environment({"torch": "2.5.1", **tf})
+    e26, e27 = make_environment({"torch": "2.6.0", "onnx": "1.17.0"}), make_environment({"torch": "2.7.0",
+                                                                                          "onnx": "1.17.0"})
+    runtime = make_environment(tf)
+    for env, kind in ((e26, "export"), (e27, "export"), (runtime, "runtime")):
+        env.kind = kind
+    graph = Artifact(key="b" * 64, model="resnet", opset_emitted=17, ir_version=8)
+    session.add(graph)
+    session.commit()
+    signature = "ParityExceeded(input=0)"
+    for env in (e26, e27):
+        make_case(run, env, "resnet", "export", artifact_id=graph.id)
+    for target in ("saved_model", "tflite", "keras"):
+        failing: dict[str, Any] = {"status": "fail", "signature": signature} if target == "tflite" else {}
+        make_case(run, joint, "resnet", "onnx2tf", target=target, **failing)
+        if target != "keras":  # the in-memory model is measured in the joint environment only, here
+            make_case(run, runtime, "resnet", "onnx2tf", target=target, artifact_id=graph.id, **failing)
+    return {"run": run, "joint": joint, "export26": e26, "export27": e27, "runtime": runtime, "artifact": graph,
+            "signature": signature}

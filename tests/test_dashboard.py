@@ -128,8 +128,8 @@ def test_heatmap_click_through_and_screenshot(server: str, browser: WebDriver, r
     }
     headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#heatmap thead th")][1:]
     assert headers == ["2.2.2", "2.3.1", "2.4.1", "2.5.1"]
-    rows = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#heatmap tbody th")]
-    assert rows == ["2.17.0", "2.16.2"]  # newest on top
+    rows = [(th.get_attribute("data-y"), th.text) for th in browser.find_elements(By.CSS_SELECTOR, "#heatmap tbody th")]
+    assert rows == [("2.17.0", "2.17.0 joint"), ("2.16.2", "2.16.2 joint")]  # newest on top; no target on this route
     failures = browser.find_element(By.ID, "failure-list").text
     assert "UnsupportedOperator(aten::grid_sampler)" in failures and "ResolutionConflict(numpy)" in failures
 
@@ -166,3 +166,48 @@ def test_heatmap_click_through_and_screenshot(server: str, browser: WebDriver, r
     text = browser.find_element(By.TAG_NAME, "body").text
     assert text.startswith(f"# knowngood lockfile for {recorded['a'].name}") and "torch==2.3.1" in text
     assert recorded["run"].id in text
+
+
+def test_heatmap_and_failures_name_the_target_and_the_split_chain(server: str, browser: WebDriver,
+                                                                  targets_and_split: dict) -> None:
+    wait = WebDriverWait(browser, 20)
+    browser.get(f"{server}/?route=onnx2tf&models=resnet")
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#heatmap td.cell")))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#failure-list tbody tr")))
+    cells = browser.execute_script(
+        "return [...document.querySelectorAll('#heatmap td.cell')].map((td) => [td.dataset.x, td.dataset.target,"
+        " td.dataset.kind, td.dataset.status, td.classList.contains('split'), td.textContent]);")
+    assert sorted(map(tuple, cells)) == sorted([
+        ("2.5.1", "saved_model", "joint", "pass", False, "1/1"), ("2.5.1", "tflite", "joint", "fail", False, "0/1"),
+        ("2.5.1", "keras", "joint", "pass", False, "1/1"),
+        ("2.6.0", "saved_model", "runtime", "pass", True, "1/1"), ("2.6.0", "tflite", "runtime", "fail", True, "0/1"),
+        ("2.7.0", "saved_model", "runtime", "pass", True, "1/1"), ("2.7.0", "tflite", "runtime", "fail", True, "0/1"),
+    ])
+    # Each row says what it measured: target and kind, the split ones marked as such.
+    rows = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#heatmap tbody th.row")]
+    assert rows == ["2.17.0 keras joint", "2.17.0 saved_model joint", "2.17.0 saved_model split: export → runtime",
+                    "2.17.0 tflite joint", "2.17.0 tflite split: export → runtime"]
+
+    # Failures: one row per (target, kind); the split one shows the export side's torch beside the runtime side.
+    failures = browser.find_elements(By.CSS_SELECTOR, "#failure-list tbody tr")
+    by_kind = {(tr.get_attribute("data-target"), tr.get_attribute("data-kind")): tr.text for tr in failures}
+    assert set(by_kind) == {("tflite", "joint"), ("tflite", "runtime")}
+    split = by_kind["tflite", "runtime"]
+    assert "split: export → runtime" in split and "2.6.0 – 2.7.0" in split
+    assert f"exported in {targets_and_split['export26'].name}: torch 2.6.0" in split
+    assert "runtime: onnx 1.17.0 · tensorflow 2.17.0 · onnx2tf 1.26.3" in split
+    assert "exported in" not in by_kind["tflite", "joint"]
+
+    # The target selector narrows both views to one target, and the URL follows.
+    Select(browser.find_element(By.ID, "target")).select_by_value("tflite")
+    wait.until(lambda d: {c.get_attribute("data-target") for c in d.find_elements(By.CSS_SELECTOR, "#heatmap td.cell")}
+               == {"tflite"})
+    assert "target=tflite" in browser.current_url
+
+    # A split cell's detail names the export environment the runtime side ran the graph of.
+    browser.find_element(By.CSS_SELECTOR, '#heatmap td.cell[data-x="2.6.0"][data-kind="runtime"]').click()
+    box = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#detail .env")))
+    assert box.get_attribute("data-env") == str(targets_and_split["runtime"].id)
+    assert f"graph exported in {targets_and_split['export26'].name}" in box.text
+    assert [d.get_attribute("data-case") for d in box.find_elements(By.CSS_SELECTOR, "details.case")] != []
+    assert "tflite" in box.find_element(By.CSS_SELECTOR, "details.case").text

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from api import queries
-from matrix.routes import EXPORTERS, ROUTES, TARGETS
+from matrix.routes import EXPORTERS, KINDS, ROUTES, TARGETS
 
 # Repeatable as split_names promises (`models=a,b` is `models=a&models=b`); every other single-valued parameter
 # given twice is refused by reject_repeats rather than silently answered with its last value.
@@ -30,6 +30,14 @@ TARGET_NAMES = tuple(dict.fromkeys(t for ts in TARGETS.values() for t in ts))
 TargetParam = Annotated[str | None, Query(description=f"{' | '.join(TARGET_NAMES)}: the deployed artifact that must "
                                                       "have passed on a TF route; any when omitted",
                                           json_schema_extra={"enum": list(TARGET_NAMES)})]
+# The same parameter read as a filter (/matrix, /failures): only cases measured on that target.
+TargetFilterParam = Annotated[str | None, Query(description=f"{' | '.join(TARGET_NAMES)}: only cases deployed and "
+                                                            "checked as that target; all targets (each its own row) "
+                                                            "when omitted",
+                                                json_schema_extra={"enum": list(TARGET_NAMES)})]
+KindParam = Annotated[str | None, Query(description=f"{' | '.join(KINDS)}: only environments of that kind (export and "
+                                                    "runtime are the two sides of a split chain); all when omitted",
+                                        json_schema_extra={"enum": list(KINDS)})]
 PythonParam = Annotated[str | None, Query(description="python minor version, e.g. 3.11")]
 RequireParam = Annotated[list[str] | None, Query(description="PEP 508 pins, repeatable: require=torch>=2.3")]
 
@@ -65,6 +73,11 @@ def check_target(target: str | None) -> None:
         raise queries.QueryError("target", f"expected one of {', '.join(TARGET_NAMES)}, got {target!r}")
 
 
+def check_kind(kind: str | None) -> None:
+    if kind is not None and kind not in KINDS:
+        raise queries.QueryError("kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
+
+
 def check_models(session: Session, models: list[str] | tuple[str, ...]) -> None:
     unknown = queries.unknown_models(session, models)
     if unknown:
@@ -73,11 +86,13 @@ def check_models(session: Session, models: list[str] | tuple[str, ...]) -> None:
 
 
 def check_case_filters(session: Session, route: str | None, exporter: str | None,
-                       models: list[str] | tuple[str, ...], target: str | None = None) -> None:
+                       models: list[str] | tuple[str, ...], target: str | None = None,
+                       kind: str | None = None) -> None:
     """The filters every case query takes, in the order their errors are reported."""
     check_route(route)
     check_exporter(exporter)
     check_target(target)
+    check_kind(kind)
     check_models(session, models)
 
 
