@@ -134,3 +134,15 @@ def test_joint_environments_run_one_torch_release_at_a_time(split_plan: expand.S
     split.process_by_torch(ctx, list(split_plan.plan.items),  # type: ignore[arg-type]
                            lambda _, group: seen.append(sorted({e.requirements[0] for e, _ in group})))
     assert seen == [["torch==2.6.0"], ["torch==2.5.1"], ["torch==2.4.1"]]
+
+
+def test_torch_built_on_numpy_1_gets_numpy_below_2_on_its_side_only(tmp_path: Path) -> None:
+    """torch < 2.3 beside NumPy 2 raises "Numpy is not available" at the first tensor↔array conversion."""
+    path = tmp_path / "old.toml"
+    path.write_text(SPEC.replace('torch = ["==2.4.1", "==2.5.1", "==2.6.0"]', 'torch = ["==2.2.2", "==2.3.1"]'))
+    cut = expand.split(expand.plan(spec.load(path)))
+    extras = {e.requirements[0]: e.extras for e, _ in cut.exports}
+    assert "numpy<2" in extras["torch==2.2.2"] and "numpy<2" not in extras["torch==2.3.1"]
+    assert all("numpy<2" not in e.extras for e, _ in cut.runtimes)  # TF and onnx2tf choose their own NumPy
+    joint = {e.requirements[0]: e.extras for e, _ in cut.plan.items}
+    assert "numpy<2" in joint["torch==2.2.2"] and "numpy<2" not in joint["torch==2.3.1"]
