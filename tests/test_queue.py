@@ -19,7 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from matrix import expand, spec
-from runner import queue
+from runner import queue, record
+from runner.results import StepResult, StepStatus
 from store.db import make_engine, make_sessionmaker
 from store.models import Case, Environment, QueueEntry, Run
 
@@ -256,3 +257,122 @@ def test_one_worker_with_two_jobs_drains_the_queue(pg: str, tmp_path: Path) -> N
     # two claim loops: the second environment was claimed before the first was done
     assert entries[1].claimed_at is not None and entries[0].done_at is not None
     assert entries[1].claimed_at < entries[0].done_at
+
+
+# -- bounded retakes ---------------------------------------------------------------------------------------------
+
+def _env_row(s: Session, entry: QueueEntry, status: str) -> Environment:
+    """The environment row a worker leaves once it resolved (`resolved`) or installed (`installed`) an entry."""
+    env = queue._environment(entry.payload["environment"])
+    row = Environment(hash=env.hash, name=env.id, python=env.python, requirements=list(env.all_requirements),
+                      index_url=env.index_url, cutoff=env.cutoff, status=status, kind=env.kind, memory={})
+    s.add(row)
+    s.commit()
+    return row
+
+
+def test_retakes_are_bounded_and_the_environment_is_recorded_as_a_crash(pg: str, tmp_path: Path) -> None:
+    plan, items = _plan(tmp_path, JOINT)
+    lease, retakes = 0.3, 2
+    with _session(pg) as s:
+        run, _ = queue.open_or_join(s, plan, items)
+        first = queue.claim(s, run.id, "W0", lease, retakes)
+        assert first is not None
+        queue.release(s, first.id, "W0")  # given back (a stop): not a lost worker
+        taken = queue.claim(s, run.id, "W1", lease, retakes)
+        assert taken is not None and taken.id == first.id and (taken.attempts, taken.lost) == (2, 0)
+        # The worker installed the environment and recorded its first case; then every worker dies in the second.
+        env_row = _env_row(s, taken, "installed")
+        _, cases = queue.load(s, taken)
+        ok = StepResult(case=cases[0].key, step="export", ordinal=0, status=StepStatus.fail, error_type="E",
+                        message="toy")
+        assert record.save_case(s, s.get_one(Run, run.id), env_row, cases[0], plan.corpus_version, [ok])
+        for lost in range(1, retakes + 1):
+            time.sleep(lease + 0.2)  # the lease passes: the worker holding it is lost
+            s.commit()  # now() is the transaction's start: begin a new one, as each claim loop does
+            again = queue.claim(s, run.id, f"W{lost + 1}", lease, retakes)
+            assert again is not None and again.id == first.id and again.lost == lost  # retaken
+        time.sleep(lease + 0.2)
+        s.commit()
+        nxt = queue.claim(s, run.id, "W9", lease, retakes)  # one loss too many: given up, and the next one taken
+        assert nxt is not None and nxt.id != first.id and nxt.position == 1
+        closed = s.get_one(QueueEntry, first.id, populate_existing=True)
+        assert closed.done_at is not None and (closed.lost, closed.attempts) == (retakes + 1, retakes + 2)
+        recorded = {c.model: c for c in s.scalars(select(Case).where(Case.environment_id == env_row.id))}
+        assert sorted(recorded) == [cases[0].model, cases[1].model]  # the rest is left for a later run
+        crash = recorded[cases[1].model]
+        assert (crash.status, crash.signature) == ("crash", f"WorkerLost({retakes + 1} times)")
+        assert [(st.name, st.status, st.error_type) for st in crash.steps] == [("worker", "crash", "WorkerLost")]
+        assert "lost 3 times" in (crash.steps[0].message or "")
+
+        # Lost before its install finished: no case to blame, the environment row says so.
+        resolved = _env_row(s, nxt, "resolved")
+        for _ in range(retakes + 1):
+            time.sleep(lease + 0.2)
+            s.commit()
+            queue.claim(s, run.id, "W", lease, retakes)
+        s.refresh(resolved)
+        assert (resolved.status, resolved.signature) == ("worker-lost", f"WorkerLost({retakes + 1} times)")
+        given_up = s.get_one(Run, run.id, populate_existing=True).counts["given_up"]
+        assert given_up == {first.name: {"lost": 3, "case": cases[1].key}, nxt.name: {"lost": 3, "case": None}}
+
+
+KILLER = """\
+import os
+import signal
+import time
+
+
+class Toy:
+    atol = rtol = 0.0
+    tolerance_reason = "toy"
+    expected = None
+
+    def __init__(self, name, kill):
+        self.name, self.kill = name, kill
+
+    def unavailable(self):
+        return None
+
+    def build(self):
+        if self.kill:  # what the OOM killer does to a runner whose case allocates too much: its parent goes
+            os.kill(os.getppid(), signal.SIGKILL)
+            time.sleep(30)
+        raise RuntimeError("toy model %s refuses to build" % self.name)
+
+    def examples(self):
+        return []
+
+    def export_kwargs(self, exporter, opset):
+        return {}
+
+
+MODELS = {"first": Toy("first", False), "killer": Toy("killer", True), "last": Toy("last", False)}
+"""
+
+
+def test_an_environment_that_kills_every_worker_is_given_up(pg: str, tmp_path: Path) -> None:
+    (tmp_path / "killer.py").write_text(KILLER)
+    path = tmp_path / "k.toml"
+    path.write_text(f'name = "killer"\nmodels = ["first", "killer", "last"]\nroutes = ["onnxruntime"]\n'
+                    f'corpus = "{tmp_path / "killer.py"}"\nexclude-newer = "2025-01-01"\n\n'
+                    f'[axes]\npython = ["3.11"]\nsix = ["==1.17.0"]\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KNOWNGOOD_")}
+    env.update(KNOWNGOOD_ENV_ROOT=str(tmp_path / "envs"), KNOWNGOOD_WORK_ROOT=str(tmp_path / "work"),
+               KNOWNGOOD_QUEUE_LEASE="1.5", KNOWNGOOD_QUEUE_POLL="0.3", KNOWNGOOD_QUEUE_MAX_RETAKES="1")
+    argv = [sys.executable, "-m", "knowngood", "run", str(path), "--queue", "--db", pg]
+    codes = []
+    for _ in range(3):  # one worker after another: the first two die in `killer`, the third gives it up
+        proc = subprocess.run(argv, cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+        codes.append(proc.returncode)
+        if proc.returncode == 0:
+            break
+    assert codes == [-signal.SIGKILL, -signal.SIGKILL, 0], proc.stderr[-3000:]
+    with _session(pg) as s:
+        cases = {c.model: (c.status, c.signature) for c in s.scalars(select(Case))}
+        (entry,) = s.scalars(select(QueueEntry)).all()
+        (run,) = s.scalars(select(Run)).all()
+    assert cases == {"first": ("fail", cases["first"][1]), "killer": ("crash", "WorkerLost(2 times)")}
+    assert (entry.attempts, entry.lost) == (2, 2) and entry.done_at is not None
+    assert run.status == "finished" and run.counts["given_up"][entry.name]["lost"] == 2
+    assert run.counts["given_up"][entry.name]["case"].startswith("killer.")
