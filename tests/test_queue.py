@@ -4,6 +4,7 @@ environments wait for every export, and four real workers with one SIGKILLed rec
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -13,16 +14,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from packaging.version import Version
+from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from matrix import expand, spec
-from runner import queue, record
+from runner import pythons, queue, record, split, uv
 from runner.results import StepResult, StepStatus
 from store.db import make_engine, make_sessionmaker
-from store.models import Case, Environment, QueueEntry, Run
+from store.models import Case, Environment, Package, QueueEntry, Run
+from store.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 SLEEPY = ROOT / "tests" / "fixtures" / "corpus" / "sleepy.py"
@@ -376,3 +381,99 @@ def test_an_environment_that_kills_every_worker_is_given_up(pg: str, tmp_path: P
     assert (entry.attempts, entry.lost) == (2, 2) and entry.done_at is not None
     assert run.status == "finished" and run.counts["given_up"][entry.name]["lost"] == 2
     assert run.counts["given_up"][entry.name]["case"].startswith("killer.")
+
+
+# -- limits.prune-cache ------------------------------------------------------------------------------------------
+
+PRUNED = SPLIT.replace('onnx = ["==1.17.0"]', 'onnx = ["==1.16.2", "==1.17.0"]') + "\n[limits]\nprune-cache = true\n"
+
+
+def _claim(s: Session, run_id: str, worker: str) -> QueueEntry:
+    s.commit()
+    entry = queue.claim(s, run_id, worker, lease=60)
+    assert entry is not None
+    return entry
+
+
+def _done(s: Session, run_id: str, entry: QueueEntry, pruner: queue.Pruner) -> None:
+    """The end of a worker's pass (runner/queue.py _loop): finish the entry, then the pruner's check."""
+    queue.finish(s, entry.id)
+    pruner.done(entry)
+    pruner.check(s, run_id)
+
+
+def test_a_torch_build_is_pruned_once_its_last_export_entry_is_done_whichever_worker_ran_it(
+    pg: str, tmp_path: Path,
+) -> None:
+    plan, items = _plan(tmp_path, PRUNED)
+    assert plan.spec.limits.prune_cache
+    dropped: dict[str, list[list[str]]] = {"A": [], "B": []}
+    pa, pb = queue.Pruner(dropped["A"].append), queue.Pruner(dropped["B"].append)
+    with _session(pg) as s:
+        run, _ = queue.open_or_join(s, plan, items)
+        exports = [e for e in _entries(pg) if e.phase == queue.EXPORTS]
+        assert [("torch2.5.1" in e.name, "torch2.4.1" in e.name) for e in exports] == [(True, False)] * 2 + [
+            (False, True)] * 2  # newest torch first, grouped: a release is finished before the next is started
+        a1, b1 = _claim(s, run.id, "A"), _claim(s, run.id, "B")
+        assert queue.busy_releases(s, run.id) == {Version("2.5.1"), Version("2.4.1")}
+        _done(s, run.id, a1, pa)
+        assert dropped == {"A": [], "B": []}  # B still works on 2.5.1
+        a2 = _claim(s, run.id, "A")  # A goes on to 2.4.1
+        assert "torch2.4.1" in a2.name
+        _done(s, run.id, b1, pb)  # B finishes 2.5.1's last entry: B drops what it ran of it at once ...
+        assert dropped == {"A": [], "B": [[b1.env_hash]]}
+        pa.check(s, run.id)  # ... and A at its next check (it ran 2.5.1 too, into its own cache)
+        assert dropped == {"A": [[a1.env_hash]], "B": [[b1.env_hash]]}
+        b2 = _claim(s, run.id, "B")
+        _done(s, run.id, a2, pa)
+        _done(s, run.id, b2, pb)
+        pa.check(s, run.id)
+        assert dropped == {"A": [[a1.env_hash], [a2.env_hash]], "B": [[b1.env_hash], [b2.env_hash]]}
+        assert queue.busy_releases(s, run.id) == set()
+        runtime = _claim(s, run.id, "A")
+        assert runtime.phase == queue.RUNTIMES
+        _done(s, run.id, runtime, pa)  # runtime environments hold no torch: nothing more to drop
+        assert len(dropped["A"]) == 2
+
+
+def test_queue_prune_removes_the_torch_build_from_a_real_uv_cache(
+    pg: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The queue's drop on a real uv cache: `nvidia-ml-py` stands in for a CUDA torch build (same name pattern,
+    40 kB); `six` is not a torch build and stays; the venv linked from the cache keeps its files."""
+    cache = tmp_path / "uv-cache"
+    monkeypatch.setenv("UV_CACHE_DIR", str(cache))
+    exe, _ = pythons.find("3.11")
+    venv = tmp_path / "venv"
+    uv.venv(venv, exe)
+    lock = uv.compile(exe, ["nvidia-ml-py==12.560.30", "six==1.17.0"])
+    assert isinstance(lock, uv.Lock)
+    uv.sync(venv, lock)
+
+    def cached(name: str) -> bool:
+        return any(name in p.name for p in cache.rglob("*") if p.is_dir())
+
+    plan, items = _plan(tmp_path, PRUNED)
+    engine = make_engine(pg)
+    ctx = SimpleNamespace(Session=make_sessionmaker(engine), settings=Settings(database_url=pg),
+                          progress=SimpleNamespace(console=Console(file=io.StringIO())), cache=uv.CacheLock())
+    pa = queue.Pruner(lambda hashes: split.drop_torch_build(ctx, hashes))  # type: ignore[arg-type]
+    pb = queue.Pruner(lambda hashes: split.drop_torch_build(ctx, hashes))  # type: ignore[arg-type]
+    try:
+        with _session(pg) as s:
+            run, _ = queue.open_or_join(s, plan, items)
+            a1, b1 = _claim(s, run.id, "A"), _claim(s, run.id, "B")
+            for entry in (a1, b1):  # what the workers recorded: the environments' pins
+                row = _env_row(s, entry, "installed")
+                row.packages = [Package(name=p.name, version=p.version, hashes=[]) for p in lock.pins]
+                s.commit()
+            _done(s, run.id, a1, pa)
+            assert cached("nvidia_ml_py") and cached("six")  # the other export environment of 2.5.1 is open
+            _done(s, run.id, b1, pb)
+            assert not cached("nvidia_ml_py") and cached("six")
+            pa.check(s, run.id)  # A's turn: already gone, and uv says so without failing
+    finally:
+        engine.dispose()
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import pynvml, six; print(six.__version__)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1.17.0"
