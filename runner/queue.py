@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from matrix import expand
 from runner import RUNNER_VERSION, record, split
+from runner.errors import UvFailed
 from runner.results import StepResult, StepStatus
 from runner.stop import Stopped
 from store.errors import KnowngoodError
@@ -276,7 +277,10 @@ class Pruner:
             ready = {release: self.ran.pop(release) for release in list(self.ran) if release not in busy}
         for release, hashes in sorted(ready.items(), reverse=True):
             log.info("queue: torch %s: every export environment is finished; pruning its build", release)
-            self.drop(sorted(hashes))
+            try:
+                self.drop(sorted(hashes))
+            except UvFailed as exc:  # a cache left full is no result, and no reason to stop the worker
+                log.warning("queue: pruning torch %s from uv's cache failed: %s", release, exc)
 
 
 class Heartbeat:
