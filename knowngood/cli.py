@@ -6,7 +6,9 @@ import argparse
 import datetime as dt
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -432,7 +434,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # In a container knowngood is PID 1, where a signal without a handler is ignored: without this, `docker stop`
+    # during start-up (spec, plan, version selectors, migrations) would wait out its timeout and SIGKILL. A run
+    # replaces it with its graceful stop (runner/stop.py) once it has something to record; `serve` with uvicorn's.
+    if threading.current_thread() is threading.main_thread():  # (only there can a handler be installed)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

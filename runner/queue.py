@@ -26,11 +26,14 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from packaging.version import Version
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from matrix import expand
 from runner import RUNNER_VERSION, record, split
+from runner.errors import UvFailed
+from runner.results import StepResult, StepStatus
 from runner.stop import Stopped
 from store.errors import KnowngoodError
 from store.models import QueueEntry, Run
@@ -131,26 +134,66 @@ def load(session: Session, entry: QueueEntry) -> tuple[expand.Environment, tuple
 
 # -- claims and leases -------------------------------------------------------------------------------------------
 
-def claim(session: Session, run_id: str, worker: str, lease: float) -> QueueEntry | None:
-    """Take the next open entry whose lease is free or has passed, in the lowest phase with open entries."""
+def claim(session: Session, run_id: str, worker: str, lease: float, max_retakes: int = 3) -> QueueEntry | None:
+    """Take the next open entry whose lease is free or has passed, in the lowest phase with open entries.
+
+    A passed lease means a lost worker (a finished or given-back entry has none). An entry that would be retaken
+    more than `max_retakes` times is given up instead (`give_up`), and the next one is taken."""
     open_ = (QueueEntry.run_id == run_id) & QueueEntry.done_at.is_(None)
     lowest = select(func.min(QueueEntry.phase)).where(open_).scalar_subquery()
-    entry_id = session.scalar(
-        select(QueueEntry.id)
-        .where(open_, QueueEntry.phase == lowest,
-               or_(QueueEntry.lease_until.is_(None), QueueEntry.lease_until < func.now()))
-        .order_by(QueueEntry.position).limit(1)
-        # Another worker claiming at this instant has the row locked: take the next one instead of waiting.
-        .with_for_update(skip_locked=True)
-    )
-    if entry_id is None:
+    while True:
+        row = session.execute(
+            select(QueueEntry.id, QueueEntry.lease_until.is_not(None), QueueEntry.lost)
+            .where(open_, QueueEntry.phase == lowest,
+                   or_(QueueEntry.lease_until.is_(None), QueueEntry.lease_until < func.now()))
+            .order_by(QueueEntry.position).limit(1)
+            # Another worker claiming at this instant has the row locked: take the next one instead of waiting.
+            .with_for_update(skip_locked=True)
+        ).first()
+        if row is None:
+            session.commit()
+            return None
+        entry_id, lapsed, lost = row
+        lost += int(lapsed)
+        if lost > max_retakes:
+            give_up(session, entry_id, worker, lost)
+            continue
+        session.execute(update(QueueEntry).where(QueueEntry.id == entry_id).values(
+            worker=worker, claimed_at=func.now(), lease_until=func.now() + dt.timedelta(seconds=lease),
+            attempts=QueueEntry.attempts + 1, lost=lost))
         session.commit()
-        return None
+        return session.get_one(QueueEntry, entry_id, populate_existing=True)
+
+
+def give_up(session: Session, entry_id: int, worker: str, lost: int) -> None:
+    """Record an environment on which `lost` workers were lost as a crash, `WorkerLost(N times)`, and close its entry.
+
+    Cases run in plan order and recorded ones are skipped on a retake, so every lost worker was most likely in the
+    first case not recorded: that case is the crash (the rest are left to a later run, which skips it). A worker
+    lost before the environment was installed (e.g. uv killed in an install) leaves no case to blame: the
+    environment row is marked `worker-lost`. Called with the entry's row lock held; recording is idempotent, so a
+    second worker giving up the same entry at once adds nothing."""
+    entry = session.get_one(QueueEntry, entry_id, populate_existing=True)
+    message = (f"the queue worker running {entry.name} was lost {lost} times: its lease passed without the entry "
+               f"being finished or given back (the process was killed, e.g. by the OOM killer, or its machine went "
+               f"away); given up after {lost - 1} retakes (KNOWNGOOD_QUEUE_MAX_RETAKES)")
+    log.warning("queue: %s", message)
+    env_row = record.stored_lock(session, entry.env_hash)
+    blamed = None
+    if env_row is not None and env_row.status == "installed":
+        _, cases = load(session, entry)
+        done = record.recorded(session, env_row)
+        blamed = next((c for c in cases if record.natural_key(c) not in done), None)
+        if blamed is not None:
+            step = StepResult(case=blamed.key, step="worker", ordinal=0, status=StepStatus.crash,
+                              error_type="WorkerLost", message=message, details={"times": lost})
+            run = session.get_one(Run, entry.run_id)
+            record.save_case(session, run, env_row, blamed, run.corpus_version, [step])
+    elif env_row is not None:
+        record.worker_lost(session, env_row, message, f"WorkerLost({lost} times)")
     session.execute(update(QueueEntry).where(QueueEntry.id == entry_id).values(
-        worker=worker, claimed_at=func.now(), lease_until=func.now() + dt.timedelta(seconds=lease),
-        attempts=QueueEntry.attempts + 1))
-    session.commit()
-    return session.get_one(QueueEntry, entry_id, populate_existing=True)
+        worker=worker, lost=lost, done_at=func.now(), lease_until=None))
+    record.entry_given_up(session, entry.run_id, entry.name, lost, blamed.key if blamed else None)
 
 
 def renew(session: Session, ids: list[int], worker: str, lease: float) -> set[int]:
@@ -193,6 +236,51 @@ def totals(session: Session, run_id: str) -> tuple[int, int]:
     """Environments and (planned, non-runtime) cases of a queued run, for the progress display."""
     payloads = session.scalars(select(QueueEntry.payload).where(QueueEntry.run_id == run_id)).all()
     return len(payloads), sum(len(p.get("cases", ())) for p in payloads)
+
+
+def busy_releases(session: Session, run_id: str) -> set[Version]:
+    """Torch releases that an unfinished joint or export entry of this run still holds (or is yet to install)."""
+    envs = session.scalars(select(QueueEntry.payload["environment"]).where(
+        QueueEntry.run_id == run_id, QueueEntry.phase == EXPORTS, QueueEntry.done_at.is_(None)))
+    return {t for t in (split.torch_release(_environment(e)) for e in envs) if t is not None}
+
+
+class Pruner:
+    """limits.prune-cache on a queue: the torch builds of the export environments this process ran leave uv's cache
+    once no export or joint entry of their torch release is unfinished, whichever worker finishes it last.
+
+    Each process prunes its own cache (workers on other machines have their own), and only releases it ran. Being
+    finished is permanent, so a process that ran a release but did not finish its last entry prunes it at its next
+    check; no lock between workers is needed."""
+
+    def __init__(self, drop: Callable[[list[str]], None]) -> None:
+        self.drop = drop
+        self.ran: dict[Version, set[str]] = {}
+        self.lock = threading.Lock()
+
+    def done(self, entry: QueueEntry) -> None:
+        """An entry this process finished: remember the torch release of an export environment."""
+        env = _environment(entry.payload["environment"])
+        release = split.torch_release(env)
+        if env.kind == "export" and release is not None:
+            with self.lock:
+                self.ran.setdefault(release, set()).add(env.hash)
+
+    def check(self, session: Session, run_id: str) -> None:
+        """Drop the builds of releases this process ran whose entries are all finished now."""
+        with self.lock:
+            if not self.ran:
+                return
+        busy = busy_releases(session, run_id)
+        session.commit()  # no transaction left open while uv works
+        with self.lock:
+            ready = {release: self.ran.pop(release) for release in list(self.ran) if release not in busy}
+        for release, hashes in sorted(ready.items(), reverse=True):
+            log.info("queue: torch %s: every export environment is finished; pruning its build", release)
+            try:
+                self.drop(sorted(hashes))
+            except UvFailed as exc:  # a cache left full is no result, and no reason to stop the worker
+                log.warning("queue: pruning torch %s from uv's cache failed: %s", release, exc)
 
 
 class Heartbeat:
@@ -245,12 +333,14 @@ def work(ctx: Context, worker: str, process: Callable[[Context, expand.Environme
     With --jobs N, N claim loops share this process's heartbeat. A worker with nothing to claim while others
     hold leases waits: one of them may die, and its entry must then be retaken."""
     lease, poll = ctx.settings.queue_lease, ctx.settings.queue_poll
+    pruner = Pruner(lambda hashes: split.drop_torch_build(ctx, hashes)) if ctx.plan.spec.limits.prune_cache else None
     with Heartbeat(ctx.Session, worker, lease) as heart:
         if ctx.settings.jobs == 1:
-            _loop(ctx, worker, heart, process, poll)
+            _loop(ctx, worker, heart, process, poll, pruner)
         else:
             errors: list[BaseException] = []
-            threads = [threading.Thread(target=_guarded, args=(errors, _loop, ctx, worker, heart, process, poll),
+            threads = [threading.Thread(target=_guarded,
+                                        args=(errors, _loop, ctx, worker, heart, process, poll, pruner),
                                         name=f"queue-{i}") for i in range(ctx.settings.jobs)]
             for t in threads:
                 t.start()
@@ -268,11 +358,14 @@ def _guarded(errors: list[BaseException], fn: Callable[..., None], *args: Any) -
 
 
 def _loop(ctx: Context, worker: str, heart: Heartbeat,
-          process: Callable[[Context, expand.Environment, tuple[expand.Case, ...]], None], poll: float) -> None:
+          process: Callable[[Context, expand.Environment, tuple[expand.Case, ...]], None], poll: float,
+          pruner: Pruner | None = None) -> None:
     while True:
         ctx.stopping.check()
         with ctx.Session() as session:
-            entry = claim(session, ctx.run_id, worker, ctx.settings.queue_lease)
+            if pruner:  # before claiming: releases other workers finished since this one's last entry
+                pruner.check(session, ctx.run_id)
+            entry = claim(session, ctx.run_id, worker, ctx.settings.queue_lease, ctx.settings.queue_max_retakes)
             if entry is None:
                 if drained(session, ctx.run_id):
                     return
@@ -291,3 +384,6 @@ def _loop(ctx: Context, worker: str, heart: Heartbeat,
             finally:
                 heart.drop(entry.id)
             finish(session, entry.id)
+            if pruner:
+                pruner.done(entry)
+                pruner.check(session, ctx.run_id)

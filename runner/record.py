@@ -142,6 +142,20 @@ def install_failed(session: Session, row: Environment, error: str) -> None:
     session.commit()
 
 
+def worker_lost(session: Session, row: Environment, error: str, signature: str) -> None:
+    """An environment whose queue workers were lost before it was installed (runner/queue.py give_up)."""
+    row.status, row.error, row.signature = "worker-lost", error, signature
+    session.commit()
+
+
+def entry_given_up(session: Session, run_id: str, name: str, lost: int, case: str | None) -> None:
+    """Note on the run a queue entry given up after its workers were lost, and commit (with the entry closed)."""
+    run = session.scalars(select(Run).where(Run.id == run_id).with_for_update()
+                          .execution_options(populate_existing=True)).one()
+    run.counts = {**run.counts, "given_up": {**run.counts.get("given_up", {}), name: {"lost": lost, "case": case}}}
+    session.commit()
+
+
 def installed(session: Session, row: Environment, probes: Callable[[], dict[str, Any]]) -> None:
     """Mark the environment installed; `probes` (import-memory figures) is measured once per environment."""
     row.status = "installed"

@@ -98,6 +98,7 @@ class Context:
     step_timeout: float
     memory_limit: int
     stopping: Stop = field(default_factory=lambda: Stop(20.0))
+    cache: uv.CacheLock = field(default_factory=uv.CacheLock)  # installs against limits.prune-cache
 
 
 def shard_of(items: list, shard: tuple[int, int] | None) -> list:  # type: ignore[type-arg]
@@ -271,7 +272,8 @@ def _install_and_execute(
 ) -> None:
     progress, summary, settings = ctx.progress, ctx.summary, ctx.settings
     try:
-        venv, built = environments.install(settings.env_root, resolved, uv_path=settings.uv)
+        with ctx.cache.shared():
+            venv, built = environments.install(settings.env_root, resolved, uv_path=settings.uv)
     except UvFailed as exc:
         ctx.stopping.check()  # not the environment's failure if a stop came during the install
         record.install_failed(session, env_row, str(exc))

@@ -69,6 +69,8 @@ def normalise(
     message = message or ""
     if error_type in SELF_NAMED:
         return error_type
+    if error_type == "WorkerLost":  # the queue gave an environment up (runner/queue.py give_up)
+        return f"WorkerLost({details.get('times', '?')} times)"
     if error_type == "ParityExceeded":
         return f"ParityExceeded(input={details.get('failed_input', '?')})"
     if error_type in ("Timeout", "Crash", "Oom"):

@@ -74,15 +74,26 @@ def _by_torch(exports: Items) -> list[Items]:
     return groups
 
 
-def _drop_torch_build(ctx: Context, group: Items) -> None:
-    """After a torch release's last export environment: remove its build from uv's cache (limits.prune-cache)."""
+def torch_release(env: expand.Environment) -> Version | None:
+    """The torch release an environment holds, or None (runtime environments hold none)."""
+    if not any(expand.split_requirement(req)[0] == "torch" for req in env.requirements):
+        return None
+    return _torch_order(env)[0]
+
+
+def drop_torch_build(ctx: Context, hashes: list[str]) -> None:
+    """After a torch release's last export environment: remove its build from uv's cache (limits.prune-cache).
+
+    `hashes` are the environments of that release whose pins name the build; installs of this process wait (and
+    no install waits for it) while uv removes it (uv.CacheLock)."""
     with ctx.Session() as session:
         names = set(session.scalars(
             select(Package.name).join(Environment, Environment.id == Package.environment_id)
-            .where(Environment.hash.in_([env.hash for env, _ in group]))))
+            .where(Environment.hash.in_(hashes))))
     doomed = sorted(n for n in names if _TORCH_BUILD.match(n))
     ctx.progress.console.print(f"[dim]pruning uv's cache: {', '.join(doomed) or 'nothing'}[/]")
-    uv.cache_clean(doomed, uv_path=ctx.settings.uv)
+    with ctx.cache.exclusive():
+        uv.cache_clean(doomed, uv_path=ctx.settings.uv)
 
 
 def process_by_torch(ctx: Context, items: Items, process_all: Callable[[Any, Items], None]) -> None:
@@ -91,7 +102,7 @@ def process_by_torch(ctx: Context, items: Items, process_all: Callable[[Any, Ite
     for group in _by_torch(sorted(items, key=lambda item: _torch_order(item[0]), reverse=True)):
         process_all(ctx, group)
         if ctx.plan.spec.limits.prune_cache:
-            _drop_torch_build(ctx, group)
+            drop_torch_build(ctx, [env.hash for env, _ in group])
 
 
 def runtime_cases(

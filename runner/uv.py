@@ -10,7 +10,9 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,3 +172,42 @@ def cache_clean(packages: Sequence[str], *, uv_path: str | None = None) -> None:
     proc = _run(["cache", "clean", "--force", *packages], uv_path=uv_path, timeout=600)
     if proc.returncode != 0:
         raise UvFailed(f"uv cache clean failed: {proc.stderr.strip()[-2000:]}")
+
+
+class CacheLock:
+    """Installs share uv's cache; a `cache clean` of a package must not run under an install of this process
+    linking from it. Many installs at once, or one clean: a readers-writer lock, with waiting cleans first.
+
+    Only this process's threads (--jobs) are kept apart; processes sharing one cache directory are not."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.installs = 0
+        self.cleaning = False
+        self.waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self.cond:
+            self.cond.wait_for(lambda: not self.cleaning and not self.waiting)
+            self.installs += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.installs -= 1
+                self.cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self.cond:
+            self.waiting += 1
+            self.cond.wait_for(lambda: not self.cleaning and not self.installs)
+            self.waiting -= 1
+            self.cleaning = True
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.cleaning = False
+                self.cond.notify_all()

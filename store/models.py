@@ -59,7 +59,7 @@ class Environment(Base):
     index_url: Mapped[str] = mapped_column(String(500))
     cutoff: Mapped[str | None] = mapped_column(String(40))
     status: Mapped[str] = mapped_column(
-        String(24), comment="resolved | conflict | no-interpreter | install-failed | installed"
+        String(24), comment="resolved | conflict | no-interpreter | install-failed | installed | worker-lost"
     )
     kind: Mapped[str] = mapped_column(
         String(16), default="joint", server_default="joint",
@@ -206,6 +206,8 @@ class QueueEntry(Base):
 
     A claim is a lease: the worker renews `lease_until` while it works; a worker that dies stops renewing, and once
     the lease has passed another worker takes the environment again (recorded cases are skipped as on any rerun).
+    After `queue_max_retakes` retakes of workers lost on it, the environment is recorded as `WorkerLost(N times)`
+    and the entry is done (runner/queue.py `give_up`).
     """
 
     __tablename__ = "queue_entry"
@@ -230,4 +232,8 @@ class QueueEntry(Base):
     claimed_at: Mapped[dt.datetime | None]
     lease_until: Mapped[dt.datetime | None] = mapped_column(comment="database clock; past it anyone may claim")
     attempts: Mapped[int] = mapped_column(default=0, comment="claims so far; more than one means a retake")
+    lost: Mapped[int] = mapped_column(
+        default=0, server_default="0",
+        comment="leases that passed with the entry neither finished nor given back: workers lost on it",
+    )
     done_at: Mapped[dt.datetime | None]

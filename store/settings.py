@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="seconds a queue worker's claim on an environment lasts unless renewed (every third of it); "
         "a dead worker's environment is retaken this long after its last renewal",
     )
+    queue_max_retakes: int = Field(
+        default=3, ge=0,
+        description="times a queue entry whose worker was lost (its lease passed: killed, e.g. by the OOM killer, or "
+        "its machine gone) is retaken; one more loss and the environment is recorded as a crash, "
+        "`WorkerLost(N times)`, and the queue moves on",
+    )
     queue_poll: float = Field(
         default=5.0, gt=0, description="seconds a queue worker with nothing to claim waits before asking again",
     )

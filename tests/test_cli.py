@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +137,20 @@ def test_exit_codes_are_documented() -> None:
     text = cli.parser().format_help()
     for code in (0, 1, 2, 3, 4, 5, 6, 7):
         assert f"\n  {code} " in text
+
+
+def test_sigterm_before_a_run_has_started_exits_143() -> None:
+    """In a container knowngood is PID 1, which ignores a signal it does not handle: the CLI handles SIGTERM from
+    its first line, so `docker stop` during start-up (here: a command still busy) ends it at once with 143, where
+    the default action would have given -15 here and nothing at all as PID 1."""
+    script = ("import time\nfrom knowngood import cli\n"
+              "def busy(args):\n    print('ready', flush=True)\n    time.sleep(30)\n    return 0\n"
+              "cli.cmd_plan = busy\nraise SystemExit(cli.main(['plan', 'spec.toml']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert time.monotonic() - started < 5

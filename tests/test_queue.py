@@ -4,6 +4,7 @@ environments wait for every export, and four real workers with one SIGKILLed rec
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -13,15 +14,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from packaging.version import Version
+from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from matrix import expand, spec
-from runner import queue
+from runner import pythons, queue, record, split, uv
+from runner.results import StepResult, StepStatus
 from store.db import make_engine, make_sessionmaker
-from store.models import Case, Environment, QueueEntry, Run
+from store.models import Case, Environment, Package, QueueEntry, Run
+from store.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 SLEEPY = ROOT / "tests" / "fixtures" / "corpus" / "sleepy.py"
@@ -256,3 +262,218 @@ def test_one_worker_with_two_jobs_drains_the_queue(pg: str, tmp_path: Path) -> N
     # two claim loops: the second environment was claimed before the first was done
     assert entries[1].claimed_at is not None and entries[0].done_at is not None
     assert entries[1].claimed_at < entries[0].done_at
+
+
+# -- bounded retakes ---------------------------------------------------------------------------------------------
+
+def _env_row(s: Session, entry: QueueEntry, status: str) -> Environment:
+    """The environment row a worker leaves once it resolved (`resolved`) or installed (`installed`) an entry."""
+    env = queue._environment(entry.payload["environment"])
+    row = Environment(hash=env.hash, name=env.id, python=env.python, requirements=list(env.all_requirements),
+                      index_url=env.index_url, cutoff=env.cutoff, status=status, kind=env.kind, memory={})
+    s.add(row)
+    s.commit()
+    return row
+
+
+def test_retakes_are_bounded_and_the_environment_is_recorded_as_a_crash(pg: str, tmp_path: Path) -> None:
+    plan, items = _plan(tmp_path, JOINT)
+    lease, retakes = 0.3, 2
+    with _session(pg) as s:
+        run, _ = queue.open_or_join(s, plan, items)
+        first = queue.claim(s, run.id, "W0", lease, retakes)
+        assert first is not None
+        queue.release(s, first.id, "W0")  # given back (a stop): not a lost worker
+        taken = queue.claim(s, run.id, "W1", lease, retakes)
+        assert taken is not None and taken.id == first.id and (taken.attempts, taken.lost) == (2, 0)
+        # The worker installed the environment and recorded its first case; then every worker dies in the second.
+        env_row = _env_row(s, taken, "installed")
+        _, cases = queue.load(s, taken)
+        ok = StepResult(case=cases[0].key, step="export", ordinal=0, status=StepStatus.fail, error_type="E",
+                        message="toy")
+        assert record.save_case(s, s.get_one(Run, run.id), env_row, cases[0], plan.corpus_version, [ok])
+        for lost in range(1, retakes + 1):
+            time.sleep(lease + 0.2)  # the lease passes: the worker holding it is lost
+            s.commit()  # now() is the transaction's start: begin a new one, as each claim loop does
+            again = queue.claim(s, run.id, f"W{lost + 1}", lease, retakes)
+            assert again is not None and again.id == first.id and again.lost == lost  # retaken
+        time.sleep(lease + 0.2)
+        s.commit()
+        nxt = queue.claim(s, run.id, "W9", lease, retakes)  # one loss too many: given up, and the next one taken
+        assert nxt is not None and nxt.id != first.id and nxt.position == 1
+        closed = s.get_one(QueueEntry, first.id, populate_existing=True)
+        assert closed.done_at is not None and (closed.lost, closed.attempts) == (retakes + 1, retakes + 2)
+        recorded = {c.model: c for c in s.scalars(select(Case).where(Case.environment_id == env_row.id))}
+        assert sorted(recorded) == [cases[0].model, cases[1].model]  # the rest is left for a later run
+        crash = recorded[cases[1].model]
+        assert (crash.status, crash.signature) == ("crash", f"WorkerLost({retakes + 1} times)")
+        assert [(st.name, st.status, st.error_type) for st in crash.steps] == [("worker", "crash", "WorkerLost")]
+        assert "lost 3 times" in (crash.steps[0].message or "")
+
+        # Lost before its install finished: no case to blame, the environment row says so.
+        resolved = _env_row(s, nxt, "resolved")
+        for _ in range(retakes + 1):
+            time.sleep(lease + 0.2)
+            s.commit()
+            queue.claim(s, run.id, "W", lease, retakes)
+        s.refresh(resolved)
+        assert (resolved.status, resolved.signature) == ("worker-lost", f"WorkerLost({retakes + 1} times)")
+        given_up = s.get_one(Run, run.id, populate_existing=True).counts["given_up"]
+        assert given_up == {first.name: {"lost": 3, "case": cases[1].key}, nxt.name: {"lost": 3, "case": None}}
+
+
+KILLER = """\
+import os
+import signal
+import time
+
+
+class Toy:
+    atol = rtol = 0.0
+    tolerance_reason = "toy"
+    expected = None
+
+    def __init__(self, name, kill):
+        self.name, self.kill = name, kill
+
+    def unavailable(self):
+        return None
+
+    def build(self):
+        if self.kill:  # what the OOM killer does to a runner whose case allocates too much: its parent goes
+            os.kill(os.getppid(), signal.SIGKILL)
+            time.sleep(30)
+        raise RuntimeError("toy model %s refuses to build" % self.name)
+
+    def examples(self):
+        return []
+
+    def export_kwargs(self, exporter, opset):
+        return {}
+
+
+MODELS = {"first": Toy("first", False), "killer": Toy("killer", True), "last": Toy("last", False)}
+"""
+
+
+def test_an_environment_that_kills_every_worker_is_given_up(pg: str, tmp_path: Path) -> None:
+    (tmp_path / "killer.py").write_text(KILLER)
+    path = tmp_path / "k.toml"
+    path.write_text(f'name = "killer"\nmodels = ["first", "killer", "last"]\nroutes = ["onnxruntime"]\n'
+                    f'corpus = "{tmp_path / "killer.py"}"\nexclude-newer = "2025-01-01"\n\n'
+                    f'[axes]\npython = ["3.11"]\nsix = ["==1.17.0"]\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KNOWNGOOD_")}
+    env.update(KNOWNGOOD_ENV_ROOT=str(tmp_path / "envs"), KNOWNGOOD_WORK_ROOT=str(tmp_path / "work"),
+               KNOWNGOOD_QUEUE_LEASE="1.5", KNOWNGOOD_QUEUE_POLL="0.3", KNOWNGOOD_QUEUE_MAX_RETAKES="1")
+    argv = [sys.executable, "-m", "knowngood", "run", str(path), "--queue", "--db", pg]
+    codes = []
+    for _ in range(3):  # one worker after another: the first two die in `killer`, the third gives it up
+        proc = subprocess.run(argv, cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+        codes.append(proc.returncode)
+        if proc.returncode == 0:
+            break
+    assert codes == [-signal.SIGKILL, -signal.SIGKILL, 0], proc.stderr[-3000:]
+    with _session(pg) as s:
+        cases = {c.model: (c.status, c.signature) for c in s.scalars(select(Case))}
+        (entry,) = s.scalars(select(QueueEntry)).all()
+        (run,) = s.scalars(select(Run)).all()
+    assert cases == {"first": ("fail", cases["first"][1]), "killer": ("crash", "WorkerLost(2 times)")}
+    assert (entry.attempts, entry.lost) == (2, 2) and entry.done_at is not None
+    assert run.status == "finished" and run.counts["given_up"][entry.name]["lost"] == 2
+    assert run.counts["given_up"][entry.name]["case"].startswith("killer.")
+
+
+# -- limits.prune-cache ------------------------------------------------------------------------------------------
+
+PRUNED = SPLIT.replace('onnx = ["==1.17.0"]', 'onnx = ["==1.16.2", "==1.17.0"]') + "\n[limits]\nprune-cache = true\n"
+
+
+def _claim(s: Session, run_id: str, worker: str) -> QueueEntry:
+    s.commit()
+    entry = queue.claim(s, run_id, worker, lease=60)
+    assert entry is not None
+    return entry
+
+
+def _done(s: Session, run_id: str, entry: QueueEntry, pruner: queue.Pruner) -> None:
+    """The end of a worker's pass (runner/queue.py _loop): finish the entry, then the pruner's check."""
+    queue.finish(s, entry.id)
+    pruner.done(entry)
+    pruner.check(s, run_id)
+
+
+def test_a_torch_build_is_pruned_once_its_last_export_entry_is_done_whichever_worker_ran_it(
+    pg: str, tmp_path: Path,
+) -> None:
+    plan, items = _plan(tmp_path, PRUNED)
+    assert plan.spec.limits.prune_cache
+    dropped: dict[str, list[list[str]]] = {"A": [], "B": []}
+    pa, pb = queue.Pruner(dropped["A"].append), queue.Pruner(dropped["B"].append)
+    with _session(pg) as s:
+        run, _ = queue.open_or_join(s, plan, items)
+        exports = [e for e in _entries(pg) if e.phase == queue.EXPORTS]
+        assert [("torch2.5.1" in e.name, "torch2.4.1" in e.name) for e in exports] == [(True, False)] * 2 + [
+            (False, True)] * 2  # newest torch first, grouped: a release is finished before the next is started
+        a1, b1 = _claim(s, run.id, "A"), _claim(s, run.id, "B")
+        assert queue.busy_releases(s, run.id) == {Version("2.5.1"), Version("2.4.1")}
+        _done(s, run.id, a1, pa)
+        assert dropped == {"A": [], "B": []}  # B still works on 2.5.1
+        a2 = _claim(s, run.id, "A")  # A goes on to 2.4.1
+        assert "torch2.4.1" in a2.name
+        _done(s, run.id, b1, pb)  # B finishes 2.5.1's last entry: B drops what it ran of it at once ...
+        assert dropped == {"A": [], "B": [[b1.env_hash]]}
+        pa.check(s, run.id)  # ... and A at its next check (it ran 2.5.1 too, into its own cache)
+        assert dropped == {"A": [[a1.env_hash]], "B": [[b1.env_hash]]}
+        b2 = _claim(s, run.id, "B")
+        _done(s, run.id, a2, pa)
+        _done(s, run.id, b2, pb)
+        pa.check(s, run.id)
+        assert dropped == {"A": [[a1.env_hash], [a2.env_hash]], "B": [[b1.env_hash], [b2.env_hash]]}
+        assert queue.busy_releases(s, run.id) == set()
+        runtime = _claim(s, run.id, "A")
+        assert runtime.phase == queue.RUNTIMES
+        _done(s, run.id, runtime, pa)  # runtime environments hold no torch: nothing more to drop
+        assert len(dropped["A"]) == 2
+
+
+def test_queue_prune_removes_the_torch_build_from_a_real_uv_cache(
+    pg: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The queue's drop on a real uv cache: `nvidia-ml-py` stands in for a CUDA torch build (same name pattern,
+    40 kB); `six` is not a torch build and stays; the venv linked from the cache keeps its files."""
+    cache = tmp_path / "uv-cache"
+    monkeypatch.setenv("UV_CACHE_DIR", str(cache))
+    exe, _ = pythons.find("3.11")
+    venv = tmp_path / "venv"
+    uv.venv(venv, exe)
+    lock = uv.compile(exe, ["nvidia-ml-py==12.560.30", "six==1.17.0"])
+    assert isinstance(lock, uv.Lock)
+    uv.sync(venv, lock)
+
+    def cached(name: str) -> bool:
+        return any(name in p.name for p in cache.rglob("*") if p.is_dir())
+
+    plan, items = _plan(tmp_path, PRUNED)
+    engine = make_engine(pg)
+    ctx = SimpleNamespace(Session=make_sessionmaker(engine), settings=Settings(database_url=pg),
+                          progress=SimpleNamespace(console=Console(file=io.StringIO())), cache=uv.CacheLock())
+    pa = queue.Pruner(lambda hashes: split.drop_torch_build(ctx, hashes))  # type: ignore[arg-type]
+    pb = queue.Pruner(lambda hashes: split.drop_torch_build(ctx, hashes))  # type: ignore[arg-type]
+    try:
+        with _session(pg) as s:
+            run, _ = queue.open_or_join(s, plan, items)
+            a1, b1 = _claim(s, run.id, "A"), _claim(s, run.id, "B")
+            for entry in (a1, b1):  # what the workers recorded: the environments' pins
+                row = _env_row(s, entry, "installed")
+                row.packages = [Package(name=p.name, version=p.version, hashes=[]) for p in lock.pins]
+                s.commit()
+            _done(s, run.id, a1, pa)
+            assert cached("nvidia_ml_py") and cached("six")  # the other export environment of 2.5.1 is open
+            _done(s, run.id, b1, pb)
+            assert not cached("nvidia_ml_py") and cached("six")
+            pa.check(s, run.id)  # A's turn: already gone, and uv says so without failing
+    finally:
+        engine.dispose()
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import pynvml, six; print(six.__version__)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1.17.0"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from matrix import expand, spec
 from tests import dockerengine
@@ -35,6 +36,37 @@ SMOKE = ROOT / "tests" / "fixtures" / "smoke-snapshot.json.gz"  # a real smoke r
 IMAGE = "knowngood:stack-test"  # not :latest, which may be someone's own build
 POSTGRES = "postgres:15-bookworm"  # the stand-in is Debian bookworm's PostgreSQL, which is 15
 SHARD_DEADLINE = 300
+STOP_GRACE = 12  # KNOWNGOOD_STOP_GRACE in the stopped runner: the current case may use 12 - 8 = 4 s of it
+# A toy corpus whose cases each take 3 s (then fail): a runner can be stopped with one case recorded and the next
+# one running, and that one still finishes inside the grace period.
+STOP_CORPUS = """\
+import time
+
+
+class Nap:
+    atol = rtol = 0.0
+    tolerance_reason = "toy"
+    expected = None
+
+    def __init__(self, name):
+        self.name = name
+
+    def unavailable(self):
+        return None
+
+    def build(self):
+        time.sleep(3.0)
+        raise RuntimeError("toy model %s refuses to build" % self.name)
+
+    def examples(self):
+        return []
+
+    def export_kwargs(self, exporter, opset):
+        return {}
+
+
+MODELS = {name: Nap(name) for name in ("nap_a", "nap_b", "nap_c", "nap_d")}
+"""
 
 
 def _ca_bundle() -> Path | None:
@@ -99,21 +131,36 @@ def test_image_compose_and_two_shards(engine: dockerengine.Engine, tmp_path: Pat
     if ca:
         shutil.copy2(ca, spec_dir / "ca-certificates.crt")
         runner_env["SSL_CERT_FILE"] = "/spec/ca-certificates.crt"
+    (spec_dir / "naps.py").write_text(STOP_CORPUS)
+    (spec_dir / "naps.toml").write_text(
+        'name = "stack-stop"\nmodels = ["nap_a", "nap_b", "nap_c", "nap_d"]\nroutes = ["onnxruntime"]\n'
+        'corpus = "naps.py"\n\n[axes]\npython = ["3.11"]\nsix = ["==1.17.0"]\n'
+    )
     for path in (spec_dir, *spec_dir.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)  # the image runs as uid 10001
     planned = {env.id for env in expand.plan(spec.load(spec_dir / "tiny.toml")).environments}
     assert len(planned) == 4
     override = tmp_path / "compose.override.yaml"
-    override.write_text(json.dumps({"services": {
+    services: dict[str, Any] = {
         name: {"environment": runner_env, "volumes": [f"{spec_dir}:/spec:ro", "runner-data:/var/lib/knowngood"]}
         for name in ("runner-1", "runner-2")
-    }}))
+    }
+    # The stopped runner: compose's own runner-1 (entrypoint, stop_grace_period and all) as one shard of a
+    # one-environment spec, under a profile of its own so that it starts only when asked for.
+    runner = yaml.safe_load(COMPOSE.read_text())["services"]["runner-1"]
+    services["runner-stop"] = {
+        **{k: v for k, v in runner.items() if k != "depends_on"}, "profiles": ["stop"],
+        "environment": {**runner["environment"], **runner_env, "KNOWNGOOD_SPEC": "/spec/naps.toml",
+                        "KNOWNGOOD_SHARD": "1/1", "KNOWNGOOD_STOP_GRACE": str(STOP_GRACE)},
+        "volumes": [f"{spec_dir}:/spec:ro", "runner-data:/var/lib/knowngood"],
+    }
+    override.write_text(json.dumps({"services": services}))
 
     port = free_port()
     project = f"kgstack{os.getpid()}"
     env = {"COMPOSE_PROJECT_NAME": project, "KNOWNGOOD_IMAGE": IMAGE, "POSTGRES_IMAGE": POSTGRES,
            "KNOWNGOOD_BIND": "127.0.0.1", "KNOWNGOOD_PORT": str(port)}
-    compose = [*engine.compose, "-f", str(COMPOSE), "-f", str(override), "--profile", "runner"]
+    compose = [*engine.compose, "-f", str(COMPOSE), "-f", str(override), "--profile", "runner", "--profile", "stop"]
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
         started = time.monotonic()
@@ -176,6 +223,10 @@ def test_image_compose_and_two_shards(engine: dockerengine.Engine, tmp_path: Pat
                .stdout.strip()) != "healthy":
             assert state == "starting" and time.monotonic() < deadline, state
             time.sleep(2)
+
+        started = time.monotonic()
+        _stop_and_resume(engine, compose, env, timings)
+        timed("SIGTERM + resume", started)
     except BaseException:
         logs_out = engine.run([*compose, "logs", "--no-color"], env=env, check=False)
         print(logs_out.stdout[-20000:], logs_out.stderr[-5000:])
@@ -185,3 +236,61 @@ def test_image_compose_and_two_shards(engine: dockerengine.Engine, tmp_path: Pat
         engine.run([*compose, "down", "-v", "--remove-orphans", "-t", "10"], env=env, timeout=300, check=False)
         timed("down -v", started)
         print("stack timings (s):", json.dumps(timings))
+
+
+def _sql(engine: dockerengine.Engine, postgres_id: str, query: str) -> list[list[str]]:
+    out = engine.run([*engine.docker, "exec", postgres_id, "psql", "-U", "knowngood", "-d", "knowngood", "-AtF|",
+                      "-c", query]).stdout
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def _stop_and_resume(engine: dockerengine.Engine, compose: list[str], env: dict[str, str],
+                     timings: dict[str, float]) -> None:
+    """issue 16: `docker stop` on a runner container stops it within the grace period with no finished case lost,
+    and starting the same container again resumes the run."""
+    pg = engine.run([*compose, "ps", "-q", "postgres"], env=env).stdout.strip()
+    cases = ("SELECT c.id, c.model, c.run_id, c.status FROM \"case\" c JOIN run r ON r.id = c.run_id "
+             "WHERE r.spec_name = 'stack-stop' ORDER BY c.id")
+    engine.run([*compose, "up", "-d", "--no-build", "--no-deps", "runner-stop"], env=env, timeout=120)
+    cid = engine.run([*compose, "ps", "-q", "runner-stop"], env=env).stdout.strip()
+    deadline = time.monotonic() + 180
+    while not (before := _sql(engine, pg, cases)):
+        state = engine.run([*engine.docker, "inspect", "-f", "{{.State.Status}}", cid]).stdout.strip()
+        assert state == "running" and time.monotonic() < deadline, \
+            engine.run([*engine.docker, "logs", cid], check=False).stderr[-5000:]
+        time.sleep(0.3)
+    # knowngood itself is PID 1 (sh exec'd it) and catches SIGTERM (bit 15 of SigCgt), so the signal reaches it.
+    status = engine.run([*engine.docker, "exec", cid, "cat", "/proc/1/status", "/proc/1/cmdline"]).stdout
+    assert "knowngood" in status and "run" in status, status
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    assert caught & (1 << (15 - 1)), status
+    assert len(before) < 4  # the next case is running: each takes 3 s
+
+    started = time.monotonic()
+    engine.run([*engine.docker, "stop", "-t", str(STOP_GRACE + 10), cid], timeout=STOP_GRACE + 60)
+    took = time.monotonic() - started
+    timings["docker stop"] = round(took, 1)
+    state = json.loads(engine.run([*engine.docker, "inspect", "-f", "{{json .State}}", cid]).stdout)
+    logs = engine.run([*engine.docker, "logs", cid], check=False)
+    assert state["ExitCode"] == 143, (state, logs.stderr[-5000:])  # 128 + SIGTERM, as knowngood --help says
+    assert took < STOP_GRACE, (took, logs.stderr[-5000:])
+    (run_id, run_status), = _sql(engine, pg, "SELECT id, status FROM run WHERE spec_name = 'stack-stop'")
+    assert run_status == "interrupted"
+    after = _sql(engine, pg, cases)
+    assert after[:len(before)] == before  # nothing recorded before the signal is lost
+    # The case running at the signal had 4 s of the grace period to finish its 3 s, and did; none started after.
+    assert len(after) == len(before) + 1, (before, after, logs.stderr[-5000:])
+
+    # The same command again (the same container): a new run that skips what is recorded and does the rest.
+    engine.run([*engine.docker, "start", cid])
+    code = engine.run([*engine.docker, "wait", cid], timeout=SHARD_DEADLINE).stdout.strip()
+    logs = engine.run([*engine.docker, "logs", cid], check=False)
+    assert code == "0", logs.stderr[-5000:]
+    summary = json.loads(logs.stdout.strip().splitlines()[-1])
+    assert summary["skipped_recorded"] == len(after), summary
+    final = _sql(engine, pg, cases)
+    assert final[:len(after)] == after  # not redone: the same rows, of the interrupted run
+    assert sorted(model for _, model, _, _ in final) == ["nap_a", "nap_b", "nap_c", "nap_d"]
+    assert {r for _, _, r, _ in final[len(after):]} != {run_id}
+    statuses = dict(_sql(engine, pg, "SELECT id, status FROM run WHERE spec_name = 'stack-stop'"))
+    assert statuses[run_id] == "interrupted" and sorted(statuses.values()) == ["finished", "interrupted"]
