@@ -341,6 +341,7 @@ class Toy:
 
     def build(self):
         if self.kill:  # what the OOM killer does to a runner whose case allocates too much: its parent goes
+            time.sleep(3)  # allocating takes a while: the runner has recorded `first` by then, even under load
             os.kill(os.getppid(), signal.SIGKILL)
             time.sleep(30)
         raise RuntimeError("toy model %s refuses to build" % self.name)
