@@ -368,9 +368,13 @@ class ModelVerdict(BaseModel):
     route: str
     exporter: str | None = Field(description="the exporter of the evidence (or as asked, when untested)")
     verdict: Verdict
-    environment_id: int | None = Field(description="the evidence: where the pins passed (good) or failed (bad)")
+    environment_id: int | None = Field(description="the evidence: where the pins passed (good) or failed (bad); "
+                                       "of a split chain, its production (runtime) side")
     environment: str | None
     run_id: str | None
+    kind: Literal["joint", "split"] = Field(default="joint", description="the evidence: one environment, or an "
+                                            "export environment's graph run in a runtime environment")
+    research_environment_id: int | None = Field(default=None, description="split: the export side")
     step: str | None = Field(default=None, description="known-bad: the step that failed")
     signature: str | None = None
     message: str | None = None

@@ -6,11 +6,12 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from api import queries
 from api.schemas import (
@@ -25,7 +26,7 @@ from api.schemas import (
     SignatureSeen,
     Verdict,
 )
-from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES, ROUTES
+from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES, ROUTES, TARGETS
 from store.models import Case, Environment, Package, Step
 from store.pins import FilePin, Pins
 
@@ -51,11 +52,22 @@ class Outcome:
 class Measured:
     """Per environment: python, the packages that matter, its ranking place, and each requested model's outcome."""
 
-    env_id: int
+    env_id: int  # a split pair's production (runtime) side
     python: str
     versions: dict[str, str]
     place: int
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    research_id: int | None = None  # a split pair's research (export) side; None in a joint environment
+    label: str = ""  # a split pair's "export name → runtime name"
+
+    @property
+    def key(self) -> int:
+        """Unique among what `measured` returns: a joint environment's id; a split pair's negative pairing."""
+        return self.env_id if self.research_id is None else -(self.research_id * 2**31 + self.env_id)
+
+    @property
+    def kind(self) -> Literal["joint", "split"]:
+        return "joint" if self.research_id is None else "split"
 
 
 def _matters(route: str) -> tuple[str, ...]:
@@ -64,7 +76,7 @@ def _matters(route: str) -> tuple[str, ...]:
 
 
 def measured(session: Session, models: Iterable[str], route: str, exporter: str | None,
-             facts: queries.FactsCache | None = None) -> dict[int, Measured]:
+             facts: queries.FactsCache | None = None, target: str | None = None) -> dict[int, Measured]:
     """Every environment with a recorded case of `models` on `route`; a skipped case is no evidence either way.
 
     Two aggregates pick one case per (environment, model): the newest pass, else the newest failure. Only those
@@ -76,6 +88,8 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
     conditions = [Case.model.in_(models), Case.route == route, Case.artifact_id.is_(None), queries.current()]
     if exporter:
         conditions.append(Case.exporter == exporter)
+    if target:
+        conditions.append(Case.target == target)
     chosen: dict[tuple[int, str], tuple[str, int]] = {}
     for status, condition in (("fail", Case.status.not_in(("pass", "skip"))), ("pass", Case.status == "pass")):
         for env_id, model, case_id in session.connection().execute(
@@ -103,7 +117,53 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
         if env_id in out:
             row = details[case_id]
             out[env_id].outcomes[model] = Outcome(status, case_id, row.run_id, row.exporter, row.signature)
+    for pair in _split_pairs(session, models, route, exporter, target, facts):
+        out[pair.key] = pair
     return out
+
+
+def _split_pairs(session: Session, models: tuple[str, ...], route: str, exporter: str | None, target: str | None,
+                 facts: queries.FactsCache | None) -> list[Measured]:
+    """Split chains as measured environments: each (export, runtime) pair whose runtime side ran a graph its export
+    side stored. Versions are both sides' (torch from research, the rest from production), python the production
+    side's; per model the pair's newest pass, else its newest failure, as for joint environments."""
+    runtime, export = aliased(Case), aliased(Case)
+    conditions = [runtime.model.in_(models), runtime.route == route, runtime.artifact_id.is_not(None),
+                  runtime.status != "skip", export.route == "export", export.status == "pass",
+                  export.artifact_id == runtime.artifact_id, export.model == runtime.model,
+                  queries.current(runtime), queries.current(export)]
+    if exporter:
+        conditions.append(export.exporter == exporter)
+    if target:
+        conditions.append(runtime.target == target)
+    chosen: dict[tuple[int, int, str], tuple[str, int, str, str, str | None]] = {}
+    for e, r, model, status, case_id, run_id, exp, signature in session.connection().execute(
+        select(export.environment_id, runtime.environment_id, runtime.model, runtime.status, runtime.id,
+               runtime.run_id, export.exporter, runtime.signature).where(*conditions).order_by(runtime.id)
+    ):
+        outcome = ("pass" if status == "pass" else "fail", case_id, run_id, exp, signature)
+        held = chosen.get((e, r, model))
+        if held is None or held[0] != "pass" or outcome[0] == "pass":  # newest pass, else newest failure
+            chosen[e, r, model] = outcome
+    if not chosen:
+        return []
+    known, place = (facts or queries.FactsCache()).get(session, {i for e, r, _ in chosen for i in (e, r)})
+    names = _names(session, {i for e, r, _ in chosen for i in (e, r)})
+    pairs: dict[tuple[int, int], Measured] = {}
+    for (e, r, model), (status, case_id, run_id, exp, signature) in chosen.items():
+        if e not in known or r not in known:
+            continue
+        pair = pairs.get((e, r))
+        if pair is None:
+            pair = pairs[e, r] = Measured(r, known[r].python, {**known[r].versions, **known[e].versions}, place[r],
+                                          research_id=e, label=f"{names[e]} → {names[r]}")
+            for name, version in session.execute(  # the route's own converter, as for joint environments
+                select(Package.name, Package.version).where(
+                    Package.environment_id == r,
+                    Package.name.in_([n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]))):
+                pair.versions[name] = version
+        pair.outcomes[model] = Outcome(status, case_id, run_id, exp, signature)
+    return list(pairs.values())
 
 
 def _first_failed_steps(session: Session, case_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
@@ -117,6 +177,13 @@ def _first_failed_steps(session: Session, case_ids: Iterable[int]) -> dict[int, 
         ):
             out.setdefault(case_id, (name, message))
     return out
+
+
+def _labels(session: Session, envs: Iterable[Measured]) -> dict[int, str]:
+    """Measured.key → what to call it: a joint environment's name, or a split pair's "export → runtime"."""
+    envs = list(envs)
+    names = _names(session, [m.env_id for m in envs if m.research_id is None])
+    return {m.key: m.label or names[m.env_id] for m in envs}
 
 
 def _names(session: Session, env_ids: Iterable[int]) -> dict[int, str]:
@@ -208,9 +275,9 @@ def _fix(session: Session, pins: Pins, route: str, envs: Iterable[Measured], mod
     if not good:
         return None
     best, diffs = _closest(pins, route, good)[0]
-    names.update(_names(session, [best.env_id]) if best.env_id not in names else {})
+    names.update(_labels(session, [best]) if best.key not in names else {})
     run = max((best.outcomes[x] for x in models), key=lambda o: o.case_id).run_id
-    return Fix(environment_id=best.env_id, environment=names[best.env_id], python=best.python, run_id=run,
+    return Fix(environment_id=best.env_id, environment=names[best.key], python=best.python, run_id=run,
                changes=diffs, summary=summary(diffs))
 
 
@@ -222,7 +289,8 @@ def routes_for(pins: Pins) -> list[str]:
 
 
 def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[str] | None = None,
-          exporter: str | None = None, facts: queries.FactsCache | None = None) -> CheckOut:
+          exporter: str | None = None, facts: queries.FactsCache | None = None,
+          target: str | None = None) -> CheckOut:
     """Per model and route: known-good (cite it), known-bad (step, signature, evidence, span) or untested (nearest).
 
     Routes default to those the file pins the packages of. Raises QueryError for names nothing was recorded for.
@@ -240,6 +308,11 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
             raise queries.QueryError("route", f"expected one of {', '.join(ROUTES)}, got {route!r}")
     if exporter is not None and exporter not in EXPORTERS:
         raise queries.QueryError("exporter", f"expected one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    known_targets = sorted({t for r in chosen for t in TARGETS.get(r, ())})
+    if target is not None and target not in known_targets:
+        raise queries.QueryError("target", f"expected one of {', '.join(known_targets) or 'nothing: no route of '}"
+                                           f"{'' if known_targets else ', '.join(chosen) + ' has targets'}, got "
+                                           f"{target!r}")
     unknown = queries.unknown_models(session, models)
     if unknown:
         raise queries.QueryError("models", f"no results recorded for {unknown}; known: "
@@ -251,8 +324,8 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
     fixes: dict[str, Fix | None] = {}
     names: dict[int, str] = {}
     for route in chosen:
-        envs = measured(session, models, route, exporter, facts)
-        names.update(_names(session, envs))
+        envs = measured(session, models, route, exporter, facts, target)
+        names.update(_labels(session, envs.values()))
         for model in models:
             results.append(_model_verdict(session, pins, model, route, exporter, envs, names))
         fixes[route] = _fix(session, pins, route, envs.values(), models, names)
@@ -280,14 +353,15 @@ def _model_verdict(session: Session, pins: Pins, model: str, route: str, exporte
     evidence = passed[0] if passed else failed[0] if failed else None
     if evidence is None:
         verdict.nearest = [
-            Nearby(environment_id=m.env_id, environment=names[m.env_id], python=m.python,
+            Nearby(environment_id=m.env_id, environment=names[m.key], python=m.python,
                    status="pass" if m.outcomes[model].status == "pass" else "fail",
                    signature=m.outcomes[model].signature, differs=diffs)
             for m, diffs in _closest(pins, route, tried)[:NEAREST]
         ]
         return verdict
     outcome = evidence.outcomes[model]
-    verdict.environment_id, verdict.environment = evidence.env_id, names[evidence.env_id]
+    verdict.environment_id, verdict.environment = evidence.env_id, names[evidence.key]
+    verdict.kind, verdict.research_environment_id = evidence.kind, evidence.research_id
     verdict.run_id, verdict.exporter = outcome.run_id, outcome.exporter
     if passed:
         verdict.verdict = "known-good"
@@ -334,7 +408,7 @@ def explain_chains(session: Session, query: queries.ChainQuery,
 
     An empty chains answer then says whether nothing was measured, nothing resolved, or everything failed.
     """
-    envs = measured(session, query.models, query.route, query.exporter, facts)
+    envs = measured(session, query.models, query.route, query.exporter, facts, query.target)
     if query.python:
         envs = {e: m for e, m in envs.items() if m.python == query.python}
     tried = {e: m for e, m in envs.items() if m.outcomes}
@@ -345,10 +419,10 @@ def explain_chains(session: Session, query: queries.ChainQuery,
     shown = wanted[:NEAR_MISSES]
     failed_ids = [o.case_id for m in shown for o in m.outcomes.values() if o.status == "fail"]
     steps = _first_failed_steps(session, failed_ids)
-    names = _names(session, [m.env_id for m in shown])
+    names = _labels(session, shown)
     near = [
         NearMiss(
-            environment_id=m.env_id, name=names[m.env_id], python=m.python,
+            environment_id=m.env_id, name=names[m.key], python=m.python,
             versions={n: v for n, v in m.versions.items() if n in KEY_PACKAGES},
             passed=[x for x in query.models if x in m.outcomes and m.outcomes[x].status == "pass"],
             failed=[FailedCase(model=x, exporter=m.outcomes[x].exporter,
@@ -358,7 +432,8 @@ def explain_chains(session: Session, query: queries.ChainQuery,
         )
         for m in shown
     ]
-    return near, _counts(session, query, set(tried))
+    ran = {i for m in tried.values() for i in (m.env_id, m.research_id) if i is not None}
+    return near, _counts(session, query, ran)
 
 
 def _meets(versions: dict[str, str], req: Requirement) -> bool:

@@ -46,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sp.add_argument("--route", action="append", help="route (repeatable or comma-separated); default: the routes "
                                                      "whose packages the file pins")
     sp.add_argument("--exporter", help="torchscript | dynamo; default: any exporter that passed")
+    sp.add_argument("--target", help="what TF routes deploy: saved_model (TF Serving) | tflite | keras; default: any "
+                                     "target that passed")
     sp.add_argument("--python", help="python minor such as 3.11, for a file that does not say which")
     sp.add_argument("--format", choices=FORMATS, default="table")
     sp.add_argument("--fail-on", choices=FAIL_ON, default="untested",
@@ -94,12 +96,13 @@ def check_file(path: Path, models: list[str], routes: list[str], args: argparse.
     except OSError as exc:
         raise UsageError(f"{path}:1: expected a readable lockfile, got {exc.strerror}") from None
     if args.server:
-        return ask_server(args.server, str(path), text, models, routes, args.exporter, args.python)
-    return check_offline(database_url(args), str(path), text, models, routes, args.exporter, args.python)
+        return ask_server(args.server, str(path), text, models, routes, args.exporter, args.python, args.target)
+    return check_offline(database_url(args), str(path), text, models, routes, args.exporter, args.python,
+                         args.target)
 
 
 def check_offline(url: str, filename: str, text: str, models: list[str], routes: list[str], exporter: str | None,
-                  python: str | None) -> CheckOut:
+                  python: str | None, target: str | None = None) -> CheckOut:
     """The verdict from a local database: the same function the server's route calls."""
     from api import queries, verdicts
     from store.db import make_engine, make_sessionmaker
@@ -112,7 +115,7 @@ def check_offline(url: str, filename: str, text: str, models: list[str], routes:
     engine = make_engine(url)
     try:
         with make_sessionmaker(engine)() as session:
-            return verdicts.check(session, pins, models, routes or None, exporter)
+            return verdicts.check(session, pins, models, routes or None, exporter, target=target)
     except queries.QueryError as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -120,12 +123,12 @@ def check_offline(url: str, filename: str, text: str, models: list[str], routes:
 
 
 def ask_server(server: str, filename: str, text: str, models: list[str], routes: list[str], exporter: str | None,
-               python: str | None) -> CheckOut:
+               python: str | None, target: str | None = None) -> CheckOut:
     """POST the file to a knowngood server; its answer is the same CheckOut the offline path gives."""
     from api.schemas import CheckOut
 
     body = json.dumps({"filename": filename, "text": text, "models": models, "routes": routes,
-                       "exporter": exporter, "python": python}).encode()
+                       "exporter": exporter, "python": python, "target": target}).encode()
     request = urllib.request.Request(f"{server.rstrip('/')}/api/v1/check", data=body, method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "knowngood-check"})
     try:

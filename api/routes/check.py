@@ -30,9 +30,10 @@ class CheckIn(BaseModel):
     routes: list[str] | str = Field(default_factory=list, description="default: the routes the file pins")
     exporter: str | None = None
     python: str | None = Field(default=None, description="python minor, where the file does not say")
+    target: str | None = Field(default=None, description="TF routes: saved_model | tflite | keras; default: any")
 
 
-_MULTIPART_FIELDS = ("filename", "models", "routes", "route", "exporter", "python")
+_MULTIPART_FIELDS = ("filename", "models", "routes", "route", "exporter", "python", "target")
 _BODY = {
     "required": True,
     "content": {
@@ -72,7 +73,7 @@ def _answer(request: Request, doc: CheckIn) -> CheckOut:
         raise queries.QueryError("file", str(exc)) from None
     with request.app.state.sessionmaker() as session:
         return verdicts.check(session, pins, queries.split_names(doc.models), queries.split_names(doc.routes) or None,
-                              doc.exporter or None, request.app.state.env_facts)
+                              doc.exporter or None, request.app.state.env_facts, doc.target or None)
 
 
 def _multipart(body: bytes, content_type: str) -> dict[str, Any]:
