@@ -100,8 +100,11 @@ def process_by_torch(ctx: Context, items: Items, process_all: Callable[[Any, Ite
     """Environments newest torch first, one torch release at a time; with limits.prune-cache, that release's build
     leaves uv's cache once its last environment is done, so a sweep holds one torch build at a time."""
     for group in _by_torch(sorted(items, key=lambda item: _torch_order(item[0]), reverse=True)):
+        installs = ctx.summary.installs
         process_all(ctx, group)
-        if ctx.plan.spec.limits.prune_cache:
+        # Only a build this run installed: a resumed run that skips a release must not empty the cache under
+        # another sweep that shares it and is installing that release right now.
+        if ctx.plan.spec.limits.prune_cache and ctx.summary.installs > installs:
             drop_torch_build(ctx, [env.hash for env, _ in group])
 
 

@@ -130,7 +130,8 @@ def test_joint_environments_run_one_torch_release_at_a_time(split_plan: expand.S
     from types import SimpleNamespace
 
     seen: list[list[str]] = []
-    ctx = SimpleNamespace(plan=SimpleNamespace(spec=SimpleNamespace(limits=SimpleNamespace(prune_cache=False))))
+    ctx = SimpleNamespace(plan=SimpleNamespace(spec=SimpleNamespace(limits=SimpleNamespace(prune_cache=False))),
+                          summary=SimpleNamespace(installs=0))
     split.process_by_torch(ctx, list(split_plan.plan.items),  # type: ignore[arg-type]
                            lambda _, group: seen.append(sorted({e.requirements[0] for e, _ in group})))
     assert seen == [["torch==2.6.0"], ["torch==2.5.1"], ["torch==2.4.1"]]
