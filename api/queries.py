@@ -13,7 +13,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import ColumnElement, Row, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Row, exists, func, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from api.schemas import (
@@ -38,7 +38,8 @@ from api.schemas import (
     StepOut,
 )
 from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES
-from store.models import Case, DataChange, Environment, Package, Run, Step
+from store.models import Case, DataChange, Environment, Outcome, Package, Run, Step
+from store.outcomes import current
 
 # A result row of any shape (SQLAlchemy 2.1's Row is variadic: Row[Any] would be a one-column row).
 AnyRow = Row[*tuple[Any, ...]]
@@ -124,25 +125,6 @@ def rank_key(versions: dict[str, str]) -> tuple[Version, ...]:
             _version(versions.get("onnxruntime")))
 
 
-def current(case: Any = Case) -> ColumnElement[bool]:
-    """True for a case that is the current result of its identity: no newer one in the same environment.
-
-    The identity is (environment, model, route, exporter, opset, target, artifact). An environment re-run under a new
-    corpus (model hash) or runner version keeps its old rows, and uniqueness includes those two, so one identity
-    can hold several results; the most recently recorded one (then the highest id) is the one that counts. A
-    superseded pass must not keep a chain known good (issue 15). The probe is one range of uq_case_identity.
-    A runtime environment of split chains holds one case per stored graph: the artifact is part of the identity.
-    `case` is Case or an alias of it.
-    """
-    newer = aliased(Case)
-    return ~exists().where(
-        newer.environment_id == case.environment_id, newer.model == case.model, newer.route == case.route,
-        newer.exporter == case.exporter, newer.opset == case.opset, newer.target == case.target,
-        newer.artifact_id.is_not_distinct_from(case.artifact_id),
-        or_(newer.recorded_at > case.recorded_at, and_(newer.recorded_at == case.recorded_at, newer.id > case.id)),
-    )
-
-
 def _chain_conditions(query: ChainQuery) -> list[ColumnElement[bool]]:
     # Joint chains only: a runtime environment's cases start from a stored artifact and need their export side.
     conditions = [Case.model.in_(query.models), Case.route == query.route, Case.status == "pass",
@@ -221,16 +203,23 @@ def known_good_chain_page(
 ) -> tuple[list[ChainOut], int]:
     """The best `query.limit` chains (all if None), and how many chains matched in all.
 
-    One aggregate over the passing cases (an index-only scan) finds the candidates; their key versions come
-    from `facts` (read once per environment and process), so a request reads no package rows unless a
-    `require` names a package outside KEY_PACKAGES. The evidence (cases, runs) is read for the page only.
+    One aggregate over the outcome rows (current passes, kept by store/outcomes.py) finds the candidates; their
+    key versions come from `facts` (read once per environment and process), so a request reads no package rows
+    unless a `require` names a package outside KEY_PACKAGES. The evidence (cases, runs) is read for the page only.
     """
     conditions = _chain_conditions(query)
+    # The outcome table holds each key's current passes already counted (store/outcomes.py): one index range
+    # per model, instead of every case with its current() probe.
+    where = [Outcome.route == query.route, Outcome.model.in_(query.models), Outcome.passed > 0]
+    if query.exporter:
+        where.append(Outcome.exporter == query.exporter)
+    if query.target:
+        where.append(Outcome.target == query.target)
     complete = (
-        select(Case.environment_id)
-        .where(*conditions)
-        .group_by(Case.environment_id)
-        .having(func.count(func.distinct(Case.model)) == len(query.models))
+        select(Outcome.environment_id)
+        .where(*where)
+        .group_by(Outcome.environment_id)
+        .having(func.count(func.distinct(Outcome.model)) == len(query.models))
     )
     candidates = list(session.connection().execute(complete).scalars())
     if not candidates:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from api import queries
@@ -27,6 +27,7 @@ from api.schemas import (
 )
 from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES, ROUTES
 from store.models import Case, Environment, Package, Step
+from store.models import Outcome as OutcomeRow
 from store.pins import FilePin, Pins
 
 NEAREST = 3  # environments shown for an untested verdict
@@ -38,13 +39,18 @@ _WORST: dict[Verdict, int] = {"known-good": 0, "untested": 1, "known-bad": 2}
 
 @dataclass
 class Outcome:
-    """One environment's result for one model on the route: passed anywhere, or its first failure."""
+    """One environment's result for one model on the route: passed anywhere, or its newest failure.
+
+    The case's run, exporter and signature are read only for the outcomes an answer shows (`_details`): an answer
+    weighs every measured environment but cites a handful.
+    """
 
     status: str  # "pass" | "fail"
     case_id: int
-    run_id: str
-    exporter: str
-    signature: str | None
+    run_id: str = ""
+    exporter: str = ""
+    signature: str | None = None
+    loaded: bool = False
 
 
 @dataclass
@@ -67,24 +73,33 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
              facts: queries.FactsCache | None = None) -> dict[int, Measured]:
     """Every environment with a recorded case of `models` on `route`; a skipped case is no evidence either way.
 
-    Two aggregates pick one case per (environment, model): the newest pass, else the newest failure. Only those
-    cases' details are read, so the cost follows environments × models, not every case recorded.
+    Per (environment, model): the newest current pass, else the newest current failure, of joint environments
+    (a superseded result is no evidence, issue 15; a runtime environment's case of a split chain is evidence only
+    together with its export side). One aggregate over the outcome table (store/outcomes.py), one row per
+    environment with a pass and a failure column per model, so the cost follows environments, not cases.
     """
     models = tuple(models)
-    # Joint environments' current results only: a superseded result is no evidence (issue 15), and a runtime
-    # environment's case of a split chain is evidence only together with its export side.
-    conditions = [Case.model.in_(models), Case.route == route, Case.artifact_id.is_(None), queries.current()]
+    columns = []
+    for model in models:
+        columns += [func.max(case((OutcomeRow.model == model, OutcomeRow.pass_case_id))),
+                    func.max(case((OutcomeRow.model == model, OutcomeRow.fail_case_id)))]
+    query = select(OutcomeRow.environment_id, *columns).where(OutcomeRow.route == route,
+                                                             OutcomeRow.model.in_(models))
     if exporter:
-        conditions.append(Case.exporter == exporter)
-    chosen: dict[tuple[int, str], tuple[str, int]] = {}
-    for status, condition in (("fail", Case.status.not_in(("pass", "skip"))), ("pass", Case.status == "pass")):
-        for env_id, model, case_id in session.connection().execute(
-            select(Case.environment_id, Case.model, func.max(Case.id)).where(*conditions, condition)
-            .group_by(Case.environment_id, Case.model)
-        ):
-            chosen[env_id, model] = (status, case_id)  # passes are read second, and replace failures
-    known, place = (facts or queries.FactsCache()).get(session, {e for e, _ in chosen})
-    out = {e: Measured(e, f.python, dict(f.versions), place[e]) for e, f in known.items()}
+        query = query.where(OutcomeRow.exporter == exporter)
+    chosen: dict[int, dict[str, Outcome]] = {}
+    for env_id, *ids in session.connection().execute(query.group_by(OutcomeRow.environment_id)):
+        found = {}
+        for i, model in enumerate(models):
+            passed, failed = ids[2 * i], ids[2 * i + 1]
+            if passed is not None:  # a pass anywhere outweighs a failure
+                found[model] = Outcome("pass", passed)
+            elif failed is not None:
+                found[model] = Outcome("fail", failed)
+        if found:
+            chosen[env_id] = found
+    known, place = (facts or queries.FactsCache()).get(session, chosen)
+    out = {e: Measured(e, f.python, dict(f.versions), place[e], chosen[e]) for e, f in known.items()}
     extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
     if extra and out:
         for env_id, name, version in session.execute(
@@ -92,18 +107,19 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
         ):
             if env_id in out:
                 out[env_id].versions[name] = version
-    ids = sorted(case_id for _, case_id in chosen.values())
-    details = {}
-    for i in range(0, len(ids), 5000):
-        for row in session.connection().execute(
-            select(Case.id, Case.run_id, Case.exporter, Case.signature).where(Case.id.in_(ids[i: i + 5000]))
-        ):
-            details[row.id] = row
-    for (env_id, model), (status, case_id) in chosen.items():
-        if env_id in out:
-            row = details[case_id]
-            out[env_id].outcomes[model] = Outcome(status, case_id, row.run_id, row.exporter, row.signature)
     return out
+
+
+def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
+    """Fill in the run, exporter and signature of the outcomes an answer is about to show."""
+    todo = {o.case_id: o for o in outcomes if not o.loaded}
+    ids = sorted(todo)
+    for i in range(0, len(ids), 500):
+        for row in session.connection().execute(
+            select(Case.id, Case.run_id, Case.exporter, Case.signature).where(Case.id.in_(ids[i: i + 500]))
+        ):
+            o = todo[row.id]
+            o.run_id, o.exporter, o.signature, o.loaded = row.run_id, row.exporter, row.signature, True
 
 
 def _first_failed_steps(session: Session, case_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
@@ -209,7 +225,9 @@ def _fix(session: Session, pins: Pins, route: str, envs: Iterable[Measured], mod
         return None
     best, diffs = _closest(pins, route, good)[0]
     names.update(_names(session, [best.env_id]) if best.env_id not in names else {})
-    run = max((best.outcomes[x] for x in models), key=lambda o: o.case_id).run_id
+    newest = max((best.outcomes[x] for x in models), key=lambda o: o.case_id)
+    _details(session, [newest])
+    run = newest.run_id
     return Fix(environment_id=best.env_id, environment=names[best.env_id], python=best.python, run_id=run,
                changes=diffs, summary=summary(diffs))
 
@@ -279,14 +297,17 @@ def _model_verdict(session: Session, pins: Pins, model: str, route: str, exporte
     # leaves unpinned (another exporter, or a package it does not name).
     evidence = passed[0] if passed else failed[0] if failed else None
     if evidence is None:
+        nearest = _closest(pins, route, tried)[:NEAREST]
+        _details(session, [m.outcomes[model] for m, _ in nearest])
         verdict.nearest = [
             Nearby(environment_id=m.env_id, environment=names[m.env_id], python=m.python,
                    status="pass" if m.outcomes[model].status == "pass" else "fail",
                    signature=m.outcomes[model].signature, differs=diffs)
-            for m, diffs in _closest(pins, route, tried)[:NEAREST]
+            for m, diffs in nearest
         ]
         return verdict
     outcome = evidence.outcomes[model]
+    _details(session, [outcome])
     verdict.environment_id, verdict.environment = evidence.env_id, names[evidence.env_id]
     verdict.run_id, verdict.exporter = outcome.run_id, outcome.exporter
     if passed:
@@ -343,6 +364,7 @@ def explain_chains(session: Session, query: queries.ChainQuery,
     wanted = [m for m in misses if all(_meets(m.versions, r) for r in query.require)] or misses
     wanted.sort(key=lambda m: (-sum(o.status == "pass" for o in m.outcomes.values()), -m.place))
     shown = wanted[:NEAR_MISSES]
+    _details(session, [o for m in shown for o in m.outcomes.values()])
     failed_ids = [o.case_id for m in shown for o in m.outcomes.values() if o.status == "fail"]
     steps = _first_failed_steps(session, failed_ids)
     names = _names(session, [m.env_id for m in shown])

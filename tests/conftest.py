@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from store import migrate
+from store import migrate, outcomes
 from store.db import make_engine, make_sessionmaker, utcnow
 from store.models import Case, Environment, Package, Run, Step
 from tests.pgcluster import PostgresNotFound, database, server_binary, throwaway_cluster
@@ -193,6 +193,8 @@ def make_case(session: Session) -> Callable[..., Case]:
         case.steps = [Step(ordinal=0, name="export", status="ok" if status == "pass" else status, seconds=0.1,
                            peak_rss=1, details={}, signature=signature)]
         session.add(case)
+        session.flush()
+        outcomes.refresh_key(session, (env.id, model, route, exporter, case.target or ""))  # as record.save_case
         session.commit()
         return case
     return make
