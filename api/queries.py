@@ -141,6 +141,7 @@ class EnvironmentFacts:
     """What ranking needs of one resolved environment: fixed once it is recorded (a new lock is a new row)."""
 
     python: str  # as requested, e.g. "3.11"
+    name: str  # the environment's readable id
     versions: dict[str, str]  # the KEY_PACKAGES it pins
     rank: tuple[Version, ...]
 
@@ -175,20 +176,21 @@ class FactsCache:
 
 def _load_facts(session: Session, env_ids: list[int]) -> dict[int, EnvironmentFacts]:
     conn = session.connection()  # plain rows: no ORM per-row processing
-    pythons: dict[int, tuple[str, str]] = {}
+    pythons: dict[int, tuple[str, str, str]] = {}
     versions: dict[int, dict[str, str]] = defaultdict(dict)
     for i in range(0, len(env_ids), 5000):
         chunk = env_ids[i: i + 5000]
-        for env_id, python, python_full in conn.execute(
-            select(Environment.id, Environment.python, Environment.python_full).where(Environment.id.in_(chunk))
+        for env_id, python, python_full, name in conn.execute(
+            select(Environment.id, Environment.python, Environment.python_full, Environment.name)
+            .where(Environment.id.in_(chunk))
         ):
-            pythons[env_id] = (python, python_full or python)
+            pythons[env_id] = (python, python_full or python, name)
         for env_id, name, version in conn.execute(
             select(Package.environment_id, Package.name, Package.version)
             .where(Package.environment_id.in_(chunk), Package.name.in_(KEY_PACKAGES))
         ):
             versions[env_id][name] = version
-    return {e: EnvironmentFacts(python=pythons[e][0], versions=dict(versions[e]),
+    return {e: EnvironmentFacts(python=pythons[e][0], name=pythons[e][2], versions=dict(versions[e]),
                                 rank=(*rank_key(versions[e]), _version(pythons[e][1])))
             for e in pythons}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ class Measured:
     versions: dict[str, str]
     place: int
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    name: str = ""
+    # The differences from one file's pins and their distance, kept by _scored: a check weighs every environment
+    # several times (per model, for the nearest and for the fix) against the same pins.
+    scored: tuple[Pins, list[PinDiff], tuple[int, int, int, int]] | None = field(default=None, repr=False)
 
 
 def _matters(route: str) -> tuple[str, ...]:
@@ -99,7 +104,7 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
         if found:
             chosen[env_id] = found
     known, place = (facts or queries.FactsCache()).get(session, chosen)
-    out = {e: Measured(e, f.python, dict(f.versions), place[e], chosen[e]) for e, f in known.items()}
+    out = {e: Measured(e, f.python, dict(f.versions), place[e], chosen[e], name=f.name) for e, f in known.items()}
     extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
     if extra and out:
         for env_id, name, version in session.execute(
@@ -133,14 +138,6 @@ def _first_failed_steps(session: Session, case_ids: Iterable[int]) -> dict[int, 
         ):
             out.setdefault(case_id, (name, message))
     return out
-
-
-def _names(session: Session, env_ids: Iterable[int]) -> dict[int, str]:
-    ids = sorted(set(env_ids))
-    if not ids:
-        return {}
-    return {env_id: name for env_id, name in session.execute(
-        select(Environment.id, Environment.name).where(Environment.id.in_(ids)))}
 
 
 # -- distance between pins and an environment ----------------------------------------------------------------------
@@ -211,24 +208,28 @@ def summary(diffs: list[PinDiff]) -> str:
     return ", ".join(parts)
 
 
-def _closest(pins: Pins, route: str, envs: Iterable[Measured]) -> list[tuple[Measured, list[PinDiff]]]:
-    """Environments by distance from the pins; among equals the newest versions (highest place) first."""
-    scored = [(m, differences(pins, m, route)) for m in envs]
-    scored.sort(key=lambda s: (_distance(s[1]), -s[0].place))
-    return scored
+def _scored(pins: Pins, env: Measured, route: str) -> tuple[list[PinDiff], tuple[int, int, int, int]]:
+    """differences() and their _distance, computed once per environment and file (Measured is per route)."""
+    if env.scored is None or env.scored[0] is not pins:
+        diffs = differences(pins, env, route)
+        env.scored = (pins, diffs, _distance(diffs))
+    return env.scored[1], env.scored[2]
 
 
-def _fix(session: Session, pins: Pins, route: str, envs: Iterable[Measured], models: tuple[str, ...],
-         names: dict[int, str]) -> Fix | None:
+def _closest(pins: Pins, route: str, envs: Iterable[Measured], n: int) -> list[tuple[Measured, list[PinDiff]]]:
+    """The `n` environments closest to the pins; among equals the newest versions (highest place) first."""
+    nearest = heapq.nsmallest(n, envs, key=lambda m: (_scored(pins, m, route)[1], -m.place))
+    return [(m, _scored(pins, m, route)[0]) for m in nearest]
+
+
+def _fix(session: Session, pins: Pins, route: str, envs: Iterable[Measured], models: tuple[str, ...]) -> Fix | None:
     good = [m for m in envs if all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
     if not good:
         return None
-    best, diffs = _closest(pins, route, good)[0]
-    names.update(_names(session, [best.env_id]) if best.env_id not in names else {})
+    best, diffs = _closest(pins, route, good, 1)[0]
     newest = max((best.outcomes[x] for x in models), key=lambda o: o.case_id)
     _details(session, [newest])
-    run = newest.run_id
-    return Fix(environment_id=best.env_id, environment=names[best.env_id], python=best.python, run_id=run,
+    return Fix(environment_id=best.env_id, environment=best.name, python=best.python, run_id=newest.run_id,
                changes=diffs, summary=summary(diffs))
 
 
@@ -267,13 +268,11 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
                                          "compare with what was measured")
     results: list[ModelVerdict] = []
     fixes: dict[str, Fix | None] = {}
-    names: dict[int, str] = {}
     for route in chosen:
         envs = measured(session, models, route, exporter, facts)
-        names.update(_names(session, envs))
         for model in models:
-            results.append(_model_verdict(session, pins, model, route, exporter, envs, names))
-        fixes[route] = _fix(session, pins, route, envs.values(), models, names)
+            results.append(_model_verdict(session, pins, model, route, exporter, envs))
+        fixes[route] = _fix(session, pins, route, envs.values(), models)
     shown = {n: _shown(p) for n, p in pins.pins.items() if any(n in _matters(r) for r in chosen)}
     return CheckOut(
         file=pins.path, format=pins.kind, python=pins.python, pins=shown, models=list(models), routes=chosen,
@@ -283,24 +282,24 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
 
 
 def _model_verdict(session: Session, pins: Pins, model: str, route: str, exporter: str | None,
-                   envs: dict[int, Measured], names: dict[int, str]) -> ModelVerdict:
+                   envs: dict[int, Measured]) -> ModelVerdict:
     tried = [m for m in envs.values() if model in m.outcomes]
-    matching = [m for m in tried if not differences(pins, m, route)]
+    matching = [m for m in tried if not _scored(pins, m, route)[0]]
     passed = sorted((m for m in matching if m.outcomes[model].status == "pass"), key=lambda m: -m.place)
     failed = sorted((m for m in matching if m.outcomes[model].status == "fail"), key=lambda m: -m.place)
     verdict = ModelVerdict(
         model=model, route=route, exporter=exporter, verdict="untested", environment_id=None, environment=None,
         run_id=None, matched={"passed": len(passed), "failed": len(failed)}, nearest=[],
-        fix=_fix(session, pins, route, tried, (model,), names),
+        fix=_fix(session, pins, route, tried, (model,)),
     )
     # A pass anywhere the pins match outweighs a failure elsewhere: the failing twin differs in what the file
     # leaves unpinned (another exporter, or a package it does not name).
     evidence = passed[0] if passed else failed[0] if failed else None
     if evidence is None:
-        nearest = _closest(pins, route, tried)[:NEAREST]
+        nearest = _closest(pins, route, tried, NEAREST)
         _details(session, [m.outcomes[model] for m, _ in nearest])
         verdict.nearest = [
-            Nearby(environment_id=m.env_id, environment=names[m.env_id], python=m.python,
+            Nearby(environment_id=m.env_id, environment=m.name, python=m.python,
                    status="pass" if m.outcomes[model].status == "pass" else "fail",
                    signature=m.outcomes[model].signature, differs=diffs)
             for m, diffs in nearest
@@ -308,7 +307,7 @@ def _model_verdict(session: Session, pins: Pins, model: str, route: str, exporte
         return verdict
     outcome = evidence.outcomes[model]
     _details(session, [outcome])
-    verdict.environment_id, verdict.environment = evidence.env_id, names[evidence.env_id]
+    verdict.environment_id, verdict.environment = evidence.env_id, evidence.name
     verdict.run_id, verdict.exporter = outcome.run_id, outcome.exporter
     if passed:
         verdict.verdict = "known-good"
@@ -367,10 +366,9 @@ def explain_chains(session: Session, query: queries.ChainQuery,
     _details(session, [o for m in shown for o in m.outcomes.values()])
     failed_ids = [o.case_id for m in shown for o in m.outcomes.values() if o.status == "fail"]
     steps = _first_failed_steps(session, failed_ids)
-    names = _names(session, [m.env_id for m in shown])
     near = [
         NearMiss(
-            environment_id=m.env_id, name=names[m.env_id], python=m.python,
+            environment_id=m.env_id, name=m.name, python=m.python,
             versions={n: v for n, v in m.versions.items() if n in KEY_PACKAGES},
             passed=[x for x in query.models if x in m.outcomes and m.outcomes[x].status == "pass"],
             failed=[FailedCase(model=x, exporter=m.outcomes[x].exporter,

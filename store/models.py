@@ -175,11 +175,17 @@ class Outcome(Base):
     """
 
     __tablename__ = "outcome"
+    __table_args__ = (
+        # The readers' one range per (route, model), every column in the index: rows are written in environment
+        # order, so a (route, model) range read through the table would touch a block per row (issue 14).
+        Index("ix_outcome_read", "route", "model", "environment_id", "exporter", "target", "passed",
+              "pass_case_id", "fail_case_id"),
+    )
 
-    # Key order serves the readers: one range per (route, model), environments in order within it.
-    route: Mapped[str] = mapped_column(String(64), primary_key=True)
-    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # Key order serves the writer, which recomputes whole environments (store/outcomes.py).
     environment_id: Mapped[int] = mapped_column(ForeignKey("environment.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    route: Mapped[str] = mapped_column(String(64), primary_key=True)
     exporter: Mapped[str] = mapped_column(String(64), primary_key=True)
     target: Mapped[str] = mapped_column(String(32), primary_key=True)
     passed: Mapped[int] = mapped_column(comment="current passing cases (one per opset)")

@@ -54,10 +54,15 @@ def upgrade() -> None:
                   comment="the newest current case that failed (any status but pass and skip)"),
         sa.ForeignKeyConstraint(["environment_id"], ["environment.id"],
                                 name=op.f("fk_outcome_environment_id_environment"), ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("route", "model", "environment_id", "exporter", "target", name=op.f("pk_outcome")),
+        sa.PrimaryKeyConstraint("environment_id", "model", "route", "exporter", "target", name=op.f("pk_outcome")),
     )
+    op.create_index("ix_outcome_read", "outcome", ["route", "model", "environment_id", "exporter", "target", "passed",
+                                                   "pass_case_id", "fail_case_id"], unique=False)
     op.execute(_BACKFILL)
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("ANALYZE outcome")  # plans for the readers now, not after autovacuum's first look
 
 
 def downgrade() -> None:
+    op.drop_index("ix_outcome_read", table_name="outcome")
     op.drop_table("outcome")
