@@ -157,6 +157,17 @@ class FactsCache:
         # Replaced whole, never mutated: a reader always sees facts and places that belong together.
         self._state: tuple[dict[int, EnvironmentFacts], dict[int, int]] = ({}, {})
         self._lock = threading.Lock()
+        self._requested: dict[int, tuple[str, ...]] = {}  # environment id → its requirements, as stored
+
+    def requested(self, session: Session, env_ids: Collection[int]) -> dict[int, tuple[str, ...]]:
+        """The requirements each environment was asked with (fixed when it is stored, like the facts)."""
+        missing = [e for e in env_ids if e not in self._requested]
+        for i in range(0, len(missing), 5000):
+            for env_id, requirements in session.connection().execute(
+                select(Environment.id, Environment.requirements).where(Environment.id.in_(missing[i: i + 5000]))
+            ):
+                self._requested[env_id] = tuple(requirements)  # one dict item at a time: safe across threads
+        return {e: self._requested[e] for e in env_ids if e in self._requested}
 
     def get(self, session: Session, env_ids: Collection[int]) -> tuple[dict[int, EnvironmentFacts], dict[int, int]]:
         """The facts of `env_ids` (those that exist), and every known environment's place in the ranking.
@@ -201,13 +212,14 @@ def known_good_chains(session: Session, query: ChainQuery, facts: FactsCache | N
 
 
 def known_good_chain_page(
-    session: Session, query: ChainQuery, facts: FactsCache | None = None,
+    session: Session, query: ChainQuery, facts: FactsCache | None = None, candidates: list[int] | None = None,
 ) -> tuple[list[ChainOut], int]:
     """The best `query.limit` chains (all if None), and how many chains matched in all.
 
     One aggregate over the outcome rows (current passes, kept by store/outcomes.py) finds the candidates; their
     key versions come from `facts` (read once per environment and process), so a request reads no package rows
     unless a `require` names a package outside KEY_PACKAGES. The evidence (cases, runs) is read for the page only.
+    `candidates`: the complete environments, when the caller has read them already (verdicts.complete).
     """
     conditions = _chain_conditions(query)
     # The outcome table holds each key's current passes already counted (store/outcomes.py): one index range
@@ -223,7 +235,8 @@ def known_good_chain_page(
         .group_by(Outcome.environment_id)
         .having(func.count(func.distinct(Outcome.model)) == len(query.models))
     )
-    candidates = list(session.connection().execute(complete).scalars())
+    if candidates is None:
+        candidates = list(session.connection().execute(complete).scalars())
     if not candidates:
         return [], 0
     known, place = (facts or FactsCache()).get(session, candidates)
@@ -246,19 +259,17 @@ def known_good_chain_page(
     page = ranked if query.limit is None else ranked[: query.limit]
     if not page:
         return [], len(ranked)
-    envs = {
-        row.id: row
-        for row in session.execute(
-            select(Environment.id, Environment.name, Environment.python, Environment.python_full,
-                   Environment.lock_hash, Environment.cutoff, Environment.index_url).where(Environment.id.in_(page))
-        )
-    }
+    envs: dict[int, AnyRow] = {}
     evidence: dict[int, list[AnyRow]] = defaultdict(list)
-    for row in session.execute(
+    for row in session.execute(  # the environment's own fields ride along: one round trip, not two
         select(Case.environment_id, Case.model, Case.exporter, Case.opset, Case.opset_emitted, Case.max_abs_diff,
-               Case.recorded_at, Case.run_id).where(Case.environment_id.in_(page), *conditions)
+               Case.recorded_at, Case.run_id, Environment.name, Environment.python, Environment.python_full,
+               Environment.lock_hash, Environment.cutoff, Environment.index_url)
+        .join(Environment, Environment.id == Case.environment_id)
+        .where(Case.environment_id.in_(page), *conditions)
     ):
         evidence[row.environment_id].append(row)
+        envs[row.environment_id] = row
     chains = []
     for env_id in page:
         env, rows = envs[env_id], evidence[env_id]
@@ -287,8 +298,12 @@ def _newest_and_worst(rows: list[AnyRow]) -> tuple[AnyRow, dict[str, AnyRow]]:
 
 
 def unknown_models(session: Session, models: tuple[str, ...] | list[str]) -> list[str]:
-    """The requested models with no recorded case; one index probe each, not a scan of every case."""
-    return [m for m in models if not session.scalar(select(exists().where(Case.model == m)))]
+    """The requested models with no recorded case; one index probe each (in one statement), not a scan of every
+    case."""
+    if not models:
+        return []
+    found = session.execute(select(*[exists().where(Case.model == m) for m in models])).one()
+    return [m for m, known in zip(models, found, strict=True) if not known]
 
 
 def unknown_packages(session: Session, names: list[str]) -> list[str]:

@@ -51,6 +51,8 @@ class Outcome:
     run_id: str = ""
     exporter: str = ""
     signature: str | None = None
+    step: str | None = None  # the first step that was not ok, and its message
+    message: str | None = None
     loaded: bool = False
 
 
@@ -115,29 +117,26 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
     return out
 
 
+def complete(envs: dict[int, Measured], models: Iterable[str]) -> list[int]:
+    """The environments in which every one of `models` passed: the candidates of known_good_chain_page, when no
+    target narrows them (measured() weighs every target)."""
+    return [e for e, m in envs.items() if all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
+
+
 def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
-    """Fill in the run, exporter and signature of the outcomes an answer is about to show."""
+    """Fill in the run, exporter, signature and first step that was not ok of the outcomes an answer shows."""
     todo = {o.case_id: o for o in outcomes if not o.loaded}
     ids = sorted(todo)
     for i in range(0, len(ids), 500):
         for row in session.connection().execute(
-            select(Case.id, Case.run_id, Case.exporter, Case.signature).where(Case.id.in_(ids[i: i + 500]))
+            select(Case.id, Case.run_id, Case.exporter, Case.signature, Step.name, Step.message)
+            .outerjoin(Step, (Step.case_id == Case.id) & (Step.status != "ok"))
+            .where(Case.id.in_(ids[i: i + 500])).order_by(Case.id, Step.ordinal)
         ):
             o = todo[row.id]
-            o.run_id, o.exporter, o.signature, o.loaded = row.run_id, row.exporter, row.signature, True
-
-
-def _first_failed_steps(session: Session, case_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
-    """case id → (name, message) of the first step that was not ok."""
-    out: dict[int, tuple[str, str | None]] = {}
-    ids = sorted(set(case_ids))
-    if ids:
-        for case_id, name, message in session.execute(
-            select(Step.case_id, Step.name, Step.message).where(Step.case_id.in_(ids), Step.status != "ok")
-            .order_by(Step.case_id, Step.ordinal)
-        ):
-            out.setdefault(case_id, (name, message))
-    return out
+            if not o.loaded:  # the first row of a case carries its first step that was not ok
+                o.run_id, o.exporter, o.signature, o.loaded = row.run_id, row.exporter, row.signature, True
+                o.step, o.message = row.name, row.message
 
 
 # -- distance between pins and an environment ----------------------------------------------------------------------
@@ -313,7 +312,7 @@ def _model_verdict(session: Session, pins: Pins, model: str, route: str, exporte
         verdict.verdict = "known-good"
         return verdict
     verdict.verdict = "known-bad"
-    verdict.step, verdict.message = _first_failed_steps(session, [outcome.case_id]).get(outcome.case_id, (None, None))
+    verdict.step, verdict.message = outcome.step, outcome.message
     verdict.signature = outcome.signature
     verdict.seen = signature_seen(session, outcome.signature, route)
     return verdict
@@ -348,13 +347,16 @@ def signature_seen(session: Session, signature: str | None, route: str) -> Signa
 
 # -- why a chains answer is what it is -----------------------------------------------------------------------------
 
-def explain_chains(session: Session, query: queries.ChainQuery,
-                   facts: queries.FactsCache | None = None) -> tuple[list[NearMiss], MeasuredCounts]:
+def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.FactsCache | None = None,
+                   envs: dict[int, Measured] | None = None) -> tuple[list[NearMiss], MeasuredCounts]:
     """The closest failing environments (most requested models passed, then newest) and how much was measured.
 
     An empty chains answer then says whether nothing was measured, nothing resolved, or everything failed.
+    `envs`: measured() for the query, when the caller has it already.
     """
-    envs = measured(session, query.models, query.route, query.exporter, facts)
+    facts = facts or queries.FactsCache()
+    if envs is None:
+        envs = measured(session, query.models, query.route, query.exporter, facts)
     if query.python:
         envs = {e: m for e, m in envs.items() if m.python == query.python}
     tried = {e: m for e, m in envs.items() if m.outcomes}
@@ -364,21 +366,19 @@ def explain_chains(session: Session, query: queries.ChainQuery,
     wanted.sort(key=lambda m: (-sum(o.status == "pass" for o in m.outcomes.values()), -m.place))
     shown = wanted[:NEAR_MISSES]
     _details(session, [o for m in shown for o in m.outcomes.values()])
-    failed_ids = [o.case_id for m in shown for o in m.outcomes.values() if o.status == "fail"]
-    steps = _first_failed_steps(session, failed_ids)
     near = [
         NearMiss(
             environment_id=m.env_id, name=m.name, python=m.python,
             versions={n: v for n, v in m.versions.items() if n in KEY_PACKAGES},
             passed=[x for x in query.models if x in m.outcomes and m.outcomes[x].status == "pass"],
             failed=[FailedCase(model=x, exporter=m.outcomes[x].exporter,
-                               step=steps.get(m.outcomes[x].case_id, (None, None))[0],
+                               step=m.outcomes[x].step,
                                signature=m.outcomes[x].signature)
                     for x in query.models if x in m.outcomes and m.outcomes[x].status == "fail"],
         )
         for m in shown
     ]
-    return near, _counts(session, query, set(tried))
+    return near, _counts(session, query, set(tried), facts)
 
 
 def _meets(versions: dict[str, str], req: Requirement) -> bool:
@@ -386,16 +386,19 @@ def _meets(versions: dict[str, str], req: Requirement) -> bool:
                for n in queries.aliases(req.name))
 
 
-def _counts(session: Session, query: queries.ChainQuery, measured_ids: set[int]) -> MeasuredCounts:
-    env_query = select(Environment.id, Environment.requirements, Environment.signature, Environment.lock_hash)
+def _counts(session: Session, query: queries.ChainQuery, measured_ids: set[int],
+            facts: queries.FactsCache) -> MeasuredCounts:
+    env_query = select(Environment.id, Environment.lock_hash.is_not(None), Environment.signature.is_not(None))
     if query.python:
         env_query = env_query.where(Environment.python == query.python)
+    rows = session.connection().execute(env_query).all()
+    requested = facts.requested(session, [r[0] for r in rows])  # read once per environment and process
     resolved_only = unresolvable = 0
-    for env in session.execute(env_query):
-        if env.id in measured_ids or not queries._requests_route(env.requirements, query.route):
+    for env_id, locked, signed in rows:
+        if env_id in measured_ids or not queries._requests_route(list(requested[env_id]), query.route):
             continue
-        if env.lock_hash is not None:
+        if locked:
             resolved_only += 1
-        elif env.signature is not None:  # a conflict, or no interpreter: recorded with the reason
+        elif signed:  # a conflict, or no interpreter: recorded with the reason
             unresolvable += 1
     return MeasuredCounts(measured=len(measured_ids), resolved_only=resolved_only, unresolvable=unresolvable)
