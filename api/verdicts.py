@@ -7,6 +7,7 @@ import heapq
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
@@ -71,6 +72,7 @@ class Measured:
     scored: tuple[Pins, list[PinDiff], tuple[int, int, int, int]] | None = field(default=None, repr=False)
 
 
+@lru_cache(maxsize=64)
 def _matters(route: str) -> tuple[str, ...]:
     """KEY_PACKAGES plus the route's own converter (nobuco is not a key package of the other routes)."""
     return tuple(dict.fromkeys((*KEY_PACKAGES, *ROUTE_PACKAGES.get(route, ()))))
@@ -184,6 +186,7 @@ def _distance(diffs: list[PinDiff]) -> tuple[int, int, int, int]:
     return (len(diffs), total[0], total[1], total[2])
 
 
+@lru_cache(maxsize=4096)
 def _release(text: str | None) -> tuple[int, int, int] | None:
     try:
         r = Version(text or "").release
@@ -267,11 +270,15 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
                                          "compare with what was measured")
     results: list[ModelVerdict] = []
     fixes: dict[str, Fix | None] = {}
+    scored: dict[tuple[int, tuple[str, ...]], tuple[Pins, list[PinDiff], tuple[int, int, int, int]]] = {}
     for route in chosen:
         envs = measured(session, models, route, exporter, facts)
+        for m in envs.values():  # routes that weigh the same packages share each environment's differences
+            m.scored = scored.get((m.env_id, _matters(route)))
         for model in models:
             results.append(_model_verdict(session, pins, model, route, exporter, envs))
         fixes[route] = _fix(session, pins, route, envs.values(), models)
+        scored.update({(m.env_id, _matters(route)): m.scored for m in envs.values() if m.scored is not None})
     shown = {n: _shown(p) for n, p in pins.pins.items() if any(n in _matters(r) for r in chosen)}
     return CheckOut(
         file=pins.path, format=pins.kind, python=pins.python, pins=shown, models=list(models), routes=chosen,
