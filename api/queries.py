@@ -14,7 +14,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import ColumnElement, Row, exists, func, select
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from api.schemas import (
     CaseOut,
@@ -674,6 +674,10 @@ def package_versions(
 # --- split chains ------------------------------------------------------------------------------------------
 
 
+# Core aliases made once, as store/outcomes.py makes its own: cheap to build from and safe across threads.
+_RUNTIME, _EXPORT = Case.__table__.alias("runtime").c, Case.__table__.alias("export").c
+
+
 def split_chain_page(
     session: Session, query: ChainQuery, facts: FactsCache | None = None,
 ) -> tuple[list[SplitChainOut], int]:
@@ -684,7 +688,7 @@ def split_chain_page(
     interface, so the two sides may even use different Pythons (a spec's export-python); `python` selects the
     production side's. Ranked by the research side, then production.
     """
-    runtime, export = aliased(Case), aliased(Case)
+    runtime, export = _RUNTIME, _EXPORT
     conditions = [runtime.model.in_(query.models), runtime.route == query.route, runtime.status == "pass",
                   runtime.artifact_id.is_not(None), export.route == "export", export.status == "pass",
                   export.artifact_id == runtime.artifact_id, export.model == runtime.model,

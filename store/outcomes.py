@@ -6,12 +6,18 @@ from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, case, delete, exists, func, insert, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from store.models import Case, Environment, Outcome
 
 # (environment id, model, route, exporter, target): one outcome row.
 Key = tuple[int, str, str, str, str]
+
+
+# Core aliases, made once with their columns at import: a statement built from them again costs microseconds,
+# and reading them from many threads is safe. ORM aliased() cost milliseconds of column adaptation per request,
+# and a shared one races that adaptation on its first concurrent use (issue 14).
+_NEWER = Case.__table__.alias("newer").c
 
 
 def current(case_: Any = Case) -> ColumnElement[bool]:
@@ -22,9 +28,9 @@ def current(case_: Any = Case) -> ColumnElement[bool]:
     can hold several results; the most recently recorded one (then the highest id) is the one that counts. A
     superseded pass must not keep a chain known good (issue 15). The probe is one range of uq_case_identity.
     A runtime environment of split chains holds one case per stored graph: the artifact is part of the identity.
-    `case_` is Case or an alias of it.
+    `case_` is Case or the columns of a Core alias of its table (`alias.c`).
     """
-    newer = aliased(Case)
+    newer = _NEWER
     return ~exists().where(
         newer.environment_id == case_.environment_id, newer.model == case_.model, newer.route == case_.route,
         newer.exporter == case_.exporter, newer.opset == case_.opset, newer.target == case_.target,
