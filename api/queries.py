@@ -13,7 +13,7 @@ from typing import Any, cast
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import ColumnElement, Row, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Row, and_, exists, func, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from api.schemas import (
@@ -41,7 +41,8 @@ from api.schemas import (
     StepOut,
 )
 from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, KINDS, ROUTE_PACKAGES
-from store.models import Case, DataChange, Environment, Package, Run, Step
+from store.models import Case, DataChange, Environment, Outcome, Package, Run, Step
+from store.outcomes import current as current  # re-exported: api.coverage and api.verdicts read it here
 
 # A result row of any shape (SQLAlchemy 2.1's Row is variadic: Row[Any] would be a one-column row).
 AnyRow = Row[*tuple[Any, ...]]
@@ -127,25 +128,6 @@ def rank_key(versions: dict[str, str]) -> tuple[Version, ...]:
             _version(versions.get("onnxruntime")))
 
 
-def current(case: Any = Case) -> ColumnElement[bool]:
-    """True for a case that is the current result of its identity: no newer one in the same environment.
-
-    The identity is (environment, model, route, exporter, opset, target, artifact). An environment re-run under a new
-    corpus (model hash) or runner version keeps its old rows, and uniqueness includes those two, so one identity
-    can hold several results; the most recently recorded one (then the highest id) is the one that counts. A
-    superseded pass must not keep a chain known good (issue 15). The probe is one range of uq_case_identity.
-    A runtime environment of split chains holds one case per stored graph: the artifact is part of the identity.
-    `case` is Case or an alias of it.
-    """
-    newer = aliased(Case)
-    return ~exists().where(
-        newer.environment_id == case.environment_id, newer.model == case.model, newer.route == case.route,
-        newer.exporter == case.exporter, newer.opset == case.opset, newer.target == case.target,
-        newer.artifact_id.is_not_distinct_from(case.artifact_id),
-        or_(newer.recorded_at > case.recorded_at, and_(newer.recorded_at == case.recorded_at, newer.id > case.id)),
-    )
-
-
 def _chain_conditions(query: ChainQuery) -> list[ColumnElement[bool]]:
     # Joint chains only: a runtime environment's cases start from a stored artifact and need their export side.
     conditions = [Case.model.in_(query.models), Case.route == query.route, Case.status == "pass",
@@ -162,6 +144,7 @@ class EnvironmentFacts:
     """What ranking needs of one resolved environment: fixed once it is recorded (a new lock is a new row)."""
 
     python: str  # as requested, e.g. "3.11"
+    name: str  # the environment's readable id
     versions: dict[str, str]  # the KEY_PACKAGES it pins
     rank: tuple[Version, ...]
 
@@ -177,6 +160,17 @@ class FactsCache:
         # Replaced whole, never mutated: a reader always sees facts and places that belong together.
         self._state: tuple[dict[int, EnvironmentFacts], dict[int, int]] = ({}, {})
         self._lock = threading.Lock()
+        self._requested: dict[int, tuple[str, ...]] = {}  # environment id → its requirements, as stored
+
+    def requested(self, session: Session, env_ids: Collection[int]) -> dict[int, tuple[str, ...]]:
+        """The requirements each environment was asked with (fixed when it is stored, like the facts)."""
+        missing = [e for e in env_ids if e not in self._requested]
+        for i in range(0, len(missing), 5000):
+            for env_id, requirements in session.connection().execute(
+                select(Environment.id, Environment.requirements).where(Environment.id.in_(missing[i: i + 5000]))
+            ):
+                self._requested[env_id] = tuple(requirements)  # one dict item at a time: safe across threads
+        return {e: self._requested[e] for e in env_ids if e in self._requested}
 
     def get(self, session: Session, env_ids: Collection[int]) -> tuple[dict[int, EnvironmentFacts], dict[int, int]]:
         """The facts of `env_ids` (those that exist), and every known environment's place in the ranking.
@@ -196,20 +190,21 @@ class FactsCache:
 
 def _load_facts(session: Session, env_ids: list[int]) -> dict[int, EnvironmentFacts]:
     conn = session.connection()  # plain rows: no ORM per-row processing
-    pythons: dict[int, tuple[str, str]] = {}
+    pythons: dict[int, tuple[str, str, str]] = {}
     versions: dict[int, dict[str, str]] = defaultdict(dict)
     for i in range(0, len(env_ids), 5000):
         chunk = env_ids[i: i + 5000]
-        for env_id, python, python_full in conn.execute(
-            select(Environment.id, Environment.python, Environment.python_full).where(Environment.id.in_(chunk))
+        for env_id, python, python_full, name in conn.execute(
+            select(Environment.id, Environment.python, Environment.python_full, Environment.name)
+            .where(Environment.id.in_(chunk))
         ):
-            pythons[env_id] = (python, python_full or python)
+            pythons[env_id] = (python, python_full or python, name)
         for env_id, name, version in conn.execute(
             select(Package.environment_id, Package.name, Package.version)
             .where(Package.environment_id.in_(chunk), Package.name.in_(KEY_PACKAGES))
         ):
             versions[env_id][name] = version
-    return {e: EnvironmentFacts(python=pythons[e][0], versions=dict(versions[e]),
+    return {e: EnvironmentFacts(python=pythons[e][0], name=pythons[e][2], versions=dict(versions[e]),
                                 rank=(*rank_key(versions[e]), _version(pythons[e][1])))
             for e in pythons}
 
@@ -220,22 +215,31 @@ def known_good_chains(session: Session, query: ChainQuery, facts: FactsCache | N
 
 
 def known_good_chain_page(
-    session: Session, query: ChainQuery, facts: FactsCache | None = None,
+    session: Session, query: ChainQuery, facts: FactsCache | None = None, candidates: list[int] | None = None,
 ) -> tuple[list[ChainOut], int]:
     """The best `query.limit` chains (all if None), and how many chains matched in all.
 
-    One aggregate over the passing cases (an index-only scan) finds the candidates; their key versions come
-    from `facts` (read once per environment and process), so a request reads no package rows unless a
-    `require` names a package outside KEY_PACKAGES. The evidence (cases, runs) is read for the page only.
+    One aggregate over the outcome rows (current passes, kept by store/outcomes.py) finds the candidates; their
+    key versions come from `facts` (read once per environment and process), so a request reads no package rows
+    unless a `require` names a package outside KEY_PACKAGES. The evidence (cases, runs) is read for the page only.
+    `candidates`: the complete environments, when the caller has read them already (verdicts.complete).
     """
     conditions = _chain_conditions(query)
+    # The outcome table holds each key's current passes already counted (store/outcomes.py): one index range
+    # per model, instead of every case with its current() probe.
+    where = [Outcome.route == query.route, Outcome.model.in_(query.models), Outcome.passed > 0]
+    if query.exporter:
+        where.append(Outcome.exporter == query.exporter)
+    if query.target:
+        where.append(Outcome.target == query.target)
     complete = (
-        select(Case.environment_id)
-        .where(*conditions)
-        .group_by(Case.environment_id)
-        .having(func.count(func.distinct(Case.model)) == len(query.models))
+        select(Outcome.environment_id)
+        .where(*where)
+        .group_by(Outcome.environment_id)
+        .having(func.count(func.distinct(Outcome.model)) == len(query.models))
     )
-    candidates = list(session.connection().execute(complete).scalars())
+    if candidates is None:
+        candidates = list(session.connection().execute(complete).scalars())
     if not candidates:
         return [], 0
     known, place = (facts or FactsCache()).get(session, candidates)
@@ -258,19 +262,17 @@ def known_good_chain_page(
     page = ranked if query.limit is None else ranked[: query.limit]
     if not page:
         return [], len(ranked)
-    envs = {
-        row.id: row
-        for row in session.execute(
-            select(Environment.id, Environment.name, Environment.python, Environment.python_full,
-                   Environment.lock_hash, Environment.cutoff, Environment.index_url).where(Environment.id.in_(page))
-        )
-    }
+    envs: dict[int, AnyRow] = {}
     evidence: dict[int, list[AnyRow]] = defaultdict(list)
-    for row in session.execute(
+    for row in session.execute(  # the environment's own fields ride along: one round trip, not two
         select(Case.environment_id, Case.model, Case.exporter, Case.opset, Case.opset_emitted, Case.max_abs_diff,
-               Case.recorded_at, Case.run_id).where(Case.environment_id.in_(page), *conditions)
+               Case.recorded_at, Case.run_id, Environment.name, Environment.python, Environment.python_full,
+               Environment.lock_hash, Environment.cutoff, Environment.index_url)
+        .join(Environment, Environment.id == Case.environment_id)
+        .where(Case.environment_id.in_(page), *conditions)
     ):
         evidence[row.environment_id].append(row)
+        envs[row.environment_id] = row
     chains = []
     for env_id in page:
         env, rows = envs[env_id], evidence[env_id]
@@ -299,8 +301,12 @@ def _newest_and_worst(rows: list[AnyRow]) -> tuple[AnyRow, dict[str, AnyRow]]:
 
 
 def unknown_models(session: Session, models: tuple[str, ...] | list[str]) -> list[str]:
-    """The requested models with no recorded case; one index probe each, not a scan of every case."""
-    return [m for m in models if not session.scalar(select(exists().where(Case.model == m)))]
+    """The requested models with no recorded case; one index probe each (in one statement), not a scan of every
+    case."""
+    if not models:
+        return []
+    found = session.execute(select(*[exists().where(Case.model == m) for m in models])).one()
+    return [m for m, known in zip(models, found, strict=True) if not known]
 
 
 def unknown_packages(session: Session, names: list[str]) -> list[str]:
@@ -852,6 +858,10 @@ def package_versions(
 # --- split chains ------------------------------------------------------------------------------------------
 
 
+# Core aliases made once, as store/outcomes.py makes its own: cheap to build from and safe across threads.
+_RUNTIME, _EXPORT = Case.__table__.alias("runtime").c, Case.__table__.alias("export").c
+
+
 def split_chain_page(
     session: Session, query: ChainQuery, facts: FactsCache | None = None,
 ) -> tuple[list[SplitChainOut], int]:
@@ -862,7 +872,7 @@ def split_chain_page(
     interface, so the two sides may even use different Pythons (a spec's export-python); `python` selects the
     production side's. Ranked by the research side, then production.
     """
-    runtime, export = aliased(Case), aliased(Case)
+    runtime, export = _RUNTIME, _EXPORT
     conditions = [runtime.model.in_(query.models), runtime.route == query.route, runtime.status == "pass",
                   runtime.artifact_id.is_not(None), export.route == "export", export.status == "pass",
                   export.artifact_id == runtime.artifact_id, export.model == runtime.model,

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, aliased
 
 from api import queries
@@ -28,6 +30,7 @@ from api.schemas import (
 )
 from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES, ROUTES, TARGETS
 from store.models import Case, Environment, Package, Step
+from store.models import Outcome as OutcomeRow
 from store.pins import FilePin, Pins
 
 NEAREST = 3  # environments shown for an untested verdict
@@ -39,13 +42,20 @@ _WORST: dict[Verdict, int] = {"known-good": 0, "untested": 1, "known-bad": 2}
 
 @dataclass
 class Outcome:
-    """One environment's result for one model on the route: passed anywhere, or its first failure."""
+    """One environment's result for one model on the route: passed anywhere, or its newest failure.
+
+    The case's run, exporter and signature are read only for the outcomes an answer shows (`_details`): an answer
+    weighs every measured environment but cites a handful.
+    """
 
     status: str  # "pass" | "fail"
     case_id: int
-    run_id: str
-    exporter: str
-    signature: str | None
+    run_id: str = ""
+    exporter: str = ""
+    signature: str | None = None
+    step: str | None = None  # the first step that was not ok, and its message
+    message: str | None = None
+    loaded: bool = False
 
 
 @dataclass
@@ -57,8 +67,11 @@ class Measured:
     versions: dict[str, str]
     place: int
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    name: str = ""  # a split pair's "export name → runtime name"
     research_id: int | None = None  # a split pair's research (export) side; None in a joint environment
-    label: str = ""  # a split pair's "export name → runtime name"
+    # The differences from one file's pins and their distance, kept by _scored: a check weighs every environment
+    # several times (per model, for the nearest and for the fix) against the same pins.
+    scored: tuple[Pins, list[PinDiff], tuple[int, int, int, int]] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> int:
@@ -70,6 +83,7 @@ class Measured:
         return "joint" if self.research_id is None else "split"
 
 
+@lru_cache(maxsize=64)
 def _matters(route: str) -> tuple[str, ...]:
     """KEY_PACKAGES plus the route's own converter (nobuco is not a key package of the other routes)."""
     return tuple(dict.fromkeys((*KEY_PACKAGES, *ROUTE_PACKAGES.get(route, ()))))
@@ -79,26 +93,35 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
              facts: queries.FactsCache | None = None, target: str | None = None) -> dict[int, Measured]:
     """Every environment with a recorded case of `models` on `route`; a skipped case is no evidence either way.
 
-    Two aggregates pick one case per (environment, model): the newest pass, else the newest failure. Only those
-    cases' details are read, so the cost follows environments × models, not every case recorded.
+    Per (environment, model): the newest current pass, else the newest current failure, of joint environments
+    (a superseded result is no evidence, issue 15; a runtime environment's case of a split chain is evidence only
+    together with its export side). One aggregate over the outcome table (store/outcomes.py), one row per
+    environment with a pass and a failure column per model, so the cost follows environments, not cases.
     """
     models = tuple(models)
-    # Joint environments' current results only: a superseded result is no evidence (issue 15), and a runtime
-    # environment's case of a split chain is evidence only together with its export side.
-    conditions = [Case.model.in_(models), Case.route == route, Case.artifact_id.is_(None), queries.current()]
+    columns = []
+    for model in models:
+        columns += [func.max(case((OutcomeRow.model == model, OutcomeRow.pass_case_id))),
+                    func.max(case((OutcomeRow.model == model, OutcomeRow.fail_case_id)))]
+    query = select(OutcomeRow.environment_id, *columns).where(OutcomeRow.route == route,
+                                                             OutcomeRow.model.in_(models))
     if exporter:
-        conditions.append(Case.exporter == exporter)
+        query = query.where(OutcomeRow.exporter == exporter)
     if target:
-        conditions.append(Case.target == target)
-    chosen: dict[tuple[int, str], tuple[str, int]] = {}
-    for status, condition in (("fail", Case.status.not_in(("pass", "skip"))), ("pass", Case.status == "pass")):
-        for env_id, model, case_id in session.connection().execute(
-            select(Case.environment_id, Case.model, func.max(Case.id)).where(*conditions, condition)
-            .group_by(Case.environment_id, Case.model)
-        ):
-            chosen[env_id, model] = (status, case_id)  # passes are read second, and replace failures
-    known, place = (facts or queries.FactsCache()).get(session, {e for e, _ in chosen})
-    out = {e: Measured(e, f.python, dict(f.versions), place[e]) for e, f in known.items()}
+        query = query.where(OutcomeRow.target == target)
+    chosen: dict[int, dict[str, Outcome]] = {}
+    for env_id, *ids in session.connection().execute(query.group_by(OutcomeRow.environment_id)):
+        found = {}
+        for i, model in enumerate(models):
+            passed, failed = ids[2 * i], ids[2 * i + 1]
+            if passed is not None:  # a pass anywhere outweighs a failure
+                found[model] = Outcome("pass", passed)
+            elif failed is not None:
+                found[model] = Outcome("fail", failed)
+        if found:
+            chosen[env_id] = found
+    known, place = (facts or queries.FactsCache()).get(session, chosen)
+    out = {e: Measured(e, f.python, dict(f.versions), place[e], chosen[e], name=f.name) for e, f in known.items()}
     extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
     if extra and out:
         for env_id, name, version in session.execute(
@@ -106,17 +129,6 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
         ):
             if env_id in out:
                 out[env_id].versions[name] = version
-    ids = sorted(case_id for _, case_id in chosen.values())
-    details = {}
-    for i in range(0, len(ids), 5000):
-        for row in session.connection().execute(
-            select(Case.id, Case.run_id, Case.exporter, Case.signature).where(Case.id.in_(ids[i: i + 5000]))
-        ):
-            details[row.id] = row
-    for (env_id, model), (status, case_id) in chosen.items():
-        if env_id in out:
-            row = details[case_id]
-            out[env_id].outcomes[model] = Outcome(status, case_id, row.run_id, row.exporter, row.signature)
     for pair in _split_pairs(session, models, route, exporter, target, facts):
         out[pair.key] = pair
     return out
@@ -136,62 +148,55 @@ def _split_pairs(session: Session, models: tuple[str, ...], route: str, exporter
         conditions.append(export.exporter == exporter)
     if target:
         conditions.append(runtime.target == target)
-    chosen: dict[tuple[int, int, str], tuple[str, int, str, str, str | None]] = {}
-    for e, r, model, status, case_id, run_id, exp, signature in session.connection().execute(
-        select(export.environment_id, runtime.environment_id, runtime.model, runtime.status, runtime.id,
-               runtime.run_id, export.exporter, runtime.signature).where(*conditions).order_by(runtime.id)
+    chosen: dict[tuple[int, int, str], tuple[str, int]] = {}
+    for e, r, model, status, case_id in session.connection().execute(
+        select(export.environment_id, runtime.environment_id, runtime.model, runtime.status, runtime.id)
+        .where(*conditions).order_by(runtime.id)
     ):
-        outcome = ("pass" if status == "pass" else "fail", case_id, run_id, exp, signature)
         held = chosen.get((e, r, model))
-        if held is None or held[0] != "pass" or outcome[0] == "pass":  # newest pass, else newest failure
-            chosen[e, r, model] = outcome
+        if held is None or held[0] != "pass" or status == "pass":  # the newest pass, else the newest failure
+            chosen[e, r, model] = ("pass" if status == "pass" else "fail", case_id)
     if not chosen:
         return []
     known, place = (facts or queries.FactsCache()).get(session, {i for e, r, _ in chosen for i in (e, r)})
-    names = _names(session, {i for e, r, _ in chosen for i in (e, r)})
+    extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
     pairs: dict[tuple[int, int], Measured] = {}
-    for (e, r, model), (status, case_id, run_id, exp, signature) in chosen.items():
+    for (e, r, model), (status, case_id) in chosen.items():
         if e not in known or r not in known:
             continue
         pair = pairs.get((e, r))
         if pair is None:
             pair = pairs[e, r] = Measured(r, known[r].python, {**known[r].versions, **known[e].versions}, place[r],
-                                          research_id=e, label=f"{names[e]} → {names[r]}")
-            for name, version in session.execute(  # the route's own converter, as for joint environments
-                select(Package.name, Package.version).where(
-                    Package.environment_id == r,
-                    Package.name.in_([n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]))):
-                pair.versions[name] = version
-        pair.outcomes[model] = Outcome(status, case_id, run_id, exp, signature)
+                                          name=f"{known[e].name} → {known[r].name}", research_id=e)
+            if extra:  # the route's own converter, as for joint environments
+                for name, version in session.execute(select(Package.name, Package.version).where(
+                        Package.environment_id == r, Package.name.in_(extra))):
+                    pair.versions[name] = version
+        pair.outcomes[model] = Outcome(status, case_id)
     return list(pairs.values())
 
 
-def _first_failed_steps(session: Session, case_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
-    """case id → (name, message) of the first step that was not ok."""
-    out: dict[int, tuple[str, str | None]] = {}
-    ids = sorted(set(case_ids))
-    if ids:
-        for case_id, name, message in session.execute(
-            select(Step.case_id, Step.name, Step.message).where(Step.case_id.in_(ids), Step.status != "ok")
-            .order_by(Step.case_id, Step.ordinal)
+def complete(envs: dict[int, Measured], models: Iterable[str]) -> list[int]:
+    """The environments in which every one of `models` passed: the candidates of known_good_chain_page, when no
+    target narrows them (measured() weighs every target)."""
+    return [e for e, m in envs.items() if m.research_id is None  # split chains are answered on their own
+            and all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
+
+
+def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
+    """Fill in the run, exporter, signature and first step that was not ok of the outcomes an answer shows."""
+    todo = {o.case_id: o for o in outcomes if not o.loaded}
+    ids = sorted(todo)
+    for i in range(0, len(ids), 500):
+        for row in session.connection().execute(
+            select(Case.id, Case.run_id, Case.exporter, Case.signature, Step.name, Step.message)
+            .outerjoin(Step, (Step.case_id == Case.id) & (Step.status != "ok"))
+            .where(Case.id.in_(ids[i: i + 500])).order_by(Case.id, Step.ordinal)
         ):
-            out.setdefault(case_id, (name, message))
-    return out
-
-
-def _labels(session: Session, envs: Iterable[Measured]) -> dict[int, str]:
-    """Measured.key → what to call it: a joint environment's name, or a split pair's "export → runtime"."""
-    envs = list(envs)
-    names = _names(session, [m.env_id for m in envs if m.research_id is None])
-    return {m.key: m.label or names[m.env_id] for m in envs}
-
-
-def _names(session: Session, env_ids: Iterable[int]) -> dict[int, str]:
-    ids = sorted(set(env_ids))
-    if not ids:
-        return {}
-    return {env_id: name for env_id, name in session.execute(
-        select(Environment.id, Environment.name).where(Environment.id.in_(ids)))}
+            o = todo[row.id]
+            if not o.loaded:  # the first row of a case carries its first step that was not ok
+                o.run_id, o.exporter, o.signature, o.loaded = row.run_id, row.exporter, row.signature, True
+                o.step, o.message = row.name, row.message
 
 
 # -- distance between pins and an environment ----------------------------------------------------------------------
@@ -239,6 +244,7 @@ def _distance(diffs: list[PinDiff]) -> tuple[int, int, int, int]:
     return (len(diffs), total[0], total[1], total[2])
 
 
+@lru_cache(maxsize=4096)
 def _release(text: str | None) -> tuple[int, int, int] | None:
     try:
         r = Version(text or "").release
@@ -262,22 +268,28 @@ def summary(diffs: list[PinDiff]) -> str:
     return ", ".join(parts)
 
 
-def _closest(pins: Pins, route: str, envs: Iterable[Measured]) -> list[tuple[Measured, list[PinDiff]]]:
-    """Environments by distance from the pins; among equals the newest versions (highest place) first."""
-    scored = [(m, differences(pins, m, route)) for m in envs]
-    scored.sort(key=lambda s: (_distance(s[1]), -s[0].place))
-    return scored
+def _scored(pins: Pins, env: Measured, route: str) -> tuple[list[PinDiff], tuple[int, int, int, int]]:
+    """differences() and their _distance, computed once per environment and file (Measured is per route)."""
+    if env.scored is None or env.scored[0] is not pins:
+        diffs = differences(pins, env, route)
+        env.scored = (pins, diffs, _distance(diffs))
+    return env.scored[1], env.scored[2]
 
 
-def _fix(session: Session, pins: Pins, route: str, envs: Iterable[Measured], models: tuple[str, ...],
-         names: dict[int, str]) -> Fix | None:
+def _closest(pins: Pins, route: str, envs: Iterable[Measured], n: int) -> list[tuple[Measured, list[PinDiff]]]:
+    """The `n` environments closest to the pins; among equals the newest versions (highest place) first."""
+    nearest = heapq.nsmallest(n, envs, key=lambda m: (_scored(pins, m, route)[1], -m.place))
+    return [(m, _scored(pins, m, route)[0]) for m in nearest]
+
+
+def _fix(session: Session, pins: Pins, route: str, envs: Iterable[Measured], models: tuple[str, ...]) -> Fix | None:
     good = [m for m in envs if all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
     if not good:
         return None
-    best, diffs = _closest(pins, route, good)[0]
-    names.update(_labels(session, [best]) if best.key not in names else {})
-    run = max((best.outcomes[x] for x in models), key=lambda o: o.case_id).run_id
-    return Fix(environment_id=best.env_id, environment=names[best.key], python=best.python, run_id=run,
+    best, diffs = _closest(pins, route, good, 1)[0]
+    newest = max((best.outcomes[x] for x in models), key=lambda o: o.case_id)
+    _details(session, [newest])
+    return Fix(environment_id=best.env_id, environment=best.name, python=best.python, run_id=newest.run_id,
                changes=diffs, summary=summary(diffs))
 
 
@@ -322,13 +334,15 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
                                          "compare with what was measured")
     results: list[ModelVerdict] = []
     fixes: dict[str, Fix | None] = {}
-    names: dict[int, str] = {}
+    scored: dict[tuple[int, tuple[str, ...]], tuple[Pins, list[PinDiff], tuple[int, int, int, int]]] = {}
     for route in chosen:
         envs = measured(session, models, route, exporter, facts, target)
-        names.update(_labels(session, envs.values()))
+        for m in envs.values():  # routes that weigh the same packages share each environment's differences
+            m.scored = scored.get((m.key, _matters(route)))
         for model in models:
-            results.append(_model_verdict(session, pins, model, route, exporter, envs, names))
-        fixes[route] = _fix(session, pins, route, envs.values(), models, names)
+            results.append(_model_verdict(session, pins, model, route, exporter, envs))
+        fixes[route] = _fix(session, pins, route, envs.values(), models)
+        scored.update({(m.key, _matters(route)): m.scored for m in envs.values() if m.scored is not None})
     shown = {n: _shown(p) for n, p in pins.pins.items() if any(n in _matters(r) for r in chosen)}
     return CheckOut(
         file=pins.path, format=pins.kind, python=pins.python, pins=shown, models=list(models), routes=chosen,
@@ -338,36 +352,39 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
 
 
 def _model_verdict(session: Session, pins: Pins, model: str, route: str, exporter: str | None,
-                   envs: dict[int, Measured], names: dict[int, str]) -> ModelVerdict:
+                   envs: dict[int, Measured]) -> ModelVerdict:
     tried = [m for m in envs.values() if model in m.outcomes]
-    matching = [m for m in tried if not differences(pins, m, route)]
+    matching = [m for m in tried if not _scored(pins, m, route)[0]]
     passed = sorted((m for m in matching if m.outcomes[model].status == "pass"), key=lambda m: -m.place)
     failed = sorted((m for m in matching if m.outcomes[model].status == "fail"), key=lambda m: -m.place)
     verdict = ModelVerdict(
         model=model, route=route, exporter=exporter, verdict="untested", environment_id=None, environment=None,
         run_id=None, matched={"passed": len(passed), "failed": len(failed)}, nearest=[],
-        fix=_fix(session, pins, route, tried, (model,), names),
+        fix=_fix(session, pins, route, tried, (model,)),
     )
     # A pass anywhere the pins match outweighs a failure elsewhere: the failing twin differs in what the file
     # leaves unpinned (another exporter, or a package it does not name).
     evidence = passed[0] if passed else failed[0] if failed else None
     if evidence is None:
+        nearest = _closest(pins, route, tried, NEAREST)
+        _details(session, [m.outcomes[model] for m, _ in nearest])
         verdict.nearest = [
-            Nearby(environment_id=m.env_id, environment=names[m.key], python=m.python,
+            Nearby(environment_id=m.env_id, environment=m.name, python=m.python,
                    status="pass" if m.outcomes[model].status == "pass" else "fail",
                    signature=m.outcomes[model].signature, differs=diffs)
-            for m, diffs in _closest(pins, route, tried)[:NEAREST]
+            for m, diffs in nearest
         ]
         return verdict
     outcome = evidence.outcomes[model]
-    verdict.environment_id, verdict.environment = evidence.env_id, names[evidence.key]
+    _details(session, [outcome])
+    verdict.environment_id, verdict.environment = evidence.env_id, evidence.name
     verdict.kind, verdict.research_environment_id = evidence.kind, evidence.research_id
     verdict.run_id, verdict.exporter = outcome.run_id, outcome.exporter
     if passed:
         verdict.verdict = "known-good"
         return verdict
     verdict.verdict = "known-bad"
-    verdict.step, verdict.message = _first_failed_steps(session, [outcome.case_id]).get(outcome.case_id, (None, None))
+    verdict.step, verdict.message = outcome.step, outcome.message
     verdict.signature = outcome.signature
     verdict.seen = signature_seen(session, outcome.signature, route)
     return verdict
@@ -402,13 +419,16 @@ def signature_seen(session: Session, signature: str | None, route: str) -> Signa
 
 # -- why a chains answer is what it is -----------------------------------------------------------------------------
 
-def explain_chains(session: Session, query: queries.ChainQuery,
-                   facts: queries.FactsCache | None = None) -> tuple[list[NearMiss], MeasuredCounts]:
+def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.FactsCache | None = None,
+                   envs: dict[int, Measured] | None = None) -> tuple[list[NearMiss], MeasuredCounts]:
     """The closest failing environments (most requested models passed, then newest) and how much was measured.
 
     An empty chains answer then says whether nothing was measured, nothing resolved, or everything failed.
+    `envs`: measured() for the query, when the caller has it already.
     """
-    envs = measured(session, query.models, query.route, query.exporter, facts, query.target)
+    facts = facts or queries.FactsCache()
+    if envs is None:
+        envs = measured(session, query.models, query.route, query.exporter, facts, query.target)
     if query.python:
         envs = {e: m for e, m in envs.items() if m.python == query.python}
     tried = {e: m for e, m in envs.items() if m.outcomes}
@@ -417,23 +437,21 @@ def explain_chains(session: Session, query: queries.ChainQuery,
     wanted = [m for m in misses if all(_meets(m.versions, r) for r in query.require)] or misses
     wanted.sort(key=lambda m: (-sum(o.status == "pass" for o in m.outcomes.values()), -m.place))
     shown = wanted[:NEAR_MISSES]
-    failed_ids = [o.case_id for m in shown for o in m.outcomes.values() if o.status == "fail"]
-    steps = _first_failed_steps(session, failed_ids)
-    names = _labels(session, shown)
+    _details(session, [o for m in shown for o in m.outcomes.values()])
     near = [
         NearMiss(
-            environment_id=m.env_id, name=names[m.key], python=m.python,
+            environment_id=m.env_id, name=m.name, python=m.python,
             versions={n: v for n, v in m.versions.items() if n in KEY_PACKAGES},
             passed=[x for x in query.models if x in m.outcomes and m.outcomes[x].status == "pass"],
             failed=[FailedCase(model=x, exporter=m.outcomes[x].exporter,
-                               step=steps.get(m.outcomes[x].case_id, (None, None))[0],
+                               step=m.outcomes[x].step,
                                signature=m.outcomes[x].signature)
                     for x in query.models if x in m.outcomes and m.outcomes[x].status == "fail"],
         )
         for m in shown
     ]
     ran = {i for m in tried.values() for i in (m.env_id, m.research_id) if i is not None}
-    return near, _counts(session, query, ran)
+    return near, _counts(session, query, ran, facts)
 
 
 def _meets(versions: dict[str, str], req: Requirement) -> bool:
@@ -441,16 +459,19 @@ def _meets(versions: dict[str, str], req: Requirement) -> bool:
                for n in queries.aliases(req.name))
 
 
-def _counts(session: Session, query: queries.ChainQuery, measured_ids: set[int]) -> MeasuredCounts:
-    env_query = select(Environment.id, Environment.requirements, Environment.signature, Environment.lock_hash)
+def _counts(session: Session, query: queries.ChainQuery, measured_ids: set[int],
+            facts: queries.FactsCache) -> MeasuredCounts:
+    env_query = select(Environment.id, Environment.lock_hash.is_not(None), Environment.signature.is_not(None))
     if query.python:
         env_query = env_query.where(Environment.python == query.python)
+    rows = session.connection().execute(env_query).all()
+    requested = facts.requested(session, [r[0] for r in rows])  # read once per environment and process
     resolved_only = unresolvable = 0
-    for env in session.execute(env_query):
-        if env.id in measured_ids or not queries._requests_route(env.requirements, query.route):
+    for env_id, locked, signed in rows:
+        if env_id in measured_ids or not queries._requests_route(list(requested[env_id]), query.route):
             continue
-        if env.lock_hash is not None:
+        if locked:
             resolved_only += 1
-        elif env.signature is not None:  # a conflict, or no interpreter: recorded with the reason
+        elif signed:  # a conflict, or no interpreter: recorded with the reason
             unresolvable += 1
     return MeasuredCounts(measured=len(measured_ids), resolved_only=resolved_only, unresolvable=unresolvable)

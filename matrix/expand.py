@@ -215,18 +215,22 @@ ONNXSCRIPT_OF_TORCH = {
     (2, 13): "onnxscript<0.7.2",  # torch 2.14.0: 2026-09-02; 0.7.1
     (2, 14): "onnxscript<0.7.3",  # torch 2.15.0: 2026-10-28; 0.7.2
 }
-# torch releases before 2.3 were built against NumPy 1.x: beside NumPy 2 every tensor↔array conversion raises
-# "RuntimeError: Numpy is not available", and nothing in their metadata says so. An environment that holds such
-# a torch and nothing else that caps NumPy (an export environment, or ONNX Runtime alone) would measure that
-# and not the exporter, so it gets `numpy<2`, as every practitioner pins it. Only the side that holds torch.
-NUMPY_1_TORCH = (2, 3)  # the first torch minor built against NumPy 2
+# Releases built against NumPy 1.x, whose metadata does not cap NumPy: beside NumPy 2, torch before 2.3 raises
+# "RuntimeError: Numpy is not available" at every tensor↔array conversion, and onnxruntime before 1.19 fails to
+# import or segfaults. An environment holding one of them and nothing else that caps NumPy (an export
+# environment, or ONNX Runtime alone) would measure that and not the exporter or the runtime, so it gets
+# `numpy<2`, as every practitioner pins it; only the side of a split chain that holds the package.
+NUMPY_2_FROM = {"torch": (2, 3), "onnxruntime": (1, 19)}  # the first minor built against NumPy 2
 
 
-def torch_companions(requirements: tuple[str, ...]) -> tuple[str, ...]:
-    """`("numpy<2",)` for an exactly pinned torch older than 2.3; `()` otherwise."""
+def numpy_companions(requirements: tuple[str, ...]) -> tuple[str, ...]:
+    """`("numpy<2",)` where an exactly pinned package predates its NumPy 2 build (NUMPY_2_FROM); `()` otherwise."""
     pins = dict(split_requirement(r) for r in requirements)
-    m = re.fullmatch(r"==\s*(\d+)\.(\d+)(\.[0-9A-Za-z.+-]*)?", pins.get("torch", ""))
-    return ("numpy<2",) if m and (int(m.group(1)), int(m.group(2))) < NUMPY_1_TORCH else ()
+    for name, first in NUMPY_2_FROM.items():
+        m = re.fullmatch(r"==\s*(\d+)\.(\d+)(\.[0-9A-Za-z.+-]*)?", pins.get(name, ""))
+        if m and (int(m.group(1)), int(m.group(2))) < first:
+            return ("numpy<2",)
+    return ()
 
 
 FIRST_DYNAMO = (2, 1)  # torch.onnx.dynamo_export
@@ -363,7 +367,7 @@ def plan(
                 requirements=reqs,
                 extras=track_minor(reqs, tuple(x for r in reqs
                                                for x in spec.companions.get(split_requirement(r)[0], ())))
-                + exporter_companions(reqs, spec.exporters, spec.companions) + torch_companions(reqs),
+                + exporter_companions(reqs, spec.exporters, spec.companions) + numpy_companions(reqs),
                 excludes=tuple(spec.excludes),
                 index=index_items,
                 cutoff=spec.exclude_newer,
@@ -489,12 +493,14 @@ def split(plan: Plan) -> SplitPlan:
     pairs: dict[tuple[str, str], None] = {}
     for env, cases in plan.items:
         # Converter options and the overrides that relax a converter's pins belong to the runtime side only.
-        torch_needs = torch_companions(env.requirements)  # on the export side only: no torch in a runtime
+        joint_needs = numpy_companions(env.requirements)  # then each side's own (torch, or onnxruntime)
+        export_reqs, runtime_reqs = _side(env.requirements, True), _side(env.requirements, False)
         export_env = replace(env, kind="export", python=plan.spec.export_python or env.python, options=(),
-                             overrides=(), requirements=_side(env.requirements, True),
-                             extras=_side(env.extras, True) + torch_needs)
-        runtime_env = replace(env, kind="runtime", requirements=_side(env.requirements, False),
-                              extras=tuple(x for x in _side(env.extras, False) if x not in torch_needs))
+                             overrides=(), requirements=export_reqs,
+                             extras=_side(env.extras, True) + numpy_companions(export_reqs))
+        runtime_env = replace(env, kind="runtime", requirements=runtime_reqs,
+                              extras=tuple(x for x in _side(env.extras, False) if x not in joint_needs)
+                              + numpy_companions(runtime_reqs))
         routes = _runtime_routes(runtime_env, (c.route for c in cases))
         exported = [c for c in cases if c.route in routes]
         if not exported:

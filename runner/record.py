@@ -17,6 +17,7 @@ from matrix.expand import Plan
 from runner import RUNNER_VERSION, signatures
 from runner.environments import Resolved
 from runner.results import StepResult, case_status
+from store import outcomes
 from store.db import utcnow
 from store.models import Artifact, Case, Environment, Package, Run, Step
 
@@ -269,6 +270,9 @@ def save_case(
         ))
     session.add(row)
     try:
+        if artifact_id is None:  # joint results are summarised for the readers (issue 14); split ones are not
+            session.flush()
+            outcomes.refresh_key(session, (env_row.id, row.model, row.route, row.exporter, row.target))
         session.commit()
     except IntegrityError:
         session.rollback()

@@ -1,4 +1,4 @@
-"""Tables, named after the vocabulary: Run, Environment, Package, Case, Step."""
+"""Tables, named after the vocabulary: Run, Environment, Package, Case, Step (and Outcome, derived from Case)."""
 
 from __future__ import annotations
 
@@ -163,6 +163,35 @@ class Artifact(Base):
     opset_emitted: Mapped[int | None]
     ir_version: Mapped[int | None]
     created_at: Mapped[created]
+
+
+class Outcome(Base):
+    """The current results of one joint environment for one model, route, exporter and target, summed over opsets.
+
+    Derived from `case`, never written on its own: store/outcomes.py recomputes a key's row in the transaction
+    that records or ingests its cases, and migration 0008 filled it from the cases then stored. /chains and
+    POST /check read it instead of aggregating every case with its `current()` probe (issue 14). A key whose
+    current cases were all skipped has no row: a skip is no evidence either way.
+    """
+
+    __tablename__ = "outcome"
+    __table_args__ = (
+        # The readers' one range per (route, model), every column in the index: rows are written in environment
+        # order, so a (route, model) range read through the table would touch a block per row (issue 14).
+        Index("ix_outcome_read", "route", "model", "environment_id", "exporter", "target", "passed",
+              "pass_case_id", "fail_case_id"),
+    )
+
+    # Key order serves the writer, which recomputes whole environments (store/outcomes.py).
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environment.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    route: Mapped[str] = mapped_column(String(64), primary_key=True)
+    exporter: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target: Mapped[str] = mapped_column(String(32), primary_key=True)
+    passed: Mapped[int] = mapped_column(comment="current passing cases (one per opset)")
+    pass_case_id: Mapped[int | None] = mapped_column(comment="the newest (highest id) current passing case")
+    fail_case_id: Mapped[int | None] = mapped_column(
+        comment="the newest current case that failed (any status but pass and skip)")
 
 
 class Step(Base):

@@ -11,6 +11,7 @@ import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any, Literal
 
@@ -45,22 +46,33 @@ class FilePin:
     @property
     def version(self) -> str | None:
         """The exact version, when the file pins one."""
-        specs = list(SpecifierSet(self.specifier)) if self.specifier else []
-        if len(specs) == 1 and specs[0].operator in ("==", "===") and "*" not in specs[0].version:
-            return specs[0].version
-        return None
+        return _exact(self.specifier)
 
     def allows(self, version: str) -> bool:
         """Whether a measured version satisfies this pin; a local label (`2.0.1+cpu`) is compared by its public part."""
-        if not self.specifier:
-            return True
-        exact = self.version
-        try:
-            if exact is not None:
-                return Version(exact).public == Version(version).public
-            return SpecifierSet(self.specifier).contains(version, prereleases=True)
-        except InvalidVersion:
-            return exact == version
+        return _allows(self.specifier, version)
+
+
+@lru_cache(maxsize=65536)
+def _exact(specifier: str) -> str | None:
+    specs = list(SpecifierSet(specifier)) if specifier else []
+    if len(specs) == 1 and specs[0].operator in ("==", "===") and "*" not in specs[0].version:
+        return specs[0].version
+    return None
+
+
+@lru_cache(maxsize=65536)
+def _allows(specifier: str, version: str) -> bool:
+    # Cached: a check compares one file's few pins with the same few versions of every measured environment.
+    if not specifier:
+        return True
+    exact = _exact(specifier)
+    try:
+        if exact is not None:
+            return Version(exact).public == Version(version).public
+        return SpecifierSet(specifier).contains(version, prereleases=True)
+    except InvalidVersion:
+        return exact == version
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from store import relabel
+from store import outcomes, relabel
 from store.db import as_utc
 from store.errors import KnowngoodError
 from store.locks import parse_lock
@@ -628,6 +628,7 @@ def _store(session: Session, doc: Snapshot) -> Imported:
         session.flush()
         artifact_ids = {a.key: _artifact(session, a) for a in doc.artifacts}
         known: dict[int, set[tuple[Any, ...]]] = {}
+        touched: set[int] = set()
         for c in doc.cases:
             env = env_ids[(c.environment.hash, c.environment.lock_hash)]
             if env.id not in known:
@@ -648,6 +649,10 @@ def _store(session: Session, doc: Snapshot) -> Imported:
             session.add(Case(**fields, run_id=c.run, environment_id=env.id,
                              steps=[Step(**s.model_dump()) for s in c.steps]))
             out.cases_added += 1
+            if fields["artifact_id"] is None:
+                touched.add(env.id)
+        session.flush()
+        outcomes.refresh(session, touched)  # the readers' summary of joint results (issue 14), in this transaction
         session.commit()
     except BaseException:
         session.rollback()

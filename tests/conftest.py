@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
-from store import migrate
+from store import migrate, outcomes
 from store.db import make_engine, make_sessionmaker, utcnow
 from store.models import Artifact, Case, Environment, Package, Run, Step
 from tests.pgcluster import PostgresNotFound, database, server_binary, throwaway_cluster
@@ -184,6 +184,12 @@ def make_environment(session: Session) -> MakeEnv:
 
 @pytest.fixture
 def make_case(session: Session) -> Callable[..., Case]:
+    # Keep the outcome table in step, as record.save_case and ingest do: tests edit the rows this factory made
+    # (an artifact, a model hash) before committing, so every commit recomputes it for every environment.
+    @event.listens_for(session, "before_commit")
+    def _outcomes(s: Session) -> None:
+        outcomes.refresh(s, set(s.scalars(select(Case.environment_id).distinct())))
+
     def make(run: Run, env: Environment, model: str, route: str, status: str = "pass",
              max_abs_diff: float | None = 1e-6, exporter: str = "torchscript", opset: int = 17,
              signature: str | None = None, target: str = "", artifact_id: int | None = None) -> Case:

@@ -61,7 +61,7 @@ def test_bad_opsets_are_refused_with_one_message(tmp_path: Path, opsets: str, me
 @pytest.mark.parametrize(("torch", "exporters", "companion"), [
     ('"==2.8.0"', '["dynamo"]', ("onnxscript<0.5.4",)),  # the newest onnxscript fails torch 2.8.0's exporter
     ('"==2.5.1"', '["torchscript", "dynamo"]', ("onnxscript<0.2",)),
-    # dynamo_export: dated dev builds only; and torch < 2.3 was built against NumPy 1 (expand.torch_companions)
+    # dynamo_export: dated dev builds only; and torch < 2.3 was built against NumPy 1 (expand.numpy_companions)
     ('"==2.2.2"', '["dynamo"]', ("onnxscript<=0.1.0.dev20240424", "numpy<2")),
     ('"==2.0.1"', '["dynamo"]', ("numpy<2",)),  # no dynamo exporter to run
     ('"==2.8.0"', '["default"]', ()),  # default is still TorchScript

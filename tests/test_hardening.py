@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from api.app import create_app
 from api.cache import cache_key
-from store import migrate
+from store import migrate, outcomes
 from store.db import as_utc, make_engine, make_sessionmaker
 from store.models import Case, Environment, Run, Step
 from store.settings import Settings
@@ -71,6 +71,8 @@ def _superseded(session: Session, make_run: Callable, make_environment: Callable
                          max_abs_diff=1e-6, recorded_at=when,
                          steps=[Step(ordinal=0, name="parity", status="ok" if status == "pass" else status,
                                      signature=signature, details={})]))
+    session.flush()
+    outcomes.refresh(session, [env.id])  # as the recorder and ingest keep it
     session.commit()
     return env.id
 

@@ -147,3 +147,9 @@ def test_torch_built_on_numpy_1_gets_numpy_below_2_on_its_side_only(tmp_path: Pa
     assert all("numpy<2" not in e.extras for e, _ in cut.runtimes)  # TF and onnx2tf choose their own NumPy
     joint = {e.requirements[0]: e.extras for e, _ in cut.plan.items}
     assert "numpy<2" in joint["torch==2.2.2"] and "numpy<2" not in joint["torch==2.3.1"]
+    # onnxruntime before 1.19 likewise (it fails to import, or segfaults): on the runtime side only
+    path.write_text(SPEC.replace('onnx = ["==1.17.0"]', 'onnx = ["==1.17.0"]\nonnxruntime = ["==1.18.1", "==1.19.2"]'))
+    cut = expand.split(expand.plan(spec.load(path)))
+    old = {next(r for r in e.requirements if r.startswith("onnxruntime")): e.extras for e, _ in cut.runtimes}
+    assert "numpy<2" in old["onnxruntime==1.18.1"] and "numpy<2" not in old["onnxruntime==1.19.2"]
+    assert all("numpy<2" not in e.extras for e, _ in cut.exports)

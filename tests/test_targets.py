@@ -24,7 +24,7 @@ from matrix import spec as spec_mod
 from matrix.expand import Environment
 from runner import environments, pythons, uv
 from runner.signatures import normalise
-from store import migrate
+from store import migrate, outcomes
 from store.db import make_engine
 from store.locks import Lock, parse_lock
 from store.models import Case, Run
@@ -207,6 +207,8 @@ def test_target_is_part_of_the_case_identity_and_filters_the_api(
                          opset=17, target=target, model_hash="m1", corpus_version="c1", runner_version="test",
                          status=status, signature="NoServingSignature" if status == "fail" else None,
                          max_abs_diff=1e-6 if status == "pass" else None))
+    session.flush()
+    outcomes.refresh(session, [env.id])  # as the recorder and ingest keep it
     session.commit()
     with TestClient(create_app(Settings(database_url=db_url))) as client:
         def chains(**params: str) -> int:

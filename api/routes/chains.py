@@ -53,9 +53,13 @@ async def chains(
     """
     def build(session: Session) -> Response:
         query = parse_query(session, models, route, exporter, python, require, limit, target)
-        page, total = queries.known_good_chain_page(session, query, request.app.state.env_facts)
-        split, split_total = queries.split_chain_page(session, query, request.app.state.env_facts)
-        near, counts = verdicts.explain_chains(session, query, request.app.state.env_facts)
+        facts = request.app.state.env_facts
+        # One read of the outcome table answers both the chains (when no target narrows them) and why not.
+        envs = verdicts.measured(session, query.models, query.route, query.exporter, facts, query.target)
+        candidates = None if query.target else verdicts.complete(envs, query.models)
+        page, total = queries.known_good_chain_page(session, query, facts, candidates)
+        split, split_total = queries.split_chain_page(session, query, facts)
+        near, counts = verdicts.explain_chains(session, query, facts, envs)
         return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total,
                                        split_chains=split, split_total=split_total,
                                        near_misses=near, environments=counts))
