@@ -264,9 +264,9 @@ def known_good_chain_page(
         return [], len(ranked)
     envs: dict[int, AnyRow] = {}
     evidence: dict[int, list[AnyRow]] = defaultdict(list)
-    for row in session.execute(  # the environment's own fields ride along: one round trip, not two
+    for row in session.execute(  # the environment's own fields ride along: one round trip
         select(Case.environment_id, Case.model, Case.exporter, Case.opset, Case.opset_emitted, Case.max_abs_diff,
-               Case.recorded_at, Case.run_id, Environment.name, Environment.python, Environment.python_full,
+               Case.target, Case.recorded_at, Case.run_id, Environment.name, Environment.python, Environment.python_full,
                Environment.lock_hash, Environment.cutoff, Environment.index_url)
         .join(Environment, Environment.id == Case.environment_id)
         .where(Case.environment_id.in_(page), *conditions)
@@ -282,7 +282,7 @@ def known_good_chain_page(
             versions={n: v for n, v in versions[env_id].items() if n in KEY_PACKAGES},
             lock_hash=env.lock_hash or "", run_id=newest.run_id, recorded_at=newest.recorded_at,
             cutoff=env.cutoff, index_url=env.index_url, cases_passed=len(rows),
-            models=[ModelEvidence(model=r.model, exporter=r.exporter, opset=r.opset,
+            models=[ModelEvidence(model=r.model, exporter=r.exporter, opset=r.opset, target=r.target,
                                   opset_emitted=r.opset_emitted, max_abs_diff=r.max_abs_diff)
                     for r in sorted(per_model.values(), key=lambda r: query.models.index(r.model))],
         ))
@@ -910,8 +910,8 @@ def split_chain_page(
     wanted = set(page)
     for row in session.execute(
         select(export.environment_id.label("export_id"), runtime.environment_id.label("runtime_id"), runtime.model,
-               export.exporter, export.opset, runtime.opset_emitted, runtime.max_abs_diff, runtime.recorded_at,
-               runtime.run_id)
+               export.exporter, export.opset, runtime.opset_emitted, runtime.max_abs_diff, runtime.target,
+               runtime.recorded_at, runtime.run_id)
         .where(*conditions, runtime.environment_id.in_({r for _, r in page}))
     ):
         if (row.export_id, row.runtime_id) in wanted:
@@ -931,7 +931,7 @@ def split_chain_page(
             research=side(pair[0]), production=side(pair[1]), run_id=newest.run_id, recorded_at=newest.recorded_at,
             cases_passed=len(rows),
             models=[ModelEvidence(model=r.model, exporter=r.exporter, opset=r.opset, opset_emitted=r.opset_emitted,
-                                  max_abs_diff=r.max_abs_diff)
+                                  max_abs_diff=r.max_abs_diff, target=r.target)
                     for r in sorted(per_model.values(), key=lambda r: query.models.index(r.model))],
         ))
     return chains, len(ranked)

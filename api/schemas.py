@@ -19,6 +19,8 @@ class ModelEvidence(BaseModel):
     opset: int
     opset_emitted: int | None
     max_abs_diff: float | None
+    target: str = Field(default="", description="what the pass was measured on: saved_model | tflite | keras on TF "
+                        "routes ('' where the route deploys no TF artifact); ask target= to require one")
 
 
 class ChainOut(BaseModel):
