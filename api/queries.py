@@ -266,8 +266,8 @@ def known_good_chain_page(
     evidence: dict[int, list[AnyRow]] = defaultdict(list)
     for row in session.execute(  # the environment's own fields ride along: one round trip
         select(Case.environment_id, Case.model, Case.exporter, Case.opset, Case.opset_emitted, Case.max_abs_diff,
-               Case.target, Case.recorded_at, Case.run_id, Environment.name, Environment.python, Environment.python_full,
-               Environment.lock_hash, Environment.cutoff, Environment.index_url)
+               Case.target, Case.recorded_at, Case.run_id, Environment.name, Environment.python,
+               Environment.python_full, Environment.lock_hash, Environment.cutoff, Environment.index_url)
         .join(Environment, Environment.id == Case.environment_id)
         .where(Case.environment_id.in_(page), *conditions)
     ):
