@@ -171,6 +171,9 @@ def split_requirement(req: str) -> tuple[str, str]:
 # copy, tensorflow-cpu) drops it, and the resolver then picks the newest tf-keras for every TF: a mismatch no
 # user's pip would produce. So a bare companion name is pinned to the environment's framework minor.
 TRACKS_MINOR_OF = {"tf-keras": ("tensorflow", "tensorflow-cpu")}
+# tf-keras's first release is 2.14.1: TensorFlow 2.12 and 2.13 carry Keras 2 themselves, and a companion pinned to
+# their minor would make every such environment unresolvable (ResolutionConflict(tf-keras)), which it is not.
+FIRST_TRACKED = {"tf-keras": (2, 14)}
 
 
 def track_minor(requirements: tuple[str, ...], extras: tuple[str, ...]) -> tuple[str, ...]:
@@ -187,6 +190,8 @@ def track_minor(requirements: tuple[str, ...], extras: tuple[str, ...]) -> tuple
         frameworks = [pins[f] for f in TRACKS_MINOR_OF.get(name, ()) if f in pins]
         if not spec and frameworks:
             major, minor = frameworks[0]
+            if (major, minor) < FIRST_TRACKED.get(name, (0, 0)):
+                continue  # no release for that minor: what it provides ships inside the framework there
             extra = f"{name}>={major}.{minor},<{major}.{minor + 1}"
         out.append(extra)
     return tuple(out)

@@ -62,11 +62,17 @@ def test_tf_keras_companion_follows_the_environments_tensorflow_minor() -> None:
         if any(r.startswith("onnx2tf") for r in env.requirements):
             tf = next(r for r in env.requirements if r.startswith("tensorflow-cpu==")).removeprefix("tensorflow-cpu==")
             minor = int(tf.split(".")[1])
-            assert f"tf-keras>=2.{minor},<2.{minor + 1}" in env.extras
+            if minor >= 14:
+                assert f"tf-keras>=2.{minor},<2.{minor + 1}" in env.extras
+            else:
+                assert not any(x.startswith("tf-keras") for x in env.extras)
     # a companion that carries its own specifier, or a framework that is not pinned exactly, is left alone
     assert expand.track_minor(("tensorflow==2.19.1",), ("tf-keras==2.18.0",)) == ("tf-keras==2.18.0",)
     assert expand.track_minor(("tensorflow>=2.16",), ("tf-keras",)) == ("tf-keras",)
     assert expand.track_minor(("tensorflow==2.20.0rc0",), ("tf-keras", "psutil")) == ("tf-keras>=2.20,<2.21", "psutil")
+    # no tf-keras exists for TensorFlow 2.12 and 2.13 (its first release is 2.14.1): Keras 2 is built in there
+    assert expand.track_minor(("tensorflow-cpu==2.13.1",), ("tf-keras", "psutil")) == ("psutil",)
+    assert expand.track_minor(("tensorflow-cpu==2.14.1",), ("tf-keras",)) == ("tf-keras>=2.14,<2.15",)
 
 
 def test_smoke_spec_is_the_issue_matrix() -> None:
