@@ -26,7 +26,9 @@ from store.models import Case, Environment, Run
 # What a reader needs to place a combination; numpy and protobuf follow from these.
 SHOWN = FRAMEWORKS
 
-Cell = tuple[str, str, str, str, int]  # environment request hash, model, route, exporter, opset
+# environment request hash, model, route, exporter, opset, target, artifact: a case's identity (api/queries.current),
+# so a SavedModel and a .tflite, or two graphs one runtime environment ran, are cells of their own
+Cell = tuple[str, str, str, str, int, str, int | None]
 
 
 class ReportError(KnowngoodError, ValueError):
@@ -114,7 +116,8 @@ def state(session: Session, run: Run, *, before: dt.datetime | None = None) -> d
     (with `before`: that started before that moment)."""
     started = Run.started_at < before if before is not None else Run.started_at <= run.started_at
     rows = session.execute(
-        select(Environment.hash, Case.model, Case.route, Case.exporter, Case.opset, Case.status, Case.signature,
+        select(Environment.hash, Case.model, Case.route, Case.exporter, Case.opset, Case.target, Case.artifact_id,
+               Case.status, Case.signature,
                Case.run_id, Case.environment_id, Environment.name, Environment.lock_hash, Case.corpus_version,
                Case.runner_version)
         .join(Run, Run.id == Case.run_id)
@@ -123,8 +126,8 @@ def state(session: Session, run: Run, *, before: dt.datetime | None = None) -> d
         .order_by(Run.started_at, Case.recorded_at, Case.id)
     )
     out: dict[Cell, Outcome] = {}
-    for env_hash, model, route, exporter, opset, *rest in rows:
-        out[(env_hash, model, route, exporter, opset)] = Outcome(*rest)
+    for env_hash, model, route, exporter, opset, target, artifact, *rest in rows:
+        out[(env_hash, model, route, exporter, opset, target, artifact)] = Outcome(*rest)
     return out
 
 
@@ -135,11 +138,11 @@ def versions(session: Session, environment_ids: set[int]) -> dict[int, dict[str,
 
 def first_failing(session: Session, cell: Cell, outcome: Outcome) -> int | None:
     """The environment with the lowest versions that shows this failure (same signature) for the cell's case."""
-    _, model, route, exporter, opset = cell
+    _, model, route, exporter, opset, target, _artifact = cell
     same = Case.signature == outcome.signature if outcome.signature else Case.status == outcome.status
     env_ids = set(session.scalars(
         select(Case.environment_id).where(Case.model == model, Case.route == route, Case.exporter == exporter,
-                                          Case.opset == opset, same).distinct()
+                                          Case.opset == opset, Case.target == target, same).distinct()
     ))
     if not env_ids:
         return None
@@ -209,5 +212,6 @@ def _changed(before: Outcome | None, now: Outcome, vers: dict[int, dict[str, str
 
 
 def _cell_text(cell: Cell, outcome: Outcome) -> str:
-    _, model, route, exporter, opset = cell
+    _, model, route, exporter, opset, target, _artifact = cell
+    route = f"{route} {target}" if target else route
     return f"{model} · {route} · {exporter} · opset {opset} in {outcome.environment}"

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from store.db import as_utc
 from store.models import Case, Environment, Run
 
-Cell = tuple[str, str, str, str, int]
+Cell = tuple[str, str, str, str, int, str, int | None]  # as api/changes.Cell: a case's identity
 ATOM = "http://www.w3.org/2005/Atom"
 
 
@@ -48,18 +48,19 @@ def run_changes(session: Session, limit: int = 20) -> list[RunChanges]:
     runs = {r.id: r for r in session.execute(select(Run.id, Run.spec_name, Run.started_at, Run.finished_at))}
     rows = session.execute(
         select(Case.run_id, Environment.hash, Environment.name, Case.model, Case.route, Case.exporter, Case.opset,
-               Case.status, Case.signature)
+               Case.target, Case.artifact_id, Case.status, Case.signature)
         .join(Run, Run.id == Case.run_id).join(Environment, Environment.id == Case.environment_id)
         .order_by(Run.spec_name, Run.started_at, Run.id, Case.recorded_at, Case.id)
     )
     state: dict[str, dict[Cell, str]] = {}  # spec → cell → status, as of the run being read
     out: dict[str, RunChanges] = {}
-    for run_id, env_hash, env_name, model, route, exporter, opset, status, signature in rows:
+    for run_id, env_hash, env_name, model, route, exporter, opset, target, artifact, status, signature in rows:
         run = runs[run_id]
         changes = out.get(run_id) or out.setdefault(run_id, RunChanges(
             run_id, run.spec_name, run.started_at, run.finished_at or run.started_at))
         cells = state.setdefault(run.spec_name, {})
-        cell: Cell = (env_hash, model, route, exporter, opset)
+        # a case's identity (api/queries.current): targets and the graph a runtime environment ran are apart
+        cell: Cell = (env_hash, model, route, exporter, opset, target, artifact)
         before = cells.get(cell)
         cells[cell] = status
         change = CellChange(model, route, exporter, opset, env_name, signature)

@@ -69,6 +69,7 @@ class Measured:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     name: str = ""  # a split pair's "export name → runtime name"
     research_id: int | None = None  # a split pair's research (export) side; None in a joint environment
+    research_place: int = -1  # its ranking place: pairs that share a runtime side are ordered by their torch
     # The differences from one file's pins and their distance, kept by _scored: a check weighs every environment
     # several times (per model, for the nearest and for the fix) against the same pins.
     scored: tuple[Pins, list[PinDiff], tuple[int, int, int, int]] | None = field(default=None, repr=False)
@@ -167,7 +168,8 @@ def _split_pairs(session: Session, models: tuple[str, ...], route: str, exporter
         pair = pairs.get((e, r))
         if pair is None:
             pair = pairs[e, r] = Measured(r, known[r].python, {**known[r].versions, **known[e].versions}, place[r],
-                                          name=f"{known[e].name} → {known[r].name}", research_id=e)
+                                          name=f"{known[e].name} → {known[r].name}", research_id=e,
+                                          research_place=place[e])
             if extra:  # the route's own converter, as for joint environments
                 for name, version in session.execute(select(Package.name, Package.version).where(
                         Package.environment_id == r, Package.name.in_(extra))):
@@ -278,7 +280,7 @@ def _scored(pins: Pins, env: Measured, route: str) -> tuple[list[PinDiff], tuple
 
 def _closest(pins: Pins, route: str, envs: Iterable[Measured], n: int) -> list[tuple[Measured, list[PinDiff]]]:
     """The `n` environments closest to the pins; among equals the newest versions (highest place) first."""
-    nearest = heapq.nsmallest(n, envs, key=lambda m: (_scored(pins, m, route)[1], -m.place))
+    nearest = heapq.nsmallest(n, envs, key=lambda m: (_scored(pins, m, route)[1], -m.place, -m.research_place))
     return [(m, _scored(pins, m, route)[0]) for m in nearest]
 
 
@@ -355,8 +357,10 @@ def _model_verdict(session: Session, pins: Pins, model: str, route: str, exporte
                    envs: dict[int, Measured]) -> ModelVerdict:
     tried = [m for m in envs.values() if model in m.outcomes]
     matching = [m for m in tried if not _scored(pins, m, route)[0]]
-    passed = sorted((m for m in matching if m.outcomes[model].status == "pass"), key=lambda m: -m.place)
-    failed = sorted((m for m in matching if m.outcomes[model].status == "fail"), key=lambda m: -m.place)
+    passed = sorted((m for m in matching if m.outcomes[model].status == "pass"),
+                    key=lambda m: (-m.place, -m.research_place))
+    failed = sorted((m for m in matching if m.outcomes[model].status == "fail"),
+                    key=lambda m: (-m.place, -m.research_place))
     verdict = ModelVerdict(
         model=model, route=route, exporter=exporter, verdict="untested", environment_id=None, environment=None,
         run_id=None, matched={"passed": len(passed), "failed": len(failed)}, nearest=[],
@@ -435,7 +439,7 @@ def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.F
     misses = [m for m in tried.values() if not all(
         query_model in m.outcomes and m.outcomes[query_model].status == "pass" for query_model in query.models)]
     wanted = [m for m in misses if all(_meets(m.versions, r) for r in query.require)] or misses
-    wanted.sort(key=lambda m: (-sum(o.status == "pass" for o in m.outcomes.values()), -m.place))
+    wanted.sort(key=lambda m: (-sum(o.status == "pass" for o in m.outcomes.values()), -m.place, -m.research_place))
     shown = wanted[:NEAR_MISSES]
     _details(session, [o for m in shown for o in m.outcomes.values()])
     near = [

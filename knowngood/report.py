@@ -73,7 +73,8 @@ def render(report: Report) -> str:
     lines += _rows(
         report.new_failures,
         "| case | environment | now | before | what changed | first failing combination |",
-        lambda c: f"| {c.cell[1]} · {c.cell[2]} · {c.cell[3]} · op{c.cell[4]} | {_md(c.now.environment)} | "
+        lambda c: f"| {c.cell[1]} · {c.cell[2]}{' ' + c.cell[5] if c.cell[5] else ''} · {c.cell[3]} · op{c.cell[4]} | "
+        f"{_md(c.now.environment)} | "
                   f"{_sig(c.now)} | {_sig(c.before) if c.before else '–'} | {_md(c.changed)} | "
                   f"{_md(c.first_failing) or '–'} |",
     )
@@ -81,7 +82,8 @@ def render(report: Report) -> str:
     lines += _rows(
         report.new_passes,
         "| case | environment | before | what changed |",
-        lambda c: f"| {c.cell[1]} · {c.cell[2]} · {c.cell[3]} · op{c.cell[4]} | {_md(c.now.environment)} | "
+        lambda c: f"| {c.cell[1]} · {c.cell[2]}{' ' + c.cell[5] if c.cell[5] else ''} · {c.cell[3]} · op{c.cell[4]} | "
+        f"{_md(c.now.environment)} | "
                   f"{_sig(c.before) if c.before else '–'} | {_md(c.changed)} |",
     )
     lines += ["## New signatures", ""]
