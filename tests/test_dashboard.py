@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -170,7 +171,8 @@ def test_heatmap_click_through_and_screenshot(server: str, browser: WebDriver, r
 
 def test_heatmap_and_failures_name_the_target_and_the_split_chain(server: str, browser: WebDriver,
                                                                   targets_and_split: dict) -> None:
-    wait = WebDriverWait(browser, 20)
+    # The page re-renders as its requests answer: read it in one script call, and let waits retry a stale node.
+    wait = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,))
     browser.get(f"{server}/?route=onnx2tf&models=resnet")
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#heatmap td.cell")))
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#failure-list tbody tr")))
@@ -184,13 +186,16 @@ def test_heatmap_and_failures_name_the_target_and_the_split_chain(server: str, b
         ("2.7.0", "saved_model", "runtime", "pass", True, "1/1"), ("2.7.0", "tflite", "runtime", "fail", True, "0/1"),
     ])
     # Each row says what it measured: target and kind, the split ones marked as such.
-    rows = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#heatmap tbody th.row")]
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('#heatmap tbody th.row')].map((th) => th.innerText);")
     assert rows == ["2.17.0 keras joint", "2.17.0 saved_model joint", "2.17.0 saved_model split: export → runtime",
                     "2.17.0 tflite joint", "2.17.0 tflite split: export → runtime"]
 
     # Failures: one row per (target, kind); the split one shows the export side's torch beside the runtime side.
-    failures = browser.find_elements(By.CSS_SELECTOR, "#failure-list tbody tr")
-    by_kind = {(tr.get_attribute("data-target"), tr.get_attribute("data-kind")): tr.text for tr in failures}
+    failures = browser.execute_script(
+        "return [...document.querySelectorAll('#failure-list tbody tr')].map((tr) => [tr.dataset.target,"
+        " tr.dataset.kind, tr.innerText]);")
+    by_kind = {(target, kind): text for target, kind, text in failures}
     assert set(by_kind) == {("tflite", "joint"), ("tflite", "runtime")}
     split = by_kind["tflite", "runtime"]
     assert "split: export → runtime" in split and "2.6.0 – 2.7.0" in split
