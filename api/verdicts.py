@@ -160,20 +160,24 @@ def _split_pairs(session: Session, models: tuple[str, ...], route: str, exporter
     if not chosen:
         return []
     known, place = (facts or queries.FactsCache()).get(session, {i for e, r, _ in chosen for i in (e, r)})
+    # The route's own converter, as for joint environments: one read for every runtime side.
     extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
+    converters: dict[int, dict[str, str]] = defaultdict(dict)
+    if extra:
+        for env_id, name, version in session.execute(select(Package.environment_id, Package.name, Package.version)
+                                                     .where(Package.environment_id.in_({r for _, r, _ in chosen}),
+                                                            Package.name.in_(extra))):
+            converters[env_id][name] = version
     pairs: dict[tuple[int, int], Measured] = {}
     for (e, r, model), (status, case_id) in chosen.items():
         if e not in known or r not in known:
             continue
         pair = pairs.get((e, r))
         if pair is None:
-            pair = pairs[e, r] = Measured(r, known[r].python, {**known[r].versions, **known[e].versions}, place[r],
+            pair = pairs[e, r] = Measured(r, known[r].python,
+                                          {**known[r].versions, **known[e].versions, **converters[r]}, place[r],
                                           name=f"{known[e].name} → {known[r].name}", research_id=e,
                                           research_place=place[e])
-            if extra:  # the route's own converter, as for joint environments
-                for name, version in session.execute(select(Package.name, Package.version).where(
-                        Package.environment_id == r, Package.name.in_(extra))):
-                    pair.versions[name] = version
         pair.outcomes[model] = Outcome(status, case_id)
     return list(pairs.values())
 

@@ -176,14 +176,20 @@ TRACKS_MINOR_OF = {"tf-keras": ("tensorflow", "tensorflow-cpu")}
 FIRST_TRACKED = {"tf-keras": (2, 14)}
 
 
-def track_minor(requirements: tuple[str, ...], extras: tuple[str, ...]) -> tuple[str, ...]:
-    """`tf-keras` beside `tensorflow-cpu==2.19.1` → `tf-keras>=2.19,<2.20`; a companion with a specifier is kept."""
-    pins = {}
+def pinned_minors(requirements: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """name → (major, minor) of each requirement pinned to one release: `torch==2.8.0` → {"torch": (2, 8)}."""
+    out = {}
     for req in requirements:
         name, spec = split_requirement(req)
         m = re.fullmatch(r"==\s*(\d+)\.(\d+)(\.[0-9A-Za-z.+-]*)?", spec)
         if m:
-            pins[name] = (int(m.group(1)), int(m.group(2)))
+            out[name] = (int(m.group(1)), int(m.group(2)))
+    return out
+
+
+def track_minor(requirements: tuple[str, ...], extras: tuple[str, ...]) -> tuple[str, ...]:
+    """`tf-keras` beside `tensorflow-cpu==2.19.1` → `tf-keras>=2.19,<2.20`; a companion with a specifier is kept."""
+    pins = pinned_minors(requirements)
     out = []
     for extra in extras:
         name, spec = split_requirement(extra)
@@ -230,12 +236,8 @@ NUMPY_2_FROM = {"torch": (2, 3), "onnxruntime": (1, 19)}  # the first minor buil
 
 def numpy_companions(requirements: tuple[str, ...]) -> tuple[str, ...]:
     """`("numpy<2",)` where an exactly pinned package predates its NumPy 2 build (NUMPY_2_FROM); `()` otherwise."""
-    pins = dict(split_requirement(r) for r in requirements)
-    for name, first in NUMPY_2_FROM.items():
-        m = re.fullmatch(r"==\s*(\d+)\.(\d+)(\.[0-9A-Za-z.+-]*)?", pins.get(name, ""))
-        if m and (int(m.group(1)), int(m.group(2))) < first:
-            return ("numpy<2",)
-    return ()
+    minors = pinned_minors(requirements)
+    return ("numpy<2",) if any(n in minors and minors[n] < first for n, first in NUMPY_2_FROM.items()) else ()
 
 
 FIRST_DYNAMO = (2, 1)  # torch.onnx.dynamo_export
@@ -248,13 +250,11 @@ def exporter_companions(requirements: tuple[str, ...], exporters: Iterable[str],
     exporters = set(exporters)
     if "torch" in companions or not exporters & {"dynamo", "default"}:
         return ()
-    pins = dict(split_requirement(r) for r in requirements)
-    if "torch" not in pins:
+    if not any(split_requirement(r)[0] == "torch" for r in requirements):
         return ()
-    m = re.fullmatch(r"==\s*(\d+)\.(\d+)(\.[0-9A-Za-z.+-]*)?", pins["torch"])
-    if not m:
+    minor = pinned_minors(requirements).get("torch")
+    if minor is None:
         return ("onnxscript",)  # an unpinned torch resolves to the newest, which takes the newest onnxscript
-    minor = (int(m.group(1)), int(m.group(2)))
     runs_dynamo = ("dynamo" in exporters and minor >= FIRST_DYNAMO) or minor >= DEFAULT_IS_DYNAMO
     if not runs_dynamo:
         return ()

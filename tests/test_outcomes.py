@@ -20,21 +20,9 @@ from store import migrate, outcomes, snapshot
 from store.db import make_engine, make_sessionmaker
 from store.locks import Lock, parse_lock
 from store.models import Case, Outcome
+from tests.test_record import LOCK, SPEC  # a one-model toy spec and its lock
 
 SMOKE = Path(__file__).parent / "fixtures" / "smoke-snapshot.json.gz"  # a real smoke run, exported
-SLOW = Path(__file__).parent / "fixtures" / "corpus" / "slow.py"
-SPEC = f"""\
-name = "tiny"
-models = ["a"]
-routes = ["onnxruntime"]
-corpus = "{SLOW}"
-exclude-newer = "2025-01-01"
-
-[axes]
-python = ["3.11"]
-six = ["==1.16.0"]
-"""
-LOCK = "six==1.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\n"
 
 Row = tuple[str, str, int, str, str, int, int | None, int | None]
 
