@@ -177,11 +177,12 @@ FIRST_TRACKED = {"tf-keras": (2, 14)}
 
 
 def pinned_minors(requirements: Iterable[str]) -> dict[str, tuple[int, int]]:
-    """name → (major, minor) of each requirement pinned to one release: `torch==2.8.0` → {"torch": (2, 8)}."""
+    """name → (major, minor) of each requirement pinned to one release or one minor: `torch==2.8.0` and
+    `torch==2.8.*` → {"torch": (2, 8)}."""
     out = {}
     for req in requirements:
         name, spec = split_requirement(req)
-        m = re.fullmatch(r"==\s*(\d+)\.(\d+)(\.[0-9A-Za-z.+-]*)?", spec)
+        m = re.fullmatch(r"==\s*(\d+)\.(\d+)(\.[0-9A-Za-z.+-]*|\.\*)?", spec)
         if m:
             out[name] = (int(m.group(1)), int(m.group(2)))
     return out
@@ -370,9 +371,7 @@ def plan(
             env = Environment(
                 python=python,
                 requirements=reqs,
-                extras=track_minor(reqs, tuple(x for r in reqs
-                                               for x in spec.companions.get(split_requirement(r)[0], ())))
-                + exporter_companions(reqs, spec.exporters, spec.companions) + numpy_companions(reqs),
+                extras=_extras(spec, reqs),
                 excludes=tuple(spec.excludes),
                 index=index_items,
                 cutoff=spec.exclude_newer,
@@ -400,6 +399,12 @@ def plan(
         raise PlanError(f"{spec.locate('routes')}: routes: no case applies to any environment: expected the "
                         f"converter of each route ({', '.join(spec.routes)}) on an axis")
     return Plan(spec=spec, corpus_path=corpus_path, corpus_version=version, items=tuple(items))
+
+
+def _extras(spec: Spec, reqs: tuple[str, ...]) -> tuple[str, ...]:
+    """What an environment with `reqs` gets beside them: companions, the exporter's needs, numpy<2 where due."""
+    return (track_minor(reqs, tuple(x for r in reqs for x in spec.companions.get(split_requirement(r)[0], ())))
+            + exporter_companions(reqs, spec.exporters, spec.companions) + numpy_companions(reqs))
 
 
 def _check_size(spec: Spec, axes: Mapping[str, list[str]], limit: int) -> None:
@@ -491,31 +496,52 @@ def _runtime_routes(env: Environment, routes: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _runtime_variants(spec: Spec, env: Environment) -> list[Environment]:
+    """The joint environments whose runtime sides `env` feeds: itself, or one per combination of the spec's
+    `[runtime]` axes (its requirement of each such package replaced, companions recomputed for the result)."""
+    side = spec.runtime
+    if not side.axes:
+        return [env]
+    out = []
+    for combo in itertools.product(*side.axes.values()):
+        chosen = {name: _requirement(name, value) for name, value in zip(side.axes, combo, strict=True)}
+        kept = tuple(r for r in env.requirements if split_requirement(r)[0] not in chosen)
+        reqs = kept + tuple(chosen.values())
+        out.append(replace(env, requirements=reqs, extras=_extras(spec, reqs)))
+    return out
+
+
 def split(plan: Plan) -> SplitPlan:
-    """Cut every environment of a joint plan into an export and a runtime environment, each built once."""
+    """Cut every environment of a joint plan into an export and a runtime environment, each built once.
+
+    A spec's `[runtime]` table changes the runtime side only: its axes give one runtime environment per value
+    and its cutoff replaces the spec's there, while every export environment stays as it would be without it."""
     exports: dict[str, tuple[Environment, dict[Case, None]]] = {}
     runtimes: dict[str, tuple[Environment, dict[str, None]]] = {}
     pairs: dict[tuple[str, str], None] = {}
     for env, cases in plan.items:
         # Converter options and the overrides that relax a converter's pins belong to the runtime side only.
-        joint_needs = numpy_companions(env.requirements)  # then each side's own (torch, or onnxruntime)
-        export_reqs, runtime_reqs = _side(env.requirements, True), _side(env.requirements, False)
+        export_reqs = _side(env.requirements, True)
         export_env = replace(env, kind="export", python=plan.spec.export_python or env.python, options=(),
                              overrides=(), requirements=export_reqs,
                              extras=_side(env.extras, True) + numpy_companions(export_reqs))
-        runtime_env = replace(env, kind="runtime", requirements=runtime_reqs,
-                              extras=tuple(x for x in _side(env.extras, False) if x not in joint_needs)
-                              + numpy_companions(runtime_reqs))
-        routes = _runtime_routes(runtime_env, (c.route for c in cases))
-        exported = [c for c in cases if c.route in routes]
-        if not exported:
-            continue  # nothing here goes through an ONNX file (e.g. nobuco only): joint environments cover it
-        entry = exports.setdefault(export_env.hash, (export_env, {}))
-        for c in exported:
-            entry[1][Case(model=c.model, route="export", exporter=c.exporter, opset=c.opset,
-                          model_hash=c.model_hash)] = None
-        runtimes.setdefault(runtime_env.hash, (runtime_env, {}))[1].update(dict.fromkeys(routes))
-        pairs[(export_env.hash, runtime_env.hash)] = None
+        for variant in _runtime_variants(plan.spec, env):
+            joint_needs = numpy_companions(variant.requirements)  # then each side's own (torch, or onnxruntime)
+            runtime_reqs = _side(variant.requirements, False)
+            runtime_env = replace(variant, kind="runtime", requirements=runtime_reqs,
+                                  cutoff=plan.spec.runtime.exclude_newer or variant.cutoff,
+                                  extras=tuple(x for x in _side(variant.extras, False) if x not in joint_needs)
+                                  + numpy_companions(runtime_reqs))
+            routes = _runtime_routes(runtime_env, (c.route for c in cases))
+            exported = [c for c in cases if c.route in routes]
+            if not exported:
+                continue  # nothing here goes through an ONNX file (e.g. nobuco only): joint environments cover it
+            entry = exports.setdefault(export_env.hash, (export_env, {}))
+            for c in exported:
+                entry[1][Case(model=c.model, route="export", exporter=c.exporter, opset=c.opset,
+                              model_hash=c.model_hash)] = None
+            runtimes.setdefault(runtime_env.hash, (runtime_env, {}))[1].update(dict.fromkeys(routes))
+            pairs[(export_env.hash, runtime_env.hash)] = None
     return SplitPlan(
         plan=plan,
         exports=tuple((e, tuple(cs)) for e, cs in exports.values()),

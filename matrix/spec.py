@@ -14,7 +14,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import InvalidName, canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from matrix.routes import CONVERTER_OPTIONS, EXPORTERS, ROUTES, TARGETS
+from matrix.routes import CONVERTER_OPTIONS, EXPORT_SIDE, EXPORTERS, ROUTES, TARGETS
 
 SPECS_DIR = Path(__file__).parent / "specs"
 
@@ -85,6 +85,58 @@ def _requirements_by_package(v: dict[str, list[str]], example: str) -> dict[str,
     return {canonicalize_name(k): texts for k, texts in v.items()}
 
 
+def _check_cutoff(v: str | None) -> str | None:
+    if v is None:
+        return v
+    expected = f"expected a date like '2025-08-01' or '2025-08-01T00:00:00Z', got {v!r}"
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?", v):
+        raise ValueError(expected)
+    try:  # the shape alone lets "2025-13-45" through, and uv would be the one to refuse it
+        dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{expected} (no such date)") from None
+    return v
+
+
+class RuntimeSide(BaseModel):
+    """`[runtime]` of a split spec: what the runtime side gets and the export side does not. The export
+    environments stay exactly those of the spec without it (same hashes), so a spec that only adds runtime
+    environments converts graphs that are already stored and exports nothing again."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    exclude_newer: str | None = Field(
+        default=None, alias="exclude-newer",
+        description="the runtime side's own cutoff (a runtime released after the export side's cutoff)",
+    )
+    axes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="package → version specifiers of the runtime side only (e.g. the onnx that onnx-tf reads "
+        "beside torch's own onnx); each value is a runtime environment of its own",
+    )
+
+    @field_validator("exclude_newer")
+    @classmethod
+    def _cutoff(cls, v: str | None) -> str | None:
+        return _check_cutoff(v)
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for key, values in v.items():
+            name = _package_name(key, f"expected a package name such as 'onnx' as the axis key, got {key!r}")
+            if name in EXPORT_SIDE or name == "python" or name in CONVERTER_OPTIONS:
+                raise ValueError(f"axis {key!r}: expected a package of the runtime side, not one of "
+                                 f"{', '.join(EXPORT_SIDE)}, python or a converter option")
+            if not values:
+                raise ValueError(f"axis {key!r}: expected a non-empty list of version specifiers")
+            try:
+                out[name] = [_check_specifier(x) for x in values]
+            except ValueError as exc:
+                raise ValueError(f"axis {key!r}: {exc}") from None
+        return out
+
+
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     prune: bool = Field(default=False, description="remove each environment's venv after its cases ran")
@@ -147,6 +199,7 @@ class Spec(BaseModel):
         "also planned with them, resolved only where its declared pins make it unresolvable",
     )
     axes: dict[str, list[Selector]]
+    runtime: RuntimeSide = Field(default_factory=RuntimeSide)
     limits: Limits = Field(default_factory=Limits)
 
     path: Path | None = Field(default=None, exclude=True)
@@ -205,16 +258,7 @@ class Spec(BaseModel):
     @field_validator("exclude_newer")
     @classmethod
     def _cutoff(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        expected = f"expected a date like '2025-08-01' or '2025-08-01T00:00:00Z', got {v!r}"
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?", v):
-            raise ValueError(expected)
-        try:  # the shape alone lets "2025-13-45" through, and uv would be the one to refuse it
-            dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"{expected} (no such date)") from None
-        return v
+        return _check_cutoff(v)
 
     @field_validator("companions")
     @classmethod
@@ -296,6 +340,8 @@ class Spec(BaseModel):
             raise ValueError("axes: expected a 'python' axis, e.g. python = [\"3.11\"]")
         if self.export_python and self.mode == "joint":
             raise ValueError("export-python: applies to split chains only; expected mode = \"split\" or \"both\"")
+        if (self.runtime.axes or self.runtime.exclude_newer) and self.mode == "joint":
+            raise ValueError("runtime: applies to split chains only; expected mode = \"split\" or \"both\"")
         return self
 
 

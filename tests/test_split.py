@@ -95,6 +95,49 @@ def test_export_python_is_refused_on_joint_specs(tmp_path: Path) -> None:
         spec.load(path)
 
 
+def test_runtime_table_changes_the_runtime_side_only(tmp_path: Path) -> None:
+    path = tmp_path / "runtime.toml"
+    path.write_text(SPEC.replace('converter = ["onnx2tf==1.26.9", "nobuco==0.17.0"]', 'converter = ["onnx2tf==1.26.9"]')
+                    + '\n[runtime]\nexclude-newer = "2026-11-28"\naxes = { onnx = ["==1.14.*", "==1.16.*"], '
+                    'onnxruntime = ["==1.18.*"] }\n')
+    cut = expand.split(expand.plan(spec.load(path)))
+    same = tmp_path / "same.toml"
+    same.write_text(SPEC)
+    plain = expand.split(expand.plan(spec.load(same)))
+    # the export side is exactly the spec's without [runtime]: its stored artifacts are reused as they are
+    assert {e.hash for e, _ in cut.exports} == {e.hash for e, _ in plain.exports}
+    assert {r for e, _ in cut.exports for r in e.requirements if r.startswith("onnx")} == {"onnx==1.17.0"}
+    # one runtime environment per TF × runtime onnx, each with the runtime cutoff and its own onnx and runtime
+    assert len(cut.runtimes) == 4 and len(cut.pairs) == 3 * 4
+    assert {e.cutoff for e, _ in cut.runtimes} == {"2026-11-28"}
+    assert {tuple(sorted(r for r in e.requirements if r.startswith("onnx"))) for e, _ in cut.runtimes} == {
+        ("onnx2tf==1.26.9", "onnx==1.14.*", "onnxruntime==1.18.*"),
+        ("onnx2tf==1.26.9", "onnx==1.16.*", "onnxruntime==1.18.*")}
+    # companions follow the runtime side's packages: ONNX Runtime 1.18 predates NumPy 2
+    assert all("numpy<2" in e.extras for e, _ in cut.runtimes)
+    assert not any("numpy<2" in e.extras for e, _ in cut.exports)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('[runtime]\naxes = { torch = ["==2.5.1"] }', "expected a package of the runtime side"),
+    ('[runtime]\naxes = { onnx = ["1.14"] }', "axis 'onnx': expected a PEP 440 version specifier"),
+    ('[runtime]\nexclude-newer = "2026-13-01"', "no such date"),
+    ('[runtime]\nsomething = 1', "something"),
+])
+def test_runtime_table_errors_name_the_field(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(SPEC + "\n" + table + "\n")
+    with pytest.raises(spec.SpecError, match=message):
+        spec.load(path)
+
+
+def test_runtime_table_is_refused_on_joint_specs(tmp_path: Path) -> None:
+    path = tmp_path / "joint.toml"
+    path.write_text(SPEC.replace('mode = "split"', 'mode = "joint"') + '\n[runtime]\nexclude-newer = "2026-11-28"\n')
+    with pytest.raises(spec.SpecError, match="runtime: applies to split chains only"):
+        spec.load(path)
+
+
 def test_export_groups_run_newest_torch_first_one_release_at_a_time(split_plan: expand.SplitPlan) -> None:
     ordered = sorted(split_plan.exports, key=lambda item: split._torch_order(item[0]), reverse=True)
     groups = split._by_torch(ordered)
