@@ -301,16 +301,23 @@ def _pins(session: Session, m: coverage.Measurements) -> list[str]:
             lines += ["No case has been measured for this target yet.", ""]
             continue
         found = [a for a in answers if isinstance(a, coverage.Pin)]
+        # ONNX Runtime runs the ONNX file itself: the TensorFlow or converter its environment also held is not
+        # part of what a user deploys there, so those columns are left out rather than shown as if they were.
+        tf_columns = any(route != "onnxruntime" for route, _ in deployment.routes)
+        columns = ["torch", "onnx", *(["tensorflow", "converter"] if tf_columns else []), "onnxruntime",
+                   *(["onnx2tf backend"] if tf_columns else [])]
         if found:
-            lines += ["| family | model | route | chain | python | torch | onnx | tensorflow | converter | "
-                      "onnxruntime | onnx2tf backend | exporter | evidence |", "|---" * 13 + "|"]
+            lines += ["| family | model | route | chain | python | " + " | ".join(columns) + " | exporter | evidence |",
+                      "|---" * (len(columns) + 7) + "|"]
         for pin in found:
             v = pin.versions
-            tf = v.get("tensorflow") or v.get("tensorflow-cpu") or ""
+            cell = {"torch": v.get("torch", ""), "onnx": v.get("onnx", ""),
+                    "tensorflow": v.get("tensorflow") or v.get("tensorflow-cpu") or "", "converter": pin.converter,
+                    "onnxruntime": v.get("onnxruntime", ""), "onnx2tf backend": pin.backend}
             lines.append(
                 f"| {pin.family} | {pin.model} | {pin.route} | {'split' if pin.split else 'joint'} | {pin.python} | "
-                f"{v.get('torch', '')} | {v.get('onnx', '')} | {tf} | {pin.converter} | {v.get('onnxruntime', '')} | "
-                f"{pin.backend} | {', '.join(pin.exporters)} | {pin.cases} cases; {pin.chains} chains over "
+                + " | ".join(cell[c] for c in columns)
+                + f" | {', '.join(pin.exporters)} | {pin.cases} cases; {pin.chains} chains over "
                 f"{pin.environments} environments |")
         if found:
             lines.append("")
