@@ -172,7 +172,11 @@ class CoverageCell:
 
 @dataclass(frozen=True)
 class Coverage:
-    """A route's torch minor × production-side minor grid; cells absent from `cells` are missing."""
+    """A route's torch minor × production-side minor grid; cells absent from `cells` are missing.
+
+    The axes are the store's, not the route's: every torch minor (and TensorFlow or onnxruntime minor) any
+    environment pins or asks for, so a minor the route never reached is a row of holes, not left out.
+    """
 
     route: str
     column: str  # the column axis: "tensorflow", "onnxruntime", or "" (one column)
@@ -197,16 +201,25 @@ class Coverage:
 def coverage(m: Measurements, route: str) -> Coverage:
     """Which torch minor × TensorFlow (onnxruntime) minor cells of `route` hold an answer.
 
+    Rows are every torch minor of the store and columns every minor of the route's column axis (one column, "",
+    on litert-torch), whichever routes those environments were for: a share is of the whole grid, and a minor
+    this route never reached shows as missing. A route no environment asked for and no case ran has no grid.
     Joint environments answer the cell of their own pins; a split chain answers (its export side's torch, its
-    runtime side's column). Environments that resolved but never ran on the route add their cell as missing,
-    so the grid shows the holes. A conflicting export environment marks its torch row unresolvable, a
-    conflicting runtime environment its column, where nothing was measured.
+    runtime side's column). A conflicting joint environment marks its cell unresolvable, a conflicting export
+    environment its torch row (on routes with runtime environments), a conflicting runtime environment its
+    column, where nothing was measured. Resolved but never run is no answer.
     """
     names = COLUMNS.get(route, TENSORFLOW)
     envs = m.environments
 
     def column(env: EnvironmentRow) -> str | None:
         return minor(env.pin(names)) if names else ""
+
+    # The axes come from every environment, not only this route's: counting a route's own minors made litert-torch
+    # read "3 of 3" while most torch minors were never tried on it. pin() falls back to the request, so an
+    # environment that never resolved still names its minors. Every cell's minors are among these.
+    rows: set[str] = {x for env in envs.values() if (x := minor(env.pin(("torch",)))) is not None}
+    cols: set[str] = {y for env in envs.values() if (y := column(env)) is not None}
 
     cells: dict[tuple[str, str], CoverageCell] = defaultdict(CoverageCell)
     for row in m.outcomes:
@@ -222,19 +235,20 @@ def coverage(m: Measurements, route: str) -> Coverage:
                 continue
             cells[x, y].total += row.n
             cells[x, y].passed += row.n if row.status == "pass" else 0
-    rows: set[str] = {x for x, _ in cells}
-    cols: set[str] = {y for _, y in cells}
-    # Export environments serve every route a runtime environment was planned for; they add rows only there.
+    planned = any(queries._requests_route(e.requirements, route) for e in envs.values())
+    if not cells and not planned:
+        return Coverage(route=route, column=names[0] if names else "", rows=[], columns=[], cells={})
+    # Export environments serve every route a runtime environment was planned for: only there does one that
+    # cannot resolve leave its torch row without a chain.
     split = any(e.kind == "runtime" and queries._requests_route(e.requirements, route) for e in envs.values())
     rows_unresolvable: set[str] = set()
     cols_unresolvable: set[str] = set()
     for env in envs.values():
+        if env.status not in UNRESOLVABLE:
+            continue
         x = minor(env.pin(("torch",)))
         if env.kind == "export":
-            if x is None or not split:
-                continue
-            rows.add(x)
-            if env.status in UNRESOLVABLE:
+            if x is not None and split:
                 rows_unresolvable.add(x)
             continue
         if not queries._requests_route(env.requirements, route):
@@ -242,18 +256,10 @@ def coverage(m: Measurements, route: str) -> Coverage:
         y = column(env)
         if y is None:
             continue
-        cols.add(y)
         if env.kind == "runtime":
-            if env.status in UNRESOLVABLE:
-                cols_unresolvable.add(y)
-            continue
-        if x is None:
-            continue
-        rows.add(x)
-        if env.status in UNRESOLVABLE:
+            cols_unresolvable.add(y)
+        elif x is not None:
             cells[x, y].unresolvable = True
-        else:
-            cells.setdefault((x, y), CoverageCell())
     for x in rows:
         for y in cols:
             if x in rows_unresolvable or y in cols_unresolvable:

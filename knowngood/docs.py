@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import coverage, queries
-from matrix.routes import ROUTES
+from api.schemas import MatrixOut
+from matrix.routes import ROUTES, TARGETS
 from store.models import Case, Environment, Run
 
 # The chain practitioners quote as the one that works.
@@ -47,22 +48,38 @@ def _grid_svg(xs: list[str], ys: list[str], paint: Callable[[str, str], tuple[st
     return "\n".join(parts)
 
 
-def heatmap_svg(grid: object, title: str) -> str:
-    """A torch × TensorFlow grid as SVG: each cell coloured by its pass fraction, labelled passed/total."""
-    xs = [v for v in grid.x_versions if v is not None]  # type: ignore[attr-defined]
-    ys = [v for v in grid.y_versions if v is not None]  # type: ignore[attr-defined]
-    cells = {(c.x, c.y): c for c in grid.cells}  # type: ignore[attr-defined]
+def heatmap_svg(grid: MatrixOut, title: str) -> str:
+    """A torch × TensorFlow grid of one target as SVG: each cell coloured by its pass fraction, labelled passed/total.
+
+    The grid holds one cell per (x, y, target, environment kind). Joint environments and split chains at one
+    (x, y) are added up (cases passed / cases run, whichever kind ran them); targets are not, so a grid with
+    more than one is refused: a .tflite failing beside a SavedModel passing must not read as either.
+    """
+    targets = {c.target for c in grid.cells if c.target is not None}  # None: an environment that never resolved
+    if len(targets) > 1:
+        raise ValueError(f"one heatmap per target; this grid holds {', '.join(sorted(targets))}")
+    xs = [v for v in grid.x_versions if v is not None]
+    ys = [v for v in grid.y_versions if v is not None]
+    counts: dict[tuple[str, str], list[int]] = {}
+    unresolved: set[tuple[str, str]] = set()
+    for c in grid.cells:
+        if c.x is None or c.y is None:
+            continue
+        tally = counts.setdefault((c.x, c.y), [0, 0])
+        tally[0] += c.passed
+        tally[1] += c.passed + c.failed
+        if c.status == "unresolved":
+            unresolved.add((c.x, c.y))
 
     def paint(x: str, y: str) -> tuple[str, str]:
-        cell = cells.get((x, y))
-        total = (cell.passed + cell.failed) if cell else 0
-        if cell is None:
+        if (x, y) not in counts:
             return "#ffffff", ""
+        passed, total = counts[x, y]
         if total == 0:
-            return "#d0d0d0", "unres." if cell.status == "unresolved" else "—"
-        share = cell.passed / total
+            return "#d0d0d0", "unres." if (x, y) in unresolved else "—"
+        share = passed / total
         return (f"rgb({int(230 - 120 * share)},{int(90 + 140 * share)},{int(90 + 20 * share)})",
-                f"{cell.passed}/{total}")
+                f"{passed}/{total}")
 
     return _grid_svg(xs, ys, paint, title, "torch →   (cell: cases passed / cases run; grey: no case ran)", "tf ")
 
@@ -95,7 +112,8 @@ def _cell_text(cell: coverage.CoverageCell, *, unresolvable: str, missing: str) 
 
 
 def render(session: Session, out_dir: Path) -> Path:
-    """Write matrix.md, heatmap-<route>.svg and coverage-<route>.svg into `out_dir`; returns the Markdown file."""
+    """Write matrix.md, heatmap-<route>[-<target>].svg and coverage-<route>.svg into `out_dir`; returns the
+    Markdown file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     env_status = Counter({s: n for s, n in session.execute(
         select(Environment.status, func.count()).group_by(Environment.status))})
@@ -229,14 +247,21 @@ def _chains(session: Session) -> list[str]:
 
 
 def _heatmaps(session: Session, out_dir: Path) -> list[str]:
-    lines = ["## torch × TensorFlow", ""]
+    """One heatmap per (route, target) with a measured case: heatmap-<route>.svg, heatmap-<route>-<target>.svg."""
+    lines = ["## torch × TensorFlow", "",
+             "One heatmap per route and target (a SavedModel passing says nothing about the .tflite of the same "
+             "environment). Cells: cases passed / run at that torch and TensorFlow, all models and exporters, "
+             "joint environments and split chains together.", ""]
     for route in ("onnxruntime", "onnx2tf"):
-        grid = queries.matrix_grid(session, queries.MatrixQuery(x="torch", y="tensorflow", route=route))
-        if not grid.cells:
-            continue
-        name = f"heatmap-{route}.svg"
-        (out_dir / name).write_text(heatmap_svg(grid, f"route {route}: all models, all exporters"))
-        lines += [f"![torch × TensorFlow on {route}]({name})", ""]
+        for target in TARGETS.get(route, ("",)):
+            grid = queries.matrix_grid(session, queries.MatrixQuery(x="torch", y="tensorflow", route=route,
+                                                                    target=target or None))
+            if not any(c.passed + c.failed for c in grid.cells):  # unresolved environments alone: nothing ran
+                continue
+            name = f"heatmap-{route}-{target}.svg" if target else f"heatmap-{route}.svg"
+            what = f"route {route}, target {target}" if target else f"route {route}"
+            (out_dir / name).write_text(heatmap_svg(grid, f"{what}: all models, all exporters"))
+            lines += [f"![torch × TensorFlow on {what}]({name})", ""]
     return lines
 
 

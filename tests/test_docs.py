@@ -183,3 +183,67 @@ def test_docs_print_coverage_pins_torch_spans_and_the_default_exporter(
     # the default exporter: TorchScript in torch 2.4, dynamo in 2.7, with the opset and IR version each emitted
     assert "| 2.4 | torchscript ×1 | 17 | 8 |  |" in md
     assert "| 2.7 | dynamo ×1 | 18 | 10 |  |" in md
+
+
+def test_coverage_rows_and_columns_are_the_stores_axes_not_the_routes(
+    session: Session, tmp_path: Path, make_run: Callable, make_environment: Callable, make_case: Callable,
+) -> None:
+    # litert-torch ran at torch 2.4 only and conflicts at 2.2: its one column must still list every torch minor
+    # of the store (2.1 … 2.7), the minors it never reached as missing, not read "2 of 2".
+    _grid(session, make_run, make_environment, make_case)
+    run = make_run(spec_name="grid-litert")
+    litert = make_environment({"torch": "2.4.1", "litert-torch": "0.8.0"})
+    make_case(run, litert, "resnet", "litert-torch", target="tflite")
+    _conflict(session, {"torch": "2.2.2", "litert-torch": "0.8.0"})
+    m = coverage.measurements(session)
+    minors = ["2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "2.7"]
+    cov = coverage.coverage(m, "litert-torch")
+    assert (cov.rows, cov.columns) == (minors, [""])
+    assert {x: cov.cell(x, "").status for x in minors} == {
+        "2.1": "missing", "2.2": "unresolvable", "2.3": "missing", "2.4": "pass", "2.5": "missing",
+        "2.6": "missing", "2.7": "missing"}
+    assert cov.answered == 2 and cov.share == 2 / 7
+    # every route's grid spans the same axes: onnxruntime never ran at torch 2.1, 2.3 or 2.5, nor at onnxruntime
+    # minors only a TF route's lock holds
+    ort = coverage.coverage(m, "onnxruntime")
+    assert (ort.rows, ort.columns) == (minors, ["1.19", "1.22"])
+    assert (coverage.coverage(m, "onnx2tf").rows, coverage.coverage(m, "onnx2tf").columns) == (
+        minors, ["2.13", "2.15", "2.16", "2.17", "2.19", "2.20"])
+    assert coverage.coverage(m, "nobuco").rows == []  # nothing asked for nobuco: no grid, not a grid of holes
+    md = render(session, tmp_path).read_text()
+    grid = md.split("### litert-torch: torch")[1].split("\n### ")[0].split("\n## ")[0]
+    assert ("**2 of 7 cells answered (29%)**: 1 measured (1 all pass, 0 mixed, 0 all fail), 1 unresolvable, "
+            "5 missing.") in grid
+    assert "| 2.3 | · |" in grid and "| 2.2 | unres. |" in grid and "| 2.4 | 1/1 |" in grid
+    assert "### nobuco" not in md
+    svg = (tmp_path / "coverage-litert-torch.svg").read_text()
+    assert "route litert-torch: 2 of 7 cells answered" in svg
+
+
+def test_heatmaps_are_per_target_and_add_joint_and_split_cases_up(
+    session: Session, tmp_path: Path, make_run: Callable, make_environment: Callable, make_case: Callable,
+) -> None:
+    # One joint environment (torch 2.6.0, TF 2.19.0) passes its SavedModel and fails its .tflite; a split chain
+    # at the same versions passes its SavedModel too. Keyed by (torch, TF) alone, one target's cell hid the other.
+    run = make_run(spec_name="targets")
+    joint = make_environment({"torch": "2.6.0", "onnx": "1.18.0", "tensorflow-cpu": "2.19.0", "onnx2tf": "1.28.8"})
+    export = make_environment({"torch": "2.6.0", "onnx": "1.18.0"})
+    runtime = make_environment({"tensorflow-cpu": "2.19.0", "onnx2tf": "1.28.8", "onnx": "1.18.0"})
+    export.kind, runtime.kind = "export", "runtime"
+    graph = Artifact(key="c" * 64, model="resnet", opset_emitted=17, ir_version=8)
+    session.add(graph)
+    session.commit()
+    make_case(run, joint, "resnet", "onnx2tf", target="saved_model")
+    make_case(run, joint, "resnet", "onnx2tf", target="tflite", status="fail", signature="ParityExceeded(input=0)")
+    make_case(run, export, "resnet", "export", artifact_id=graph.id)
+    make_case(run, runtime, "resnet", "onnx2tf", target="saved_model", artifact_id=graph.id)
+    make_case(run, joint, "resnet", "onnxruntime")
+    md = render(session, tmp_path).read_text()
+    saved_model = (tmp_path / "heatmap-onnx2tf-saved_model.svg").read_text()
+    tflite = (tmp_path / "heatmap-onnx2tf-tflite.svg").read_text()
+    assert ">2/2<" in saved_model and "route onnx2tf, target saved_model" in saved_model
+    assert ">0/1<" in tflite and "route onnx2tf, target tflite" in tflite
+    assert not (tmp_path / "heatmap-onnx2tf-keras.svg").exists()  # no keras case was run
+    assert not (tmp_path / "heatmap-onnx2tf.svg").exists()
+    assert ">1/1<" in (tmp_path / "heatmap-onnxruntime.svg").read_text()  # a route without targets keeps its name
+    assert "(heatmap-onnx2tf-tflite.svg)" in md and "(heatmap-onnxruntime.svg)" in md
