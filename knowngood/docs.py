@@ -113,8 +113,11 @@ def _cell_text(cell: coverage.CoverageCell, *, unresolvable: str, missing: str) 
 
 def render(session: Session, out_dir: Path) -> Path:
     """Write matrix.md, heatmap-<route>[-<target>].svg and coverage-<route>.svg into `out_dir`; returns the
-    Markdown file."""
+    Markdown file. Pictures an earlier render wrote and this one does not (a route or target no longer
+    measured, a renamed file) are removed, so the folder holds exactly what matrix.md links."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (*out_dir.glob("heatmap-*.svg"), *out_dir.glob("coverage-*.svg")):
+        stale.unlink()
     env_status = Counter({s: n for s, n in session.execute(
         select(Environment.status, func.count()).group_by(Environment.status))})
     case_status = Counter({s: n for s, n in session.execute(select(Case.status, func.count()).group_by(Case.status))})
