@@ -508,7 +508,11 @@ def _convert_litert_torch(ctx: Context, target: str) -> dict:
         import litert_torch as converter  # 0.8 and later
 
         name = "litert_torch"
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        # Only where the package is absent: a litert_torch that is there and fails to import (its torch too old
+        # or too new) is that failure, not a missing ai_edge_torch.
+        if exc.name != "litert_torch":
+            raise
         import ai_edge_torch as converter  # the same converter before its rename
 
         name = "ai_edge_torch"
