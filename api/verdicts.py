@@ -191,7 +191,10 @@ def complete(envs: dict[int, Measured], models: Iterable[str]) -> list[int]:
 
 def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
     """Fill in the run, exporter, signature and first step that was not ok of the outcomes an answer shows."""
-    todo = {o.case_id: o for o in outcomes if not o.loaded}
+    todo: dict[int, list[Outcome]] = defaultdict(list)
+    for o in outcomes:
+        if not o.loaded:  # one runtime case stands behind every split pair whose export sides stored its graph
+            todo[o.case_id].append(o)
     ids = sorted(todo)
     for i in range(0, len(ids), 500):
         for row in session.connection().execute(
@@ -199,10 +202,10 @@ def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
             .outerjoin(Step, (Step.case_id == Case.id) & (Step.status != "ok"))
             .where(Case.id.in_(ids[i: i + 500])).order_by(Case.id, Step.ordinal)
         ):
-            o = todo[row.id]
-            if not o.loaded:  # the first row of a case carries its first step that was not ok
-                o.run_id, o.exporter, o.signature, o.loaded = row.run_id, row.exporter, row.signature, True
-                o.step, o.message = row.name, row.message
+            for o in todo[row.id]:
+                if not o.loaded:  # the first row of a case carries its first step that was not ok
+                    o.run_id, o.exporter, o.signature, o.loaded = row.run_id, row.exporter, row.signature, True
+                    o.step, o.message = row.name, row.message
 
 
 # -- distance between pins and an environment ----------------------------------------------------------------------
