@@ -30,6 +30,22 @@ def current(case_: Any = Case) -> ColumnElement[bool]:
     A runtime environment of split chains holds one case per stored graph: the artifact is part of the identity.
     `case_` is Case or the columns of a Core alias of its table (`alias.c`).
     """
+    # Memoised per `case_` (the class and the module-level aliases): an expression is immutable, so one built once
+    # serves every statement and thread, where building it cost a request about a millisecond of coercion per use
+    # (issue 14). Keyed by identity with the object held, so a short-lived alias cannot alias another's id.
+    held = _CURRENT.get(id(case_))
+    if held is not None and held[0] is case_:
+        return held[1]
+    expression = _current(case_)
+    if len(_CURRENT) < 64:
+        _CURRENT[id(case_)] = (case_, expression)
+    return expression
+
+
+_CURRENT: dict[int, tuple[Any, ColumnElement[bool]]] = {}
+
+
+def _current(case_: Any) -> ColumnElement[bool]:
     newer = _NEWER
     return ~exists().where(
         newer.environment_id == case_.environment_id, newer.model == case_.model, newer.route == case_.route,
