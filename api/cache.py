@@ -73,7 +73,7 @@ class ResponseCache:
 
     def _serve_sync(self, request: Request, build: Build) -> Response:
         key = cache_key(request.scope["path"], request.scope["query_string"])
-        with request.app.state.sessionmaker() as session:
+        with request.app.state.read_sessionmaker() as session:
             if not self.size:
                 return build(session)
             version = queries.data_version(session)

@@ -7,7 +7,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, cast
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -56,6 +56,35 @@ class QueryError(ValueError):
         self.param = param
 
 
+class RequirementTest:
+    """A query's `require` pins, tested against environments' versions with each (pin, version) decided once.
+
+    packaging's SpecifierSet.contains costs tens of microseconds, and a query weighs every measured environment,
+    which share a handful of versions per package (issue 14). One per query: not shared across threads.
+    """
+
+    def __init__(self, require: tuple[Requirement, ...]) -> None:
+        self._require = [(aliases(r.name), r.specifier) for r in require]
+        self._seen: dict[tuple[int, str], bool] = {}
+
+    def met(self, versions: dict[str, str]) -> bool:
+        """Whether `versions` satisfy every pin; a pin on tensorflow is met by tensorflow-cpu as well (aliases)."""
+        seen = self._seen
+        for i, (names, specifier) in enumerate(self._require):
+            for name in names:
+                version = versions.get(name)
+                if version is None:
+                    continue
+                hit = seen.get((i, version))
+                if hit is None:
+                    hit = seen[i, version] = specifier.contains(version, prereleases=True)
+                if hit:
+                    break
+            else:
+                return False
+        return True
+
+
 @dataclass(frozen=True)
 class ChainQuery:
     models: tuple[str, ...]
@@ -83,6 +112,11 @@ class ChainQuery:
                 raise QueryError("require", f"expected a PEP 508 requirement such as 'torch>=2.3', got {text!r}") \
                     from None
         return cls(tuple(dict.fromkeys(names)), route, exporter, python, tuple(reqs), limit, target)
+
+    @cached_property
+    def requirements(self) -> RequirementTest:
+        """`require`, as the rankings and near misses of this query test it."""
+        return RequirementTest(self.require)
 
 
 def split_names(value: str | list[str] | None) -> list[str]:
@@ -113,13 +147,6 @@ def version_key(text: str | None) -> tuple[int, Version, str]:
         return (1, Version(text), text)
     except InvalidVersion:
         return (0, Version("0"), text)
-
-
-def _satisfies(versions: dict[str, str], req: Requirement) -> bool:
-    for candidate in aliases(req.name):
-        if candidate in versions and req.specifier.contains(versions[candidate], prereleases=True):
-            return True
-    return False
 
 
 def rank_key(versions: dict[str, str]) -> tuple[Version, ...]:
@@ -177,6 +204,12 @@ class FactsCache:
 
         Places are ints, so a request sorts its candidates without comparing a single Version.
         """
+        facts, order = self.every(session, env_ids)
+        return {e: facts[e] for e in env_ids if e in facts}, order
+
+    def every(self, session: Session, env_ids: Collection[int]) -> tuple[dict[int, EnvironmentFacts], dict[int, int]]:
+        """get() without the copy: the facts of every environment known so far, `env_ids` among them (those that
+        exist). Read only: the dicts are the cache's own."""
         missing = [e for e in env_ids if e not in self._state[0]]
         if missing:
             loaded = _load_facts(session, missing)
@@ -184,8 +217,7 @@ class FactsCache:
                 facts = {**self._state[0], **loaded}
                 ranked = sorted(facts, key=lambda e: (facts[e].rank, e))
                 self._state = (facts, {e: i for i, e in enumerate(ranked)})
-        facts, order = self._state
-        return {e: facts[e] for e in env_ids if e in facts}, order
+        return self._state
 
 
 def _load_facts(session: Session, env_ids: list[int]) -> dict[int, EnvironmentFacts]:
@@ -255,7 +287,7 @@ def known_good_chain_page(
             if env_id in versions:
                 versions[env_id][name] = version
     ranked = sorted(
-        (env_id for env_id in versions if all(_satisfies(versions[env_id], r) for r in query.require)),
+        (env_id for env_id in versions if query.requirements.met(versions[env_id])),
         key=place.__getitem__,
         reverse=True,
     )
@@ -264,7 +296,7 @@ def known_good_chain_page(
         return [], len(ranked)
     envs: dict[int, AnyRow] = {}
     evidence: dict[int, list[AnyRow]] = defaultdict(list)
-    for row in session.execute(  # the environment's own fields ride along: one round trip
+    for row in session.connection().execute(  # the environment's own fields ride along: one round trip
         select(Case.environment_id, Case.model, Case.exporter, Case.opset, Case.opset_emitted, Case.max_abs_diff,
                Case.target, Case.recorded_at, Case.run_id, Environment.name, Environment.python,
                Environment.python_full, Environment.lock_hash, Environment.cutoff, Environment.index_url)
@@ -303,15 +335,27 @@ def _newest_and_worst(rows: list[AnyRow]) -> tuple[AnyRow, dict[str, AnyRow]]:
 def unknown_models(session: Session, models: tuple[str, ...] | list[str]) -> list[str]:
     """The requested models with no recorded case; one index probe each (in one statement), not a scan of every
     case."""
-    if not models:
-        return []
-    found = session.execute(select(*[exists().where(Case.model == m) for m in models])).one()
-    return [m for m, known in zip(models, found, strict=True) if not known]
+    return unknown_names(session, models)[0]
 
 
 def unknown_packages(session: Session, names: list[str]) -> list[str]:
     """The requested package names (aliases count) that no resolved environment pins."""
-    return [n for n in names if not session.scalar(select(exists().where(Package.name.in_(aliases(n)))))]
+    return unknown_names(session, (), names)[1]
+
+
+def unknown_names(session: Session, models: Collection[str], packages: Collection[str] = ()
+                  ) -> tuple[list[str], list[str]]:
+    """unknown_models and unknown_packages in one statement, one index probe per name: a request checks its
+    parameters in one round trip."""
+    models, packages = list(models), list(packages)
+    if not models and not packages:
+        return [], []
+    found = session.connection().execute(select(
+        *[exists().where(Case.model == m) for m in models],
+        *[exists().where(Package.name.in_(aliases(n))) for n in packages],
+    )).one()
+    return ([m for m, known in zip(models, found[: len(models)], strict=True) if not known],
+            [n for n, known in zip(packages, found[len(models):], strict=True) if not known])
 
 
 def known_models(session: Session) -> set[str]:
@@ -345,6 +389,13 @@ def _requested_pin(requirements: list[str], names: tuple[str, ...]) -> str | Non
 
 
 def _requests_route(requirements: list[str], route: str | None) -> bool:
+    return requests_route(tuple(requirements), route)
+
+
+@lru_cache(maxsize=65536)
+def requests_route(requirements: tuple[str, ...], route: str | None) -> bool:
+    """Whether an environment asked for the route's package (its requirements as stored); memoised, since every
+    /chains answer counts the environments that resolved but ran nothing (issue 14)."""
     if route is None:
         return True
     wanted = {canonicalize_name(n) for n in ROUTE_PACKAGES.get(route, ())}
@@ -864,13 +915,15 @@ _RUNTIME, _EXPORT = Case.__table__.alias("runtime").c, Case.__table__.alias("exp
 
 def split_chain_page(
     session: Session, query: ChainQuery, facts: FactsCache | None = None,
+    candidates: list[tuple[int, int]] | None = None,
 ) -> tuple[list[SplitChainOut], int]:
     """Export → runtime pairs in which every requested model passed: the export environment stored the graph
     (its `export` case passed) and the runtime environment converted and ran that graph within tolerance.
 
     Any export environment pairs with any runtime environment that ran the same graph: the file is the
     interface, so the two sides may even use different Pythons (a spec's export-python); `python` selects the
-    production side's. Ranked by the research side, then production.
+    production side's. Ranked by the research side, then production. `candidates`: the complete (export, runtime)
+    pairs, when the caller has read them already (verdicts.complete_pairs).
     """
     runtime, export = _RUNTIME, _EXPORT
     conditions = [runtime.model.in_(query.models), runtime.route == query.route, runtime.status == "pass",
@@ -879,7 +932,7 @@ def split_chain_page(
                   current(runtime), current(export)]
     if query.exporter:
         conditions.append(export.exporter == query.exporter)
-    pairs = session.execute(
+    pairs = candidates if candidates is not None else session.connection().execute(
         select(export.environment_id, runtime.environment_id)
         .where(*conditions)
         .group_by(export.environment_id, runtime.environment_id)
@@ -894,8 +947,7 @@ def split_chain_page(
             return False
         if query.python and known[r].python != query.python:  # the production side's; research may differ
             return False
-        merged = {**known[r].versions, **known[e].versions}
-        return all(_satisfies(merged, req) for req in query.require)
+        return query.requirements.met({**known[r].versions, **known[e].versions})
 
     ranked = sorted(((e, r) for e, r in pairs if fits(e, r)), key=lambda p: (place[p[0]], place[p[1]]),
                     reverse=True)
@@ -903,12 +955,12 @@ def split_chain_page(
     if not page:
         return [], len(ranked)
     ids = {e for pair in page for e in pair}
-    envs = {row.id: row for row in session.execute(
+    envs = {row.id: row for row in session.connection().execute(
         select(Environment.id, Environment.name, Environment.python, Environment.python_full,
                Environment.lock_hash, Environment.cutoff, Environment.index_url).where(Environment.id.in_(ids)))}
     evidence: dict[tuple[int, int], list[AnyRow]] = defaultdict(list)
     wanted = set(page)
-    for row in session.execute(
+    for row in session.connection().execute(
         select(export.environment_id.label("export_id"), runtime.environment_id.label("runtime_id"), runtime.model,
                export.exporter, export.opset, runtime.opset_emitted, runtime.max_abs_diff, runtime.target,
                runtime.recorded_at, runtime.run_id)

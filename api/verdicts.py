@@ -8,12 +8,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import CompoundSelect, Integer, String, bindparam, case, cast, func, null, select, union_all
+from sqlalchemy.orm import Session
 
 from api import queries
 from api.schemas import (
@@ -29,7 +28,7 @@ from api.schemas import (
     Verdict,
 )
 from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES, ROUTES, TARGETS
-from store.models import Case, Environment, Package, Step
+from store.models import Case, Environment, OutcomeAny, Package, Step
 from store.models import Outcome as OutcomeRow
 from store.pins import FilePin, Pins
 
@@ -40,7 +39,7 @@ _WORST: dict[Verdict, int] = {"known-good": 0, "untested": 1, "known-bad": 2}
 
 # -- what was measured ---------------------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """One environment's result for one model on the route: passed anywhere, or its newest failure.
 
@@ -58,21 +57,23 @@ class Outcome:
     loaded: bool = False
 
 
-@dataclass
+# One pin the environment does not satisfy: (package, yours, measured), made a PinDiff only where an answer shows it.
+Diff = tuple[str, str | None, str | None]
+Distance = tuple[int, int, int, int]
+
+
+@dataclass(slots=True)
 class Measured:
     """Per environment: python, the packages that matter, its ranking place, and each requested model's outcome."""
 
     env_id: int  # a split pair's production (runtime) side
     python: str
-    versions: dict[str, str]
+    versions: dict[str, str]  # shared with the facts cache unless the route adds packages: read, never written
     place: int
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     name: str = ""  # a split pair's "export name → runtime name"
     research_id: int | None = None  # a split pair's research (export) side; None in a joint environment
     research_place: int = -1  # its ranking place: pairs that share a runtime side are ordered by their torch
-    # The differences from one file's pins and their distance, kept by _scored: a check weighs every environment
-    # several times (per model, for the nearest and for the fix) against the same pins.
-    scored: tuple[Pins, list[PinDiff], tuple[int, int, int, int]] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> int:
@@ -99,87 +100,136 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
     together with its export side). One aggregate over the outcome table (store/outcomes.py), one row per
     environment with a pass and a failure column per model, so the cost follows environments, not cases.
     """
-    models = tuple(models)
+    return measured_routes(session, models, (route,), exporter, facts, target)[route]
+
+
+# What measured_routes reads, per number of models and filter: built once, bound per request. Joint rows (the outcome
+# aggregate: route, environment, then a pass and a failure column per model) and split rows (route, runtime side,
+# export side, model, status, case) in one statement, a round trip fewer; each kind leaves the other's columns null.
+@lru_cache(maxsize=256)
+def _measured_query(n_models: int, exporter: bool, target: bool) -> CompoundSelect[*tuple[Any, ...]]:
+    # Without an exporter or target, the rows already folded over them (a third to a ninth as many to read).
+    table: Any = OutcomeRow if exporter or target else OutcomeAny
     columns = []
-    for model in models:
-        columns += [func.max(case((OutcomeRow.model == model, OutcomeRow.pass_case_id))),
-                    func.max(case((OutcomeRow.model == model, OutcomeRow.fail_case_id)))]
-    query = select(OutcomeRow.environment_id, *columns).where(OutcomeRow.route == route,
-                                                             OutcomeRow.model.in_(models))
+    for i in range(n_models):
+        model = bindparam(f"model_{i}", type_=String())
+        columns += [func.max(case((table.model == model, table.pass_case_id))),
+                    func.max(case((table.model == model, table.fail_case_id)))]
+    joint = select(table.route, table.environment_id, *_nulls(Integer, String, String, Integer), *columns).where(
+        table.route.in_(bindparam("routes", expanding=True)), table.model.in_(bindparam("models", expanding=True)))
     if exporter:
-        query = query.where(OutcomeRow.exporter == exporter)
+        joint = joint.where(OutcomeRow.exporter == bindparam("exporter"))
     if target:
-        query = query.where(OutcomeRow.target == target)
-    chosen: dict[int, dict[str, Outcome]] = {}
-    for env_id, *ids in session.connection().execute(query.group_by(OutcomeRow.environment_id)):
-        found = {}
-        for i, model in enumerate(models):
-            passed, failed = ids[2 * i], ids[2 * i + 1]
-            if passed is not None:  # a pass anywhere outweighs a failure
-                found[model] = Outcome("pass", passed)
-            elif failed is not None:
-                found[model] = Outcome("fail", failed)
-        if found:
-            chosen[env_id] = found
-    known, place = (facts or queries.FactsCache()).get(session, chosen)
-    out = {e: Measured(e, f.python, dict(f.versions), place[e], chosen[e], name=f.name) for e, f in known.items()}
-    extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
-    if extra and out:
-        for env_id, name, version in session.execute(
-            select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(extra))
-        ):
-            if env_id in out:
-                out[env_id].versions[name] = version
-    for pair in _split_pairs(session, models, route, exporter, target, facts):
-        out[pair.key] = pair
-    return out
-
-
-def _split_pairs(session: Session, models: tuple[str, ...], route: str, exporter: str | None, target: str | None,
-                 facts: queries.FactsCache | None) -> list[Measured]:
-    """Split chains as measured environments: each (export, runtime) pair whose runtime side ran a graph its export
-    side stored. Versions are both sides' (torch from research, the rest from production), python the production
-    side's; per model the pair's newest pass, else its newest failure, as for joint environments."""
-    runtime, export = aliased(Case), aliased(Case)
-    conditions = [runtime.model.in_(models), runtime.route == route, runtime.artifact_id.is_not(None),
+        joint = joint.where(OutcomeRow.target == bindparam("target"))
+    joint = joint.group_by(table.route, table.environment_id)
+    # Split pairs: the runtime cases of some routes, each with an export side that stored the graph it ran.
+    runtime, export = _RUNTIME, _EXPORT
+    conditions = [runtime.model.in_(bindparam("models", expanding=True)),
+                  runtime.route.in_(bindparam("routes", expanding=True)), runtime.artifact_id.is_not(None),
                   runtime.status != "skip", export.route == "export", export.status == "pass",
                   export.artifact_id == runtime.artifact_id, export.model == runtime.model,
                   queries.current(runtime), queries.current(export)]
     if exporter:
-        conditions.append(export.exporter == exporter)
+        conditions.append(export.exporter == bindparam("exporter"))
     if target:
-        conditions.append(runtime.target == target)
-    chosen: dict[tuple[int, int, str], tuple[str, int]] = {}
-    for e, r, model, status, case_id in session.connection().execute(
-        select(export.environment_id, runtime.environment_id, runtime.model, runtime.status, runtime.id)
-        .where(*conditions).order_by(runtime.id)
-    ):
-        held = chosen.get((e, r, model))
+        conditions.append(runtime.target == bindparam("target"))
+    split = select(runtime.route, runtime.environment_id, export.environment_id, runtime.model, runtime.status,
+                   runtime.id, *_nulls(*[Integer] * (2 * n_models))).where(*conditions)
+    return union_all(joint, split)
+
+
+def _nulls(*types: Any) -> list[Any]:
+    return [cast(null(), t) for t in types]
+
+
+_RUNTIME, _EXPORT = Case.__table__.alias("runtime").c, Case.__table__.alias("export").c
+
+
+def measured_routes(session: Session, models: Iterable[str], routes: Iterable[str], exporter: str | None,
+                    facts: queries.FactsCache | None = None, target: str | None = None,
+                    ) -> dict[str, dict[int, Measured]]:
+    """measured() for several routes at once, joint environments and split pairs: one statement for all of them
+    (a check weighs every route its file pins)."""
+    models, routes = tuple(models), tuple(dict.fromkeys(routes))
+    facts = facts or queries.FactsCache()
+    params: dict[str, Any] = {f"model_{i}": m for i, m in enumerate(models)}
+    params.update(routes=list(routes), models=list(models), exporter=exporter, target=target)
+    rows = session.connection().execute(
+        _measured_query(len(models), bool(exporter), bool(target)), params).all()
+    known, place = facts.every(session, {row[1] for row in rows if row[2] is None})
+    out: dict[str, dict[int, Measured]] = {r: {} for r in routes}
+    split_rows = []
+    for route, env_id, export_id, model, status, case_id, *ids in rows:
+        if export_id is not None:
+            split_rows.append((case_id, route, export_id, env_id, model, status))
+            continue
+        f = known.get(env_id)
+        if f is None:
+            continue
+        found = {}
+        for i, name in enumerate(models):
+            passed, failed = ids[2 * i], ids[2 * i + 1]
+            if passed is not None:  # a pass anywhere outweighs a failure
+                found[name] = Outcome("pass", passed)
+            elif failed is not None:
+                found[name] = Outcome("fail", failed)
+        if found:  # the facts' dict is shared, not copied: `versions` is only read (see below)
+            out[route][env_id] = Measured(env_id, f.python, f.versions, place[env_id], found, name=f.name)
+    for route in routes:
+        envs = out[route]
+        extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
+        if extra and envs:
+            for m in envs.values():
+                m.versions = dict(m.versions)  # this route's own converter joins them: copies of its own
+            for env_id, name, version in session.connection().execute(
+                select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(extra))
+            ):
+                if env_id in envs:
+                    envs[env_id].versions[name] = version
+    for route, pairs in _split_pairs(session, sorted(split_rows), routes, facts).items():
+        for pair in pairs:
+            out[route][pair.key] = pair
+    return out
+
+
+def _split_pairs(session: Session, rows: list[tuple[int, str, int, int, str, str]], routes: tuple[str, ...],
+                 facts: queries.FactsCache) -> dict[str, list[Measured]]:
+    """Split chains as measured environments, per route: each (export, runtime) pair whose runtime side ran a graph
+    its export side stored. Versions are both sides' (torch from research, the rest from production), python the
+    production side's; per model the pair's newest pass, else its newest failure, as for joint environments.
+    `rows`: (runtime case, route, export side, runtime side, model, status), in case order."""
+    chosen: dict[tuple[str, int, int, str], tuple[str, int]] = {}
+    for case_id, route, e, r, model, status in rows:
+        held = chosen.get((route, e, r, model))
         if held is None or held[0] != "pass" or status == "pass":  # the newest pass, else the newest failure
-            chosen[e, r, model] = ("pass" if status == "pass" else "fail", case_id)
+            chosen[route, e, r, model] = ("pass" if status == "pass" else "fail", case_id)
     if not chosen:
-        return []
-    known, place = (facts or queries.FactsCache()).get(session, {i for e, r, _ in chosen for i in (e, r)})
+        return {}
+    known, place = facts.get(session, {i for _, e, r, _ in chosen for i in (e, r)})
     # The route's own converter, as for joint environments: one read for every runtime side.
-    extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
+    extra = sorted({n for route in routes for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES})
     converters: dict[int, dict[str, str]] = defaultdict(dict)
     if extra:
-        for env_id, name, version in session.execute(select(Package.environment_id, Package.name, Package.version)
-                                                     .where(Package.environment_id.in_({r for _, r, _ in chosen}),
-                                                            Package.name.in_(extra))):
+        for env_id, name, version in session.connection().execute(
+            select(Package.environment_id, Package.name, Package.version)
+            .where(Package.environment_id.in_(sorted({r for _, _, r, _ in chosen})), Package.name.in_(extra))
+        ):
             converters[env_id][name] = version
-    pairs: dict[tuple[int, int], Measured] = {}
-    for (e, r, model), (status, case_id) in chosen.items():
+    pairs: dict[tuple[str, int, int], Measured] = {}
+    for (route, e, r, model), (status, case_id) in chosen.items():
         if e not in known or r not in known:
             continue
-        pair = pairs.get((e, r))
+        pair = pairs.get((route, e, r))
         if pair is None:
-            pair = pairs[e, r] = Measured(r, known[r].python,
-                                          {**known[r].versions, **known[e].versions, **converters[r]}, place[r],
-                                          name=f"{known[e].name} → {known[r].name}", research_id=e,
-                                          research_place=place[e])
+            own = {n: v for n, v in converters[r].items() if n in ROUTE_PACKAGES.get(route, ())}
+            pair = pairs[route, e, r] = Measured(r, known[r].python, {**known[r].versions, **known[e].versions, **own},
+                                                 place[r], name=f"{known[e].name} → {known[r].name}", research_id=e,
+                                                 research_place=place[e])
         pair.outcomes[model] = Outcome(status, case_id)
-    return list(pairs.values())
+    out: dict[str, list[Measured]] = defaultdict(list)
+    for (route, _, _), pair in pairs.items():
+        out[route].append(pair)
+    return out
 
 
 def complete(envs: dict[int, Measured], models: Iterable[str]) -> list[int]:
@@ -189,9 +239,19 @@ def complete(envs: dict[int, Measured], models: Iterable[str]) -> list[int]:
             and all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
 
 
+def complete_pairs(envs: dict[int, Measured], models: Iterable[str]) -> list[tuple[int, int]]:
+    """The (export, runtime) pairs in which every one of `models` passed: the candidates of split_chain_page, when
+    no target narrows them (split_chain_page weighs every target)."""
+    return [(m.research_id, m.env_id) for m in envs.values() if m.research_id is not None
+            and all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
+
+
 def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
     """Fill in the run, exporter, signature and first step that was not ok of the outcomes an answer shows."""
-    todo = {o.case_id: o for o in outcomes if not o.loaded}
+    todo: dict[int, list[Outcome]] = defaultdict(list)
+    for o in outcomes:
+        if not o.loaded:  # one case may stand behind several outcomes (one per route of a check)
+            todo[o.case_id].append(o)
     ids = sorted(todo)
     for i in range(0, len(ids), 500):
         for row in session.connection().execute(
@@ -199,10 +259,10 @@ def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
             .outerjoin(Step, (Step.case_id == Case.id) & (Step.status != "ok"))
             .where(Case.id.in_(ids[i: i + 500])).order_by(Case.id, Step.ordinal)
         ):
-            o = todo[row.id]
-            if not o.loaded:  # the first row of a case carries its first step that was not ok
-                o.run_id, o.exporter, o.signature, o.loaded = row.run_id, row.exporter, row.signature, True
-                o.step, o.message = row.name, row.message
+            for o in todo[row.id]:
+                if not o.loaded:  # the first row of a case carries its first step that was not ok
+                    o.run_id, o.exporter, o.signature, o.loaded = row.run_id, row.exporter, row.signature, True
+                    o.step, o.message = row.name, row.message
 
 
 # -- distance between pins and an environment ----------------------------------------------------------------------
@@ -215,39 +275,84 @@ def _tf(versions: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
+class _Comparer:
+    """One file's pins against environments on the routes that weigh one set of packages (_matters): each (package,
+    measured version) is compared once, and each environment's differences are kept by its key for every route.
+
+    A check weighs every measured environment on every route, and they share a handful of versions per package.
+    """
+
+    def __init__(self, pins: Pins, route: str) -> None:
+        self.pins = pins
+        self.scores: dict[int, tuple[tuple[Diff, ...], Distance]] = {}  # Measured.key → differences, distance
+        pinned: list[tuple[str, FilePin]] = []
+        for name in _matters(route):
+            if name == "tensorflow-cpu":
+                continue  # compared under "tensorflow", either name on either side
+            if name == "tensorflow":
+                pin = next((pins.pins[n] for n in ALIASES["tensorflow"] if n in pins.pins), None)
+            else:
+                pin = pins.pins.get(name)
+            if pin is not None:
+                pinned.append((name, pin))
+        self.pinned = pinned
+        self._seen: dict[tuple[str, str | None], Diff | None] = {}
+
+    def differences(self, env: Measured) -> tuple[Diff, ...]:
+        """The pins that `env` does not satisfy, python first, in a chain's reading order."""
+        diffs: list[Diff] = []
+        python = self._python(env.python)
+        if python is not None:
+            diffs.append(python)
+        seen = self._seen
+        for name, pin in self.pinned:
+            have = (_tf(env.versions) or (name, None))[1] if name == "tensorflow" else env.versions.get(name)
+            key = (name, have)
+            if key not in seen:
+                seen[key] = (pin.name, _shown(pin), have) if have is None or not pin.allows(have) else None
+            if (diff := seen[key]) is not None:
+                diffs.append(diff)
+        return tuple(diffs)
+
+    def _python(self, python: str) -> Diff | None:
+        key = ("python", python)
+        if key not in self._seen:
+            pins, diff = self.pins, None
+            if pins.python and python != pins.python:
+                diff = ("python", pins.python, python)
+            elif not pins.python and pins.requires_python and not FilePin(
+                    "python", pins.requires_python, 0).allows(f"{python}.0"):
+                diff = ("python", pins.requires_python, python)
+            self._seen[key] = diff
+        return self._seen[key]
+
+
 def differences(pins: Pins, env: Measured, route: str) -> list[PinDiff]:
     """The pins (of the packages that matter) that `env` does not satisfy, python first, in a chain's reading order."""
-    diffs: list[PinDiff] = []
-    if pins.python and env.python != pins.python:
-        diffs.append(PinDiff(package="python", yours=pins.python, measured=env.python))
-    elif not pins.python and pins.requires_python and not FilePin("python", pins.requires_python, 0).allows(
-            f"{env.python}.0"):
-        diffs.append(PinDiff(package="python", yours=pins.requires_python, measured=env.python))
-    for name in _matters(route):
-        if name == "tensorflow-cpu":
-            continue  # compared under "tensorflow", either name on either side
-        if name == "tensorflow":
-            pin = next((pins.pins[n] for n in ALIASES["tensorflow"] if n in pins.pins), None)
-            have = (_tf(env.versions) or (name, None))[1]
-        else:
-            pin, have = pins.pins.get(name), env.versions.get(name)
-        if pin is not None and (have is None or not pin.allows(have)):
-            diffs.append(PinDiff(package=pin.name, yours=_shown(pin), measured=have))
-    return diffs
+    return _pin_diffs(_Comparer(pins, route).differences(env))
+
+
+def _pin_diffs(diffs: Iterable[Diff]) -> list[PinDiff]:
+    return [PinDiff(package=p, yours=yours, measured=have) for p, yours, have in diffs]
 
 
 def _shown(pin: FilePin) -> str:
     return pin.version or pin.specifier or "(unpinned)"
 
 
-def _distance(diffs: list[PinDiff]) -> tuple[int, int, int, int]:
+@lru_cache(maxsize=4096)
+def _moved(yours: str | None, have: str | None) -> tuple[int, int, int]:
+    a, b = _release(yours), _release(have)
+    return (abs(a[0] - b[0]), abs(a[1] - b[1]), abs(a[2] - b[2])) if a and b else (0, 0, 0)
+
+
+def _distance(diffs: Iterable[Diff]) -> Distance:
     """(packages changed, then |Δmajor|, |Δminor|, |Δmicro| summed): fewest changes first, then smallest moves."""
-    total = [0, 0, 0]
-    for d in diffs:
-        a, b = _release(d.yours), _release(d.measured)
-        for i in range(3):
-            total[i] += abs(a[i] - b[i]) if a and b else 0
-    return (len(diffs), total[0], total[1], total[2])
+    n = major = minor = micro = 0
+    for _, yours, have in diffs:
+        a, b, c = _moved(yours, have)
+        n, major, minor, micro = n + 1, major + a, minor + b, micro + c
+    return (n, major, minor, micro)
 
 
 @lru_cache(maxsize=4096)
@@ -274,29 +379,45 @@ def summary(diffs: list[PinDiff]) -> str:
     return ", ".join(parts)
 
 
-def _scored(pins: Pins, env: Measured, route: str) -> tuple[list[PinDiff], tuple[int, int, int, int]]:
-    """differences() and their _distance, computed once per environment and file (Measured is per route)."""
-    if env.scored is None or env.scored[0] is not pins:
-        diffs = differences(pins, env, route)
-        env.scored = (pins, diffs, _distance(diffs))
-    return env.scored[1], env.scored[2]
+Ranked = list[tuple[Measured, tuple[Diff, ...]]]
 
 
-def _closest(pins: Pins, route: str, envs: Iterable[Measured], n: int) -> list[tuple[Measured, list[PinDiff]]]:
-    """The `n` environments closest to the pins; among equals the newest versions (highest place) first."""
-    nearest = heapq.nsmallest(n, envs, key=lambda m: (_scored(pins, m, route)[1], -m.place, -m.research_place))
-    return [(m, _scored(pins, m, route)[0]) for m in nearest]
+def _ranked(comparer: _Comparer, envs: Iterable[Measured]) -> Ranked:
+    """The environments closest to the pins first (fewest changes, then smallest moves); among equals the newest
+    versions (highest place) first. Sorted once per route: every nearest and every fix is then the first few
+    entries that qualify."""
+    keyed, scores = [], comparer.scores
+    for m in envs:
+        key = m.key
+        scored = scores.get(key)
+        if scored is None:
+            diffs = comparer.differences(m)
+            scored = scores[key] = (diffs, _distance(diffs))
+        keyed.append(((scored[1], -m.place, -m.research_place), m, scored[0]))
+    keyed.sort(key=lambda k: k[0])  # keys are unique: a place is one environment's, a pair's two places its own
+    return [(m, diffs) for _, m, diffs in keyed]
 
 
-def _fix(session: Session, pins: Pins, route: str, envs: Iterable[Measured], models: tuple[str, ...]) -> Fix | None:
-    good = [m for m in envs if all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
-    if not good:
-        return None
-    best, diffs = _closest(pins, route, good, 1)[0]
-    newest = max((best.outcomes[x] for x in models), key=lambda o: o.case_id)
-    _details(session, [newest])
-    return Fix(environment_id=best.env_id, environment=best.name, python=best.python, run_id=newest.run_id,
-               changes=diffs, summary=summary(diffs))
+@dataclass(slots=True)
+class _FixPick:
+    """The chain closest to the pins among those passing some models, and its newest case (for the run it cites)."""
+
+    env: Measured
+    diffs: tuple[Diff, ...]
+    newest: Outcome
+
+    def out(self) -> Fix:
+        changes = _pin_diffs(self.diffs)
+        return Fix(environment_id=self.env.env_id, environment=self.env.name, python=self.env.python,
+                   run_id=self.newest.run_id, changes=changes, summary=summary(changes))
+
+
+def _fix(ranked: Ranked, models: tuple[str, ...]) -> _FixPick | None:
+    """The closest environment in which every one of `models` passed."""
+    for m, diffs in ranked:
+        if all((o := m.outcomes.get(x)) is not None and o.status == "pass" for x in models):
+            return _FixPick(m, diffs, max((m.outcomes[x] for x in models), key=lambda o: o.case_id))
+    return None
 
 
 # -- the verdict ---------------------------------------------------------------------------------------------------
@@ -331,98 +452,161 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
         raise queries.QueryError("target", f"expected one of {', '.join(known_targets) or 'nothing: no route of '}"
                                            f"{'' if known_targets else ', '.join(chosen) + ' has targets'}, got "
                                            f"{target!r}")
-    unknown = queries.unknown_models(session, models)
+    facts = facts or queries.FactsCache()
+    # Every route's environments in one read; a model with an outcome there is recorded, so only the others are
+    # probed before the verdicts. Each verdict then picks its evidence, and the cases they cite are read once for
+    # the whole answer (run, exporter, first step that was not ok), not once per verdict.
+    by_route = measured_routes(session, models, chosen, exporter, facts, target)
+    recorded = {x for envs in by_route.values() for m in envs.values() for x in m.outcomes}
+    unknown = queries.unknown_models(session, [x for x in models if x not in recorded])
     if unknown:
         raise queries.QueryError("models", f"no results recorded for {unknown}; known: "
                                            f"{sorted(queries.known_models(session))}")
     if not any(n in pins.pins for r in chosen for n in _matters(r)):
         raise queries.QueryError("file", f"{pins.path} pins none of {', '.join(_matters(chosen[0]))}: nothing to "
                                          "compare with what was measured")
-    results: list[ModelVerdict] = []
-    fixes: dict[str, Fix | None] = {}
-    scored: dict[tuple[int, tuple[str, ...]], tuple[Pins, list[PinDiff], tuple[int, int, int, int]]] = {}
+    picks: list[_VerdictPick] = []
+    fixes: dict[str, _FixPick | None] = {}
+    comparers: dict[tuple[str, ...], _Comparer] = {}  # routes that weigh the same packages share one
     for route in chosen:
-        envs = measured(session, models, route, exporter, facts, target)
-        for m in envs.values():  # routes that weigh the same packages share each environment's differences
-            m.scored = scored.get((m.key, _matters(route)))
+        comparer = comparers.get(_matters(route)) or comparers.setdefault(_matters(route), _Comparer(pins, route))
+        ranked = _ranked(comparer, by_route[route].values())
         for model in models:
-            results.append(_model_verdict(session, pins, model, route, exporter, envs))
-        fixes[route] = _fix(session, pins, route, envs.values(), models)
-        scored.update({(m.key, _matters(route)): m.scored for m in envs.values() if m.scored is not None})
+            picks.append(_pick(ranked, model, route, exporter))
+        fixes[route] = _fix(ranked, models)
+    _details(session, [o for p in picks for o in p.cited()] + [f.newest for f in fixes.values() if f is not None])
+    seen = signatures_seen(session, {(p.evidence.outcomes[p.model].signature, p.route) for p in picks
+                                     if p.evidence is not None and not p.passed}, facts)
+    results = [p.out(seen) for p in picks]
     shown = {n: _shown(p) for n, p in pins.pins.items() if any(n in _matters(r) for r in chosen)}
     return CheckOut(
         file=pins.path, format=pins.kind, python=pins.python, pins=shown, models=list(models), routes=chosen,
         exporter=exporter, verdict=max((r.verdict for r in results), key=_WORST.__getitem__), results=results,
-        fixes=fixes,
+        fixes={route: f.out() if f is not None else None for route, f in fixes.items()},
     )
 
 
-def _model_verdict(session: Session, pins: Pins, model: str, route: str, exporter: str | None,
-                   envs: dict[int, Measured]) -> ModelVerdict:
-    tried = [m for m in envs.values() if model in m.outcomes]
-    matching = [m for m in tried if not _scored(pins, m, route)[0]]
+@dataclass(slots=True)
+class _VerdictPick:
+    """What one model's verdict on one route cites, chosen before any case is read: its evidence (a matching
+    environment, passes first), else the nearest measured environments; and the closest passing chain."""
+
+    model: str
+    route: str
+    exporter: str | None
+    matched: dict[str, int]
+    fix: _FixPick | None
+    evidence: Measured | None
+    passed: bool
+    nearest: list[tuple[Measured, tuple[Diff, ...]]]
+
+    def cited(self) -> list[Outcome]:
+        """The outcomes whose case details the answer shows."""
+        cited = [m.outcomes[self.model] for m, _ in self.nearest]
+        if self.evidence is not None:
+            cited.append(self.evidence.outcomes[self.model])
+        if self.fix is not None:
+            cited.append(self.fix.newest)
+        return cited
+
+    def out(self, seen: dict[tuple[str, str], SignatureSeen]) -> ModelVerdict:
+        model, route = self.model, self.route
+        verdict = ModelVerdict(
+            model=model, route=route, exporter=self.exporter, verdict="untested", environment_id=None,
+            environment=None, run_id=None, matched=self.matched, nearest=[],
+            fix=self.fix.out() if self.fix is not None else None,
+        )
+        evidence = self.evidence
+        if evidence is None:
+            verdict.nearest = [
+                Nearby(environment_id=m.env_id, environment=m.name, python=m.python,
+                       status="pass" if m.outcomes[model].status == "pass" else "fail",
+                       signature=m.outcomes[model].signature, differs=_pin_diffs(diffs))
+                for m, diffs in self.nearest
+            ]
+            return verdict
+        outcome = evidence.outcomes[model]
+        verdict.environment_id, verdict.environment = evidence.env_id, evidence.name
+        verdict.kind, verdict.research_environment_id = evidence.kind, evidence.research_id
+        verdict.run_id, verdict.exporter = outcome.run_id, outcome.exporter
+        if self.passed:
+            verdict.verdict = "known-good"
+            return verdict
+        verdict.verdict = "known-bad"
+        verdict.step, verdict.message = outcome.step, outcome.message
+        verdict.signature = outcome.signature
+        verdict.seen = seen.get((outcome.signature, route)) if outcome.signature is not None else None
+        return verdict
+
+
+def _pick(ranked: Ranked, model: str, route: str, exporter: str | None) -> _VerdictPick:
+    tried = [(m, diffs) for m, diffs in ranked if model in m.outcomes]  # closest first
+    matching = [m for m, diffs in tried if not diffs]
     passed = sorted((m for m in matching if m.outcomes[model].status == "pass"),
                     key=lambda m: (-m.place, -m.research_place))
     failed = sorted((m for m in matching if m.outcomes[model].status == "fail"),
                     key=lambda m: (-m.place, -m.research_place))
-    verdict = ModelVerdict(
-        model=model, route=route, exporter=exporter, verdict="untested", environment_id=None, environment=None,
-        run_id=None, matched={"passed": len(passed), "failed": len(failed)}, nearest=[],
-        fix=_fix(session, pins, route, tried, (model,)),
-    )
     # A pass anywhere the pins match outweighs a failure elsewhere: the failing twin differs in what the file
     # leaves unpinned (another exporter, or a package it does not name).
     evidence = passed[0] if passed else failed[0] if failed else None
-    if evidence is None:
-        nearest = _closest(pins, route, tried, NEAREST)
-        _details(session, [m.outcomes[model] for m, _ in nearest])
-        verdict.nearest = [
-            Nearby(environment_id=m.env_id, environment=m.name, python=m.python,
-                   status="pass" if m.outcomes[model].status == "pass" else "fail",
-                   signature=m.outcomes[model].signature, differs=diffs)
-            for m, diffs in nearest
-        ]
-        return verdict
-    outcome = evidence.outcomes[model]
-    _details(session, [outcome])
-    verdict.environment_id, verdict.environment = evidence.env_id, evidence.name
-    verdict.kind, verdict.research_environment_id = evidence.kind, evidence.research_id
-    verdict.run_id, verdict.exporter = outcome.run_id, outcome.exporter
-    if passed:
-        verdict.verdict = "known-good"
-        return verdict
-    verdict.verdict = "known-bad"
-    verdict.step, verdict.message = outcome.step, outcome.message
-    verdict.signature = outcome.signature
-    verdict.seen = signature_seen(session, outcome.signature, route)
-    return verdict
+    return _VerdictPick(
+        model=model, route=route, exporter=exporter, matched={"passed": len(passed), "failed": len(failed)},
+        fix=_fix(tried, (model,)), evidence=evidence, passed=bool(passed),
+        nearest=tried[:NEAREST] if evidence is None else [],
+    )
 
 
-def signature_seen(session: Session, signature: str | None, route: str) -> SignatureSeen | None:
+def signature_seen(session: Session, signature: str | None, route: str,
+                   facts: queries.FactsCache | None = None) -> SignatureSeen | None:
     """Where `signature` was seen on `route` (any model): dates, environments, and the span of each key version."""
     if signature is None:
         return None
-    rows = session.execute(
-        select(Case.environment_id, func.min(Case.recorded_at), func.max(Case.recorded_at))
-        .where(Case.signature == signature, Case.route == route).group_by(Case.environment_id)
-    ).all()
-    if not rows:
-        return None
-    env_ids = [r[0] for r in rows]
-    spans: dict[str, set[str]] = defaultdict(set)
-    for name, version in session.execute(
-        select(Package.name, Package.version).where(Package.environment_id.in_(env_ids),
-                                                    Package.name.in_(_matters(route)))
+    return signatures_seen(session, {(signature, route)}, facts).get((signature, route))
+
+
+def signatures_seen(session: Session, wanted: set[tuple[str | None, str]],
+                    facts: queries.FactsCache | None = None) -> dict[tuple[str, str], SignatureSeen]:
+    """signature_seen for several (signature, route) pairs: one index-only read (ix_case_signature_route), and the
+    versions from the facts cache, plus a route's own converter where it is not a key package."""
+    pairs: set[tuple[str, str]] = {(s, r) for s, r in wanted if s is not None}
+    if not pairs:
+        return {}
+    facts = facts or queries.FactsCache()
+    spans: dict[tuple[str, str], list[tuple[int, dt.datetime, dt.datetime]]] = defaultdict(list)
+    for signature, route, env_id, first, last in session.connection().execute(
+        select(Case.signature, Case.route, Case.environment_id, func.min(Case.recorded_at),
+               func.max(Case.recorded_at))
+        .where(Case.signature.in_(sorted({s for s, _ in pairs})), Case.route.in_(sorted({r for _, r in pairs})))
+        .group_by(Case.signature, Case.route, Case.environment_id)
     ):
-        spans["tensorflow" if name in ALIASES else name].add(version)
-    first: dt.datetime = min(r[1] for r in rows)
-    last: dt.datetime = max(r[2] for r in rows)
-    return SignatureSeen(
-        environments=len(env_ids), first_seen=first, last_seen=last,
-        versions={n: [min(v, key=queries.version_key), max(v, key=queries.version_key)]
-                  for n, v in sorted(spans.items(), key=lambda kv: _matters(route).index(kv[0])
-                                     if kv[0] in _matters(route) else 99)},
-    )
+        if signature is not None and (signature, route) in pairs:
+            spans[signature, route].append((env_id, first, last))
+    env_ids = {e for rows in spans.values() for e, _, _ in rows}
+    known, _ = facts.get(session, env_ids)
+    extra = sorted({n for _, r in spans for n in _matters(r) if n not in KEY_PACKAGES})
+    converters: dict[int, dict[str, str]] = defaultdict(dict)
+    if extra:
+        for env_id, name, version in session.connection().execute(
+            select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(extra))
+        ):
+            if env_id in env_ids:
+                converters[env_id][name] = version
+    out = {}
+    for (signature, route), rows in spans.items():
+        matters = _matters(route)
+        versions: dict[str, set[str]] = defaultdict(set)
+        for env_id, _, _ in rows:
+            pinned = {**(known[env_id].versions if env_id in known else {}), **converters.get(env_id, {})}
+            for name, version in pinned.items():
+                if name in matters:
+                    versions["tensorflow" if name in ALIASES else name].add(version)
+        out[signature, route] = SignatureSeen(
+            environments=len(rows), first_seen=min(r[1] for r in rows), last_seen=max(r[2] for r in rows),
+            versions={n: [min(v, key=queries.version_key), max(v, key=queries.version_key)]
+                      for n, v in sorted(versions.items(), key=lambda kv: matters.index(kv[0])
+                                         if kv[0] in matters else 99)},
+        )
+    return out
 
 
 # -- why a chains answer is what it is -----------------------------------------------------------------------------
@@ -442,9 +626,9 @@ def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.F
     tried = {e: m for e, m in envs.items() if m.outcomes}
     misses = [m for m in tried.values() if not all(
         query_model in m.outcomes and m.outcomes[query_model].status == "pass" for query_model in query.models)]
-    wanted = [m for m in misses if all(_meets(m.versions, r) for r in query.require)] or misses
-    wanted.sort(key=lambda m: (-sum(o.status == "pass" for o in m.outcomes.values()), -m.place, -m.research_place))
-    shown = wanted[:NEAR_MISSES]
+    wanted = [m for m in misses if query.requirements.met(m.versions)] or misses
+    shown = heapq.nsmallest(NEAR_MISSES, wanted, key=lambda m: (
+        -sum(o.status == "pass" for o in m.outcomes.values()), -m.place, -m.research_place))
     _details(session, [o for m in shown for o in m.outcomes.values()])
     near = [
         NearMiss(
@@ -462,11 +646,6 @@ def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.F
     return near, _counts(session, query, ran, facts)
 
 
-def _meets(versions: dict[str, str], req: Requirement) -> bool:
-    return any(n in versions and req.specifier.contains(versions[n], prereleases=True)
-               for n in queries.aliases(req.name))
-
-
 def _counts(session: Session, query: queries.ChainQuery, measured_ids: set[int],
             facts: queries.FactsCache) -> MeasuredCounts:
     env_query = select(Environment.id, Environment.lock_hash.is_not(None), Environment.signature.is_not(None))
@@ -476,7 +655,7 @@ def _counts(session: Session, query: queries.ChainQuery, measured_ids: set[int],
     requested = facts.requested(session, [r[0] for r in rows])  # read once per environment and process
     resolved_only = unresolvable = 0
     for env_id, locked, signed in rows:
-        if env_id in measured_ids or not queries._requests_route(list(requested[env_id]), query.route):
+        if env_id in measured_ids or not queries.requests_route(requested[env_id], query.route):
             continue
         if locked:
             resolved_only += 1

@@ -1,4 +1,4 @@
-"""Tables, named after the vocabulary: Run, Environment, Package, Case, Step (and Outcome, derived from Case)."""
+"""Tables, named after the vocabulary: Run, Environment, Package, Case, Step; Outcome, OutcomeAny derive from Case."""
 
 from __future__ import annotations
 
@@ -114,6 +114,8 @@ class Case(Base):
             name="uq_case_identity",
         ),
         Index("ix_case_model_route", "model", "route"),
+        # Read side: where a signature was seen on a route (POST /check's known-bad span), from the index alone.
+        Index("ix_case_signature_route", "signature", "route", "environment_id", "recorded_at"),
         # Read side (api/queries.py): chain completeness and matrix counts answered from the index alone.
         Index("ix_case_chain", "route", "model", "status", "environment_id", "exporter", "target"),
         Index("ix_case_run_id_status", "run_id", "status"),
@@ -135,7 +137,7 @@ class Case(Base):
     corpus_version: Mapped[name64]
     runner_version: Mapped[name64]
     status: Mapped[str] = mapped_column(String(16), comment="pass, or the status of the first step that was not ok")
-    signature: Mapped[str | None] = mapped_column(String(300), index=True)
+    signature: Mapped[str | None] = mapped_column(String(300))
     max_abs_diff: Mapped[float | None] = mapped_column(Float)
     recorded_at: Mapped[created]
     artifact_id: Mapped[int | None] = mapped_column(
@@ -169,7 +171,7 @@ class Outcome(Base):
     """The current results of one joint environment for one model, route, exporter and target, summed over opsets.
 
     Derived from `case`, never written on its own: store/outcomes.py recomputes a key's row in the transaction
-    that records or ingests its cases, and migration 0008 filled it from the cases then stored. /chains and
+    that records or ingests its cases, and migration 0009 filled it from the cases then stored. /chains and
     POST /check read it instead of aggregating every case with its `current()` probe (issue 14). A key whose
     current cases were all skipped has no row: a skip is no evidence either way.
     """
@@ -192,6 +194,31 @@ class Outcome(Base):
     pass_case_id: Mapped[int | None] = mapped_column(comment="the newest (highest id) current passing case")
     fail_case_id: Mapped[int | None] = mapped_column(
         comment="the newest current case that failed (any status but pass and skip)")
+
+
+class OutcomeAny(Base):
+    """Outcome rows folded over exporters and targets: per joint environment, model and route, the newest current
+    pass and the newest current failure of any exporter and target.
+
+    What /chains and POST /check read when neither an exporter nor a target narrows the question, as most do: one
+    row per environment and model where `outcome` holds one per exporter and target, a third to a ninth as many
+    rows to aggregate (issue 14). Derived from `outcome` in the same transaction by store/outcomes.py, never
+    written on its own; a key with no outcome row has none here either.
+    """
+
+    __tablename__ = "outcome_any"
+    __table_args__ = (
+        # As ix_outcome_read: the readers' one range per (route, model), every column in the index.
+        Index("ix_outcome_any_read", "route", "model", "environment_id", "pass_case_id", "fail_case_id"),
+    )
+
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environment.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    route: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pass_case_id: Mapped[int | None] = mapped_column(comment="the newest current passing case of any exporter and "
+                                                             "target")
+    fail_case_id: Mapped[int | None] = mapped_column(comment="the newest current failed case of any exporter and "
+                                                             "target")
 
 
 class Step(Base):

@@ -1,4 +1,4 @@
-"""The outcome table kept in step with case: which cases are current, and each key's row recomputed from them."""
+"""The outcome tables kept in step with case: which cases are current, and each key's rows recomputed from them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, delete, exists, func, insert, or_, select
 from sqlalchemy.orm import Session
 
-from store.models import Case, Environment, Outcome
+from store.models import Case, Environment, Outcome, OutcomeAny
 
 # (environment id, model, route, exporter, target): one outcome row.
 Key = tuple[int, str, str, str, str]
@@ -30,6 +30,22 @@ def current(case_: Any = Case) -> ColumnElement[bool]:
     A runtime environment of split chains holds one case per stored graph: the artifact is part of the identity.
     `case_` is Case or the columns of a Core alias of its table (`alias.c`).
     """
+    # Memoised per `case_` (the class and the module-level aliases): an expression is immutable, so one built once
+    # serves every statement and thread, where building it cost a request about a millisecond of coercion per use
+    # (issue 14). Keyed by identity with the object held, so a short-lived alias cannot alias another's id.
+    held = _CURRENT.get(id(case_))
+    if held is not None and held[0] is case_:
+        return held[1]
+    expression = _current(case_)
+    if len(_CURRENT) < 64:
+        _CURRENT[id(case_)] = (case_, expression)
+    return expression
+
+
+_CURRENT: dict[int, tuple[Any, ColumnElement[bool]]] = {}
+
+
+def _current(case_: Any) -> ColumnElement[bool]:
     newer = _NEWER
     return ~exists().where(
         newer.environment_id == case_.environment_id, newer.model == case_.model, newer.route == case_.route,
@@ -54,7 +70,14 @@ def summary(*where: ColumnElement[bool]) -> Select[*tuple[Any, ...]]:
     )
 
 
+def folded(*where: ColumnElement[bool]) -> Select[*tuple[Any, ...]]:
+    """The outcome_any rows of the outcome rows matching `where`: folded over exporters and targets."""
+    key = (Outcome.route, Outcome.model, Outcome.environment_id)
+    return select(*key, func.max(Outcome.pass_case_id), func.max(Outcome.fail_case_id)).where(*where).group_by(*key)
+
+
 _COLUMNS = ("route", "model", "environment_id", "exporter", "target", "passed", "pass_case_id", "fail_case_id")
+_ANY_COLUMNS = ("route", "model", "environment_id", "pass_case_id", "fail_case_id")
 
 
 def refresh(session: Session, environment_ids: Collection[int]) -> None:
@@ -65,10 +88,12 @@ def refresh(session: Session, environment_ids: Collection[int]) -> None:
         chunk = ids[i: i + 500]
         session.execute(delete(Outcome).where(Outcome.environment_id.in_(chunk)))
         session.execute(insert(Outcome).from_select(_COLUMNS, summary(Case.environment_id.in_(chunk))))
+        session.execute(delete(OutcomeAny).where(OutcomeAny.environment_id.in_(chunk)))
+        session.execute(insert(OutcomeAny).from_select(_ANY_COLUMNS, folded(Outcome.environment_id.in_(chunk))))
 
 
 def refresh_key(session: Session, key: Key) -> None:
-    """Recompute one outcome row: what recording one case changes."""
+    """Recompute one outcome row, and the outcome_any row it folds into: what recording one case changes."""
     env_id, model, route, exporter, target = key
     _lock(session, [env_id])
     session.execute(delete(Outcome).where(
@@ -78,6 +103,12 @@ def refresh_key(session: Session, key: Key) -> None:
     session.execute(insert(Outcome).from_select(_COLUMNS, summary(
         Case.environment_id == env_id, Case.model == model, Case.route == route, Case.exporter == exporter,
         Case.target == target,
+    )))
+    session.execute(delete(OutcomeAny).where(
+        OutcomeAny.environment_id == env_id, OutcomeAny.model == model, OutcomeAny.route == route,
+    ))
+    session.execute(insert(OutcomeAny).from_select(_ANY_COLUMNS, folded(
+        Outcome.environment_id == env_id, Outcome.model == model, Outcome.route == route,
     )))
 
 

@@ -142,6 +142,14 @@ _PYTHON_HEADERS = (
 )
 _INCLUDES = ("-r", "--requirement", "-c", "--constraint")
 _EDITABLE = ("-e", "--editable")
+_COMMENT = re.compile(r"(^|\s)#.*$")
+_OPTIONS = re.compile(r"\s+(?=--?[A-Za-z])")
+# The form nearly every line of a lock takes: `name==version`, a PEP 440 version without epoch, extras, markers or
+# URL. Read without packaging's parser, which cost a check most of a millisecond per 10 lines (issue 14); any
+# other line takes the parser, so what is accepted and how it reads are unchanged.
+_PLAIN_PIN = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*==\s*"
+                        r"([0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?"
+                        r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?)")
 
 
 def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -166,7 +174,7 @@ def _requirements(text: str, filename: str, python: str | None) -> Pins:
     env = _marker_environment(header)
     for number, line in _logical_lines(text):
         # A comment starts at '#' at the line's start or after whitespace (pip's rule), so URL fragments survive.
-        line = re.sub(r"(^|\s)#.*$", "", line).strip()
+        line = _COMMENT.sub("", line).strip()
         if not line:
             continue
         if line.startswith("-"):
@@ -177,7 +185,10 @@ def _requirements(text: str, filename: str, python: str | None) -> Pins:
                                 f"{target!r}; check that file on its own")
             continue  # index, hash-mode and editable options change where packages come from, not which versions
         # Per-requirement options (--hash=…) follow the requirement after whitespace.
-        text_req = re.split(r"\s+(?=--?[A-Za-z])", line, maxsplit=1)[0]
+        text_req = _OPTIONS.split(line, maxsplit=1)[0]
+        if plain := _PLAIN_PIN.fullmatch(text_req):
+            pins.add(plain.group(1), f"=={plain.group(2)}", number, checked=True)
+            continue
         try:
             req = Requirement(text_req)
         except InvalidRequirement as exc:
@@ -227,10 +238,12 @@ class _Collector:
         self.filename = filename
         self.pins: dict[str, FilePin] = {}
 
-    def add(self, name: str, specifier: str, line: int) -> None:
+    def add(self, name: str, specifier: str, line: int, *, checked: bool = False) -> None:
+        """Add one pin; `checked`: the specifier is known to parse (_PLAIN_PIN's)."""
         name = canonicalize_name(name)
         try:
-            SpecifierSet(specifier)
+            if not checked:
+                SpecifierSet(specifier)
         except InvalidSpecifier:
             raise PinsError(f"{self.filename}:{line}: {name}: expected a PEP 440 specifier such as '==2.0.1', got "
                             f"{specifier!r}") from None

@@ -1,15 +1,15 @@
-"""The outcome table (issue 14) agrees with the cases it summarises: after recording, after ingest, after the
-0008 backfill, on SQLite and PostgreSQL. The expected rows are worked out here from the case rows in Python, not
-with the SQL that fills the table."""
+"""The outcome tables (issue 14) agree with the cases they summarise: after recording, after ingest, after the
+0009 and 0010 backfills, on SQLite and PostgreSQL. The expected rows are worked out here from the case rows in
+Python, not with the SQL that fills the tables."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from runner.results import StepResult, StepStatus
 from store import migrate, outcomes, snapshot
 from store.db import make_engine, make_sessionmaker
 from store.locks import Lock, parse_lock
-from store.models import Case, Outcome
+from store.models import Case, Outcome, OutcomeAny
 from tests.test_record import LOCK, SPEC  # a one-model toy spec and its lock
 
 SMOKE = Path(__file__).parent / "fixtures" / "smoke-snapshot.json.gz"  # a real smoke run, exported
@@ -50,9 +50,32 @@ def expected(session: Session) -> set[Row]:
 
 
 def stored(session: Session) -> set[Row]:
-    return {tuple(r) for r in session.execute(  # type: ignore[misc]
+    """The outcome rows as stored; and, checked on the way, the outcome_any rows folded from them."""
+    rows: set[Row] = {tuple(r) for r in session.execute(  # type: ignore[misc]
         select(Outcome.route, Outcome.model, Outcome.environment_id, Outcome.exporter, Outcome.target,
                Outcome.passed, Outcome.pass_case_id, Outcome.fail_case_id))}
+    assert stored_any(session) == folded(rows)
+    return rows
+
+
+AnyRow = tuple[str, str, int, int | None, int | None]
+
+
+def folded(rows: set[Row]) -> set[AnyRow]:
+    """The outcome_any rows of these outcome rows: per (route, model, environment) over every exporter and target,
+    the newest pass and the newest failure."""
+    keyed: dict[tuple[str, str, int], list[int | None]] = {}
+    for route, model, env_id, _exporter, _target, _passed, pass_id, fail_id in rows:
+        row = keyed.setdefault((route, model, env_id), [None, None])
+        row[0] = max(row[0] or 0, pass_id) if pass_id is not None else row[0]
+        row[1] = max(row[1] or 0, fail_id) if fail_id is not None else row[1]
+    return {(*k, v[0], v[1]) for k, v in keyed.items()}
+
+
+def stored_any(session: Session) -> set[AnyRow]:
+    return {tuple(r) for r in session.execute(  # type: ignore[misc]
+        select(OutcomeAny.route, OutcomeAny.model, OutcomeAny.environment_id, OutcomeAny.pass_case_id,
+               OutcomeAny.fail_case_id))}
 
 
 def _steps(case: str, status: StepStatus) -> list[StepResult]:
@@ -116,7 +139,9 @@ def test_ingest_keeps_outcomes_and_refresh_agrees(db_url: str) -> None:
     engine.dispose()
 
 
-def test_backfill_of_0009_matches_what_recording_keeps(db_url: str, fresh_db: Callable[[str], str]) -> None:
+@pytest.mark.parametrize("revision", ["0008", "0009"])
+def test_backfills_match_what_recording_keeps(db_url: str, revision: str) -> None:
+    """Down to `revision` and up again: 0009 fills outcome from the cases, 0010 outcome_any from outcome."""
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as session:
         snapshot.import_(session, SMOKE)
@@ -135,9 +160,9 @@ def test_backfill_of_0009_matches_what_recording_keeps(db_url: str, fresh_db: Ca
         kept = stored(session)
         assert kept == expected(session)
     engine.dispose()
-    migrate.downgrade(db_url, "0008")
+    migrate.downgrade(db_url, revision)
     migrate.upgrade(db_url)
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as session:
-        assert stored(session) == kept
+        assert stored(session) == kept  # outcome_any too: stored() checks it
     engine.dispose()

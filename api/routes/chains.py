@@ -17,7 +17,10 @@ from api.routes.params import (
     RouteParam,
     TargetParam,
     check_case_filters,
-    check_packages,
+    check_exporter,
+    check_names,
+    check_route,
+    check_target,
     json_response,
 )
 from api.schemas import ChainsOut
@@ -34,8 +37,7 @@ def parse_query(
     """Shared by /chains and /lockfile: parse, then check names against what is recorded."""
     query = queries.ChainQuery.parse(models, route, exporter=exporter, python=python, require=require, limit=limit,
                                      target=target)
-    check_case_filters(session, route, exporter, query.models, target)
-    check_packages(session, "require", [r.name for r in query.require])
+    check_case_filters(session, route, exporter, query.models, target, require=[r.name for r in query.require])
     return query
 
 
@@ -52,13 +54,22 @@ async def chains(
     environments were measured, resolved only or unresolvable for the query, so an empty answer says why.
     """
     def build(session: Session) -> Response:
-        query = parse_query(session, models, route, exporter, python, require, limit, target)
+        query = queries.ChainQuery.parse(models, route, exporter=exporter, python=python, require=require,
+                                         limit=limit, target=target)
+        check_route(route)
+        check_exporter(exporter)
+        check_target(target)
         facts = request.app.state.env_facts
-        # One read of the outcome table answers both the chains (when no target narrows them) and why not.
+        # One read of the outcome table and of split pairs answers both the chains (when no target narrows them)
+        # and why not; the names are then checked against what it read, as parse_query checks them up front.
         envs = verdicts.measured(session, query.models, query.route, query.exporter, facts, query.target)
+        required = [r.name for r in query.require]
+        check_names(session, query.models, required, recorded={x for m in envs.values() for x in m.outcomes},
+                    pinned={n for m in envs.values() for n in m.versions} if required else ())
         candidates = None if query.target else verdicts.complete(envs, query.models)
         page, total = queries.known_good_chain_page(session, query, facts, candidates)
-        split, split_total = queries.split_chain_page(session, query, facts)
+        pairs = None if query.target else verdicts.complete_pairs(envs, query.models)
+        split, split_total = queries.split_chain_page(session, query, facts, pairs)
         near, counts = verdicts.explain_chains(session, query, facts, envs)
         return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total,
                                        split_chains=split, split_total=split_total,

@@ -71,7 +71,7 @@ def _answer(request: Request, doc: CheckIn) -> CheckOut:
         pins = parse(doc.text, doc.filename, python=doc.python)
     except PinsError as exc:
         raise queries.QueryError("file", str(exc)) from None
-    with request.app.state.sessionmaker() as session:
+    with request.app.state.read_sessionmaker() as session:
         return verdicts.check(session, pins, queries.split_names(doc.models), queries.split_names(doc.routes) or None,
                               doc.exporter or None, request.app.state.env_facts, doc.target or None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated, Any
 
 from fastapi import Query, Request, Response
@@ -79,7 +80,10 @@ def check_kind(kind: str | None) -> None:
 
 
 def check_models(session: Session, models: list[str] | tuple[str, ...]) -> None:
-    unknown = queries.unknown_models(session, models)
+    _refuse_models(session, queries.unknown_models(session, models))
+
+
+def _refuse_models(session: Session, unknown: list[str]) -> None:
     if unknown:
         known = sorted(queries.known_models(session))  # the full scan only on the error path
         raise queries.QueryError("models", f"no results recorded for {unknown}; known: {known}")
@@ -87,17 +91,37 @@ def check_models(session: Session, models: list[str] | tuple[str, ...]) -> None:
 
 def check_case_filters(session: Session, route: str | None, exporter: str | None,
                        models: list[str] | tuple[str, ...], target: str | None = None,
-                       kind: str | None = None) -> None:
-    """The filters every case query takes, in the order their errors are reported."""
+                       kind: str | None = None, require: list[str] | None = None) -> None:
+    """The filters every case query takes, in the order their errors are reported. `require`: the package names a
+    query pins, checked with the models in one round trip (check_packages)."""
     check_route(route)
     check_exporter(exporter)
     check_target(target)
     check_kind(kind)
-    check_models(session, models)
+    unknown, unpinned = queries.unknown_names(session, models, require or [])
+    _refuse_models(session, unknown)
+    _refuse_packages("require", unpinned)
+
+
+def check_names(session: Session, models: Collection[str], require: Collection[str], *,
+                recorded: Collection[str] = (), pinned: Collection[str] = ()) -> None:
+    """The models and required package names against what is recorded, refused as check_case_filters refuses them.
+
+    `recorded`, `pinned`: models and packages seen in rows the request has read already (a model with an outcome has
+    cases, a package a measured environment pins has rows); only the others are probed, usually none.
+    """
+    unknown, unpinned = queries.unknown_names(
+        session, [m for m in models if m not in recorded],
+        [n for n in require if not any(a in pinned for a in queries.aliases(n))])
+    _refuse_models(session, unknown)
+    _refuse_packages("require", unpinned)
 
 
 def check_packages(session: Session, param: str, names: list[str]) -> None:
-    unknown = queries.unknown_packages(session, names)
+    _refuse_packages(param, queries.unknown_packages(session, names))
+
+
+def _refuse_packages(param: str, unknown: list[str]) -> None:
     if unknown:
         raise queries.QueryError(param, f"no recorded environment pins {', '.join(unknown)}; expected a package "
                                         "name such as torch, tensorflow, onnx, onnxruntime")
