@@ -7,12 +7,21 @@ import hashlib
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import InvalidName, canonicalize_name
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from matrix.routes import CONVERTER_OPTIONS, EXPORT_SIDE, EXPORTERS, ROUTES, TARGETS
 
@@ -85,9 +94,7 @@ def _requirements_by_package(v: dict[str, list[str]], example: str) -> dict[str,
     return {canonicalize_name(k): texts for k, texts in v.items()}
 
 
-def _check_cutoff(v: str | None) -> str | None:
-    if v is None:
-        return v
+def _check_cutoff(v: str) -> str:
     expected = f"expected a date like '2025-08-01' or '2025-08-01T00:00:00Z', got {v!r}"
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}Z)?", v):
         raise ValueError(expected)
@@ -98,13 +105,17 @@ def _check_cutoff(v: str | None) -> str | None:
     return v
 
 
+# An `exclude-newer` date, checked wherever a spec gives one (the spec's own, and its runtime side's).
+Cutoff = Annotated[str, AfterValidator(_check_cutoff)]
+
+
 class RuntimeSide(BaseModel):
     """`[runtime]` of a split spec: what the runtime side gets and the export side does not. The export
     environments stay exactly those of the spec without it (same hashes), so a spec that only adds runtime
     environments converts graphs that are already stored and exports nothing again."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    exclude_newer: str | None = Field(
+    exclude_newer: Cutoff | None = Field(
         default=None, alias="exclude-newer",
         description="the runtime side's own cutoff (a runtime released after the export side's cutoff)",
     )
@@ -113,11 +124,6 @@ class RuntimeSide(BaseModel):
         description="package → version specifiers of the runtime side only (e.g. the onnx that onnx-tf reads "
         "beside torch's own onnx); each value is a runtime environment of its own",
     )
-
-    @field_validator("exclude_newer")
-    @classmethod
-    def _cutoff(cls, v: str | None) -> str | None:
-        return _check_cutoff(v)
 
     @field_validator("axes")
     @classmethod
@@ -169,7 +175,7 @@ class Spec(BaseModel):
     exporters: list[Literal["torchscript", "dynamo", "default"]] = Field(default_factory=_default_exporters)
     # "highest": the highest opset the exporter accepts in each torch (the worker finds it and records it)
     opsets: list[StrictInt | Literal["highest"]] = Field(default_factory=lambda: [17], min_length=1)  # type: ignore[arg-type]
-    exclude_newer: str | None = Field(default=None, alias="exclude-newer")
+    exclude_newer: Cutoff | None = Field(default=None, alias="exclude-newer")
     excludes: list[str] = Field(default_factory=list, description="packages kept out of resolution")
     companions: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -254,11 +260,6 @@ class Spec(BaseModel):
             if isinstance(o, int) and not 7 <= o <= 30:
                 raise ValueError(f"expected an ONNX opset between 7 and 30, got {o}")
         return v
-
-    @field_validator("exclude_newer")
-    @classmethod
-    def _cutoff(cls, v: str | None) -> str | None:
-        return _check_cutoff(v)
 
     @field_validator("companions")
     @classmethod
