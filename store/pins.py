@@ -144,12 +144,13 @@ _INCLUDES = ("-r", "--requirement", "-c", "--constraint")
 _EDITABLE = ("-e", "--editable")
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _OPTIONS = re.compile(r"\s+(?=--?[A-Za-z])")
-# The form nearly every line of a lock takes: `name==version`, a PEP 440 version without epoch, extras, markers or
-# URL. Read without packaging's parser, which cost a check most of a millisecond per 10 lines (issue 14); any
-# other line takes the parser, so what is accepted and how it reads are unchanged.
-_PLAIN_PIN = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*==\s*"
-                        r"([0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?"
-                        r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?)")
+
+
+# Lock lines repeat across files (`numpy==1.26.4` is in most of them): each distinct line and specifier goes through
+# packaging's parser once per process, which cost a check most of a millisecond per 10 lines when parsed every time
+# (issue 14). Invalid ones raise each time: lru_cache keeps no exceptions.
+_requirement = lru_cache(maxsize=8192)(Requirement)
+_specifier_set = lru_cache(maxsize=8192)(SpecifierSet)
 
 
 def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -186,11 +187,8 @@ def _requirements(text: str, filename: str, python: str | None) -> Pins:
             continue  # index, hash-mode and editable options change where packages come from, not which versions
         # Per-requirement options (--hash=…) follow the requirement after whitespace.
         text_req = _OPTIONS.split(line, maxsplit=1)[0]
-        if plain := _PLAIN_PIN.fullmatch(text_req):
-            pins.add(plain.group(1), f"=={plain.group(2)}", number, checked=True)
-            continue
         try:
-            req = Requirement(text_req)
+            req = _requirement(text_req)
         except InvalidRequirement as exc:
             raise PinsError(f"{filename}:{number}: expected a PEP 508 requirement such as 'torch==2.0.1', got "
                             f"{text_req!r} ({str(exc).splitlines()[0]})") from None
@@ -238,12 +236,10 @@ class _Collector:
         self.filename = filename
         self.pins: dict[str, FilePin] = {}
 
-    def add(self, name: str, specifier: str, line: int, *, checked: bool = False) -> None:
-        """Add one pin; `checked`: the specifier is known to parse (_PLAIN_PIN's)."""
+    def add(self, name: str, specifier: str, line: int) -> None:
         name = canonicalize_name(name)
         try:
-            if not checked:
-                SpecifierSet(specifier)
+            _specifier_set(specifier)
         except InvalidSpecifier:
             raise PinsError(f"{self.filename}:{line}: {name}: expected a PEP 440 specifier such as '==2.0.1', got "
                             f"{specifier!r}") from None
