@@ -8,9 +8,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from matrix.expand import Environment
 from runner import pythons, uv
-from runner.errors import InterpreterNotFound
+from runner.errors import InterpreterNotFound, UvFailed
 from store.db import as_utc
 from store.locks import Lock, parse_lock
 from store.models import Environment as EnvironmentRow
@@ -81,11 +83,12 @@ def venv_path(env_root: Path, resolved: Resolved) -> Path:
 
 
 def install(env_root: Path, resolved: Resolved, *, uv_path: str | None = None) -> tuple[Path, bool]:
-    """Create the venv for a lock, or reuse it when its marker names the same lock. Returns (path, built)."""
+    """Create the venv for a lock, or reuse it when its marker names the same lock and it is intact. Returns
+    (path, built)."""
     assert resolved.lock is not None and resolved.python_exe is not None
     path = venv_path(env_root, resolved)
     marker = path / MARKER
-    if marker.is_file() and marker.read_text().strip() == resolved.lock.hash:
+    if marker.is_file() and marker.read_text().strip() == resolved.lock.hash and _intact(path, resolved.lock, uv_path):
         return path, False
     if path.exists():
         shutil.rmtree(path)  # a half-built venv from an interrupted run
@@ -94,6 +97,18 @@ def install(env_root: Path, resolved: Resolved, *, uv_path: str | None = None) -
     uv.sync(path, resolved.lock, uv_path=uv_path)
     marker.write_text(resolved.lock.hash + "\n")  # written last: its presence means complete
     return path, True
+
+
+def _intact(path: Path, lock: Lock, uv_path: str | None) -> bool:
+    """The interpreter runs and exactly the lock's distributions are installed. A venv that lost files to a
+    cleaner (or to another process removing it) keeps its marker; it is rebuilt, not run."""
+    if not (path / "bin" / "python").exists():  # exists() follows the symlink: a dangling one is False
+        return False
+    try:
+        installed = uv.freeze(path, uv_path=uv_path)
+    except UvFailed:
+        return False
+    return installed == {canonicalize_name(p.name): p.version for p in lock.pins}
 
 
 def remove(path: Path) -> None:

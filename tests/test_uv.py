@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import py_compile
+import shutil
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,23 @@ def test_a_stored_resolution_is_reused_without_asking_uv(tmp_path: Path, cutoff:
         got = environments.resolve(env, stored, ttl=600, uv_path=no_uv)  # type: ignore[arg-type]
         assert got.reused and got.python_exe is not None
         assert (got.lock.version("six") if got.lock else got.conflict) in ("1.17.0", uv.Conflict("no solution"))
+
+
+@pytest.mark.parametrize("damage", ["interpreter", "distribution"])
+def test_a_damaged_venv_with_its_marker_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    """A venv whose marker still names its lock but which lost files (a cleaner, a concurrent rm) is rebuilt,
+    not handed to a worker that would die on a missing interpreter or import."""
+    exe, full = pythons.find("3.11")
+    lock = uv.compile(exe, ["six"], cutoff="2025-01-01")
+    assert isinstance(lock, Lock)
+    resolved = environments.Resolved(Environment(python="3.11", requirements=("six",)), exe, full, lock)
+    path, built = environments.install(tmp_path, resolved)
+    assert built and environments.install(tmp_path, resolved) == (path, False)  # intact: reused
+    if damage == "interpreter":
+        (path / "bin" / "python").unlink()
+    else:
+        for p in (path / "lib").glob("python3.11/site-packages/six*"):
+            p.unlink() if p.is_file() else shutil.rmtree(p)
+    assert (path / environments.MARKER).is_file()
+    assert environments.install(tmp_path, resolved) == (path, True)
+    assert uv.freeze(path) == {"six": "1.17.0"}
