@@ -48,8 +48,9 @@ def _grid_svg(xs: list[str], ys: list[str], paint: Callable[[str, str], tuple[st
     return "\n".join(parts)
 
 
-def heatmap_svg(grid: MatrixOut, title: str) -> str:
-    """A torch × TensorFlow grid of one target as SVG: each cell coloured by its pass fraction, labelled passed/total.
+def heatmap_svg(grid: MatrixOut, title: str, y_label: str = "tf ") -> str:
+    """A torch × TensorFlow (or ONNX Runtime) grid of one target as SVG: each cell coloured by its pass fraction,
+    labelled passed/total.
 
     The grid holds one cell per (x, y, target, environment kind). Joint environments and split chains at one
     (x, y) are added up (cases passed / cases run, whichever kind ran them); targets are not, so a grid with
@@ -81,7 +82,7 @@ def heatmap_svg(grid: MatrixOut, title: str) -> str:
         return (f"rgb({int(230 - 120 * share)},{int(90 + 140 * share)},{int(90 + 20 * share)})",
                 f"{passed}/{total}")
 
-    return _grid_svg(xs, ys, paint, title, "torch →   (cell: cases passed / cases run; grey: no case ran)", "tf ")
+    return _grid_svg(xs, ys, paint, title, "torch →   (cell: cases passed / cases run; grey: no case ran)", y_label)
 
 
 # Coverage cells by status: measured (all pass, all fail, mixed), known not to resolve, no answer yet.
@@ -249,21 +250,27 @@ def _chains(session: Session) -> list[str]:
     return [*lines, ""]
 
 
+# The routes drawn as heatmaps, with the package across (y) and its label. litert-torch has no second axis: its
+# coverage grid (torch alone) says it all.
+HEATMAP_AXES = (("onnxruntime", "onnxruntime", "ort "), ("onnx2tf", "tensorflow", "tf "),
+                ("onnx-tf", "tensorflow", "tf "), ("nobuco", "tensorflow", "tf "))
+
+
 def _heatmaps(session: Session, out_dir: Path) -> list[str]:
     """One heatmap per (route, target) with a measured case: heatmap-<route>.svg, heatmap-<route>-<target>.svg."""
-    lines = ["## torch × TensorFlow", "",
+    lines = ["## torch × TensorFlow, torch × ONNX Runtime", "",
              "One heatmap per route and target (a SavedModel passing says nothing about the .tflite of the same "
-             "environment). Cells: cases passed / run at that torch and TensorFlow, all models and exporters, "
-             "joint environments and split chains together.", ""]
-    for route in ("onnxruntime", "onnx2tf"):
+             "environment). Cells: cases passed / run at that torch and TensorFlow (ONNX Runtime on its route), "
+             "all models and exporters, joint environments and split chains together.", ""]
+    for route, y, y_label in HEATMAP_AXES:
         for target in TARGETS.get(route, ("",)):
-            grid = queries.matrix_grid(session, queries.MatrixQuery(x="torch", y="tensorflow", route=route,
+            grid = queries.matrix_grid(session, queries.MatrixQuery(x="torch", y=y, route=route,
                                                                     target=target or None))
             if not any(c.passed + c.failed for c in grid.cells):  # unresolved environments alone: nothing ran
                 continue
             name = f"heatmap-{route}-{target}.svg" if target else f"heatmap-{route}.svg"
             what = f"route {route}, target {target}" if target else f"route {route}"
-            (out_dir / name).write_text(heatmap_svg(grid, f"{what}: all models, all exporters"))
+            (out_dir / name).write_text(heatmap_svg(grid, f"{what}: all models, all exporters", y_label))
             lines += [f"![torch × TensorFlow on {what}]({name})", ""]
     return lines
 

@@ -55,7 +55,8 @@ def test_docs_show_the_quoted_chain_converter_releases_and_heatmaps(
     # heatmaps: one SVG per route with cases, cells labelled passed/total
     assert (tmp_path / "heatmap-onnxruntime.svg").exists()
     svg = (tmp_path / "heatmap-onnxruntime.svg").read_text()
-    assert ">2/4<" in svg  # torch 2.9.1 × TF 2.14.1: the era pair's two passes of four cases
+    assert "ort 1.16.2" in svg and ">2/2<" in svg  # torch × ONNX Runtime: the era environment passes both
+    assert "ort 1.23.0" in svg and ">0/2<" in svg  # and the newest fails both
     assert "`IncompatibleDependency(ml_dtypes)`" in md
 
 
@@ -226,7 +227,8 @@ def test_heatmaps_are_per_target_and_add_joint_and_split_cases_up(
     # One joint environment (torch 2.6.0, TF 2.19.0) passes its SavedModel and fails its .tflite; a split chain
     # at the same versions passes its SavedModel too. Keyed by (torch, TF) alone, one target's cell hid the other.
     run = make_run(spec_name="targets")
-    joint = make_environment({"torch": "2.6.0", "onnx": "1.18.0", "tensorflow-cpu": "2.19.0", "onnx2tf": "1.28.8"})
+    joint = make_environment({"torch": "2.6.0", "onnx": "1.18.0", "onnxruntime": "1.22.0", "tensorflow-cpu": "2.19.0",
+                              "onnx2tf": "1.28.8"})
     export = make_environment({"torch": "2.6.0", "onnx": "1.18.0"})
     runtime = make_environment({"tensorflow-cpu": "2.19.0", "onnx2tf": "1.28.8", "onnx": "1.18.0"})
     export.kind, runtime.kind = "export", "runtime"
@@ -238,6 +240,8 @@ def test_heatmaps_are_per_target_and_add_joint_and_split_cases_up(
     make_case(run, export, "resnet", "export", artifact_id=graph.id)
     make_case(run, runtime, "resnet", "onnx2tf", target="saved_model", artifact_id=graph.id)
     make_case(run, joint, "resnet", "onnxruntime")
+    make_case(run, joint, "resnet", "nobuco", target="tflite", status="fail",
+              signature="ModuleNotFound(keras.src.engine)")
     (tmp_path / "heatmap-onnx2tf.svg").write_text("<svg/>")  # what an earlier render called the onnx2tf heatmap
     md = render(session, tmp_path).read_text()
     saved_model = (tmp_path / "heatmap-onnx2tf-saved_model.svg").read_text()
@@ -248,3 +252,5 @@ def test_heatmaps_are_per_target_and_add_joint_and_split_cases_up(
     assert not (tmp_path / "heatmap-onnx2tf.svg").exists()
     assert ">1/1<" in (tmp_path / "heatmap-onnxruntime.svg").read_text()  # a route without targets keeps its name
     assert "(heatmap-onnx2tf-tflite.svg)" in md and "(heatmap-onnxruntime.svg)" in md
+    assert ">0/1<" in (tmp_path / "heatmap-nobuco-tflite.svg").read_text()  # every TF route gets its heatmaps
+    assert not (tmp_path / "heatmap-nobuco-saved_model.svg").exists() and "(heatmap-nobuco-tflite.svg)" in md
