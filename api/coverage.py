@@ -24,7 +24,7 @@ from matrix.routes import FRAMEWORKS, ROUTES, SPLIT_ROUTES
 from store.models import Case, Environment, Package, Step
 
 # Converters and frameworks a pin row names; nobuco is not a KEY_PACKAGE but is the converter of its route.
-PINNED = (*FRAMEWORKS, "nobuco")
+PINNED = (*FRAMEWORKS, "nobuco", "onnxscript")  # onnxscript: what the dynamo exporter ran with
 CONVERTERS = {"onnx2tf": ("onnx2tf",), "onnx-tf": ("onnx-tf",), "nobuco": ("nobuco",),
               "litert-torch": ("litert-torch", "ai-edge-torch"), "onnxruntime": ()}
 TENSORFLOW = ("tensorflow", "tensorflow-cpu")
@@ -459,9 +459,11 @@ def torch_spans(m: Measurements) -> list[TorchSpan]:
 
 @dataclass
 class DefaultExport:
-    """Per torch minor: which exporter a plain torch.onnx.export(model, args, f) ran, and what it emitted."""
+    """Per torch minor and onnxscript release: which exporter a plain torch.onnx.export(model, args, f) ran, and
+    what it emitted. The onnxscript beside torch decides what its dynamo exporter can do."""
 
     torch: str
+    onnxscript: str | None
     ran: Counter[str] = field(default_factory=Counter)
     opsets: set[int] = field(default_factory=set)
     ir_versions: set[int] = field(default_factory=set)
@@ -475,12 +477,14 @@ def default_exports(session: Session, m: Measurements) -> list[DefaultExport]:
         .join(Step, Step.case_id == Case.id)
         .where(queries.current(), Case.exporter == "default", Step.name == "export")
     )
-    per: dict[str, DefaultExport] = {}
+    per: dict[tuple[str, str | None], DefaultExport] = {}
     for env_id, status, signature, details in rows:
-        x = minor(m.environments[env_id].versions.get("torch")) if env_id in m.environments else None
+        versions = m.environments[env_id].versions if env_id in m.environments else {}
+        x = minor(versions.get("torch"))
         if x is None:
             continue
-        out = per.setdefault(x, DefaultExport(torch=x))
+        out = per.setdefault((x, versions.get("onnxscript")),
+                             DefaultExport(torch=x, onnxscript=versions.get("onnxscript")))
         if status == "ok":
             out.ran[str(details.get("exporter_ran", "?"))] += 1
             if isinstance(details.get("opset_emitted"), int):
@@ -489,4 +493,4 @@ def default_exports(session: Session, m: Measurements) -> list[DefaultExport]:
                 out.ir_versions.add(details["ir_version"])
         elif status != "skip":
             out.failed[signature or status] += 1
-    return [per[x] for x in sorted(per, key=queries.version_key)]
+    return [per[k] for k in sorted(per, key=lambda k: (queries.version_key(k[0]), queries.version_key(k[1])))]

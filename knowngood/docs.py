@@ -395,13 +395,15 @@ def _default_exports(session: Session, m: coverage.Measurements) -> list[str]:
     rows = coverage.default_exports(session, m)
     lines = ["## What torch.onnx.export(model, args, f) does", "",
              "Export steps of cases with exporter `default` (no `dynamo=`, no opset), as the worker recorded them: "
-             "the exporter that ran, the opset and IR version read back from the file.", ""]
+             "the exporter that ran, the opset and IR version read back from the file. One row per torch minor and "
+             "onnxscript release beside it: torch's dynamo exporter is onnxscript's code.", ""]
     if not rows:
         return [*lines, "No case with the default exporter has been recorded yet.", ""]
-    lines += ["| torch | exporter that ran | opset emitted | IR version | export failures |", "|---|---|---|---|---|"]
+    lines += ["| torch | onnxscript | exporter that ran | opset emitted | IR version | export failures |",
+              "|---|---|---|---|---|---|"]
     for r in rows:
         ran = ", ".join(f"{name} ×{n}" for name, n in r.ran.most_common())
         failed = ", ".join(f"`{sig}` ×{n}" for sig, n in r.failed.most_common(3))
-        lines.append(f"| {r.torch} | {ran} | {', '.join(map(str, sorted(r.opsets)))} | "
+        lines.append(f"| {r.torch} | {r.onnxscript or 'none'} | {ran} | {', '.join(map(str, sorted(r.opsets)))} | "
                      f"{', '.join(map(str, sorted(r.ir_versions)))} | {failed} |")
     return [*lines, ""]

@@ -182,8 +182,8 @@ def test_docs_print_coverage_pins_torch_spans_and_the_default_exporter(
     assert "| resnet | resnet | onnx2tf | saved_model | 2.1 | 2.7 | 2.1, 2.2, 2.4, 2.6, 2.7 | 2.2 |" in md
     assert "| transformer | transformer | onnx2tf | saved_model | none | none | 2.1, 2.4 |  |" in md
     # the default exporter: TorchScript in torch 2.4, dynamo in 2.7, with the opset and IR version each emitted
-    assert "| 2.4 | torchscript ×1 | 17 | 8 |  |" in md
-    assert "| 2.7 | dynamo ×1 | 18 | 10 |  |" in md
+    assert "| 2.4 | none | torchscript ×1 | 17 | 8 |  |" in md
+    assert "| 2.7 | none | dynamo ×1 | 18 | 10 |  |" in md
 
 
 def test_coverage_rows_and_columns_are_the_stores_axes_not_the_routes(
@@ -254,3 +254,23 @@ def test_heatmaps_are_per_target_and_add_joint_and_split_cases_up(
     assert "(heatmap-onnx2tf-tflite.svg)" in md and "(heatmap-onnxruntime.svg)" in md
     assert ">0/1<" in (tmp_path / "heatmap-nobuco-tflite.svg").read_text()  # every TF route gets its heatmaps
     assert not (tmp_path / "heatmap-nobuco-saved_model.svg").exists() and "(heatmap-nobuco-tflite.svg)" in md
+
+
+def test_the_default_exporter_table_is_per_torch_and_onnxscript(
+    session: Session, tmp_path: Path, make_run: Callable, make_environment: Callable, make_case: Callable,
+) -> None:
+    """torch 2.9's default (dynamo) export fails beside its era onnxscript and works beside a newer one: one row
+    per (torch, onnxscript), so neither reads as "torch 2.9's default exporter"."""
+    run = make_run(spec_name="grid-ort")
+    era = make_environment({"torch": "2.9.1", "onnx": "1.19.0", "onnxscript": "0.5.7"})
+    newer = make_environment({"torch": "2.9.1", "onnx": "1.19.0", "onnxscript": "0.7.2"})
+    era.kind = newer.kind = "export"
+    make_case(run, era, "resnet", "export", exporter="default", status="fail", signature="PassError(export)")
+    ok = make_case(run, newer, "resnet", "export", exporter="default")
+    ok.steps[0].details = {"exporter_ran": "dynamo", "opset_emitted": 18, "ir_version": 10}
+    session.commit()
+    md = render(session, tmp_path).read_text()
+    section = md.split("## What torch.onnx.export(model, args, f) does")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| 2.9")]
+    assert rows == ["| 2.9 | 0.5.7 |  |  |  | `PassError(export)` ×1 |",
+                    "| 2.9 | 0.7.2 | dynamo ×1 | 18 | 10 |  |"]
