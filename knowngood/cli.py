@@ -216,6 +216,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recorded(args: argparse.Namespace) -> Settings:
+    """Settings of a database to read answers from. One that does not exist, holds no schema or is at an older
+    migration is one line naming the command that fixes it, not a traceback about a missing table (and a
+    SQLite file is not created by asking)."""
+    from sqlalchemy.engine import make_url
+
+    from store import migrate
+
+    settings = _settings(args)
+    url = make_url(settings.database_url)
+    shown = url.render_as_string(hide_password=True)
+    fill = ("load the measurements that ship with knowngood (`knowngood snapshot import data/snapshot.json.gz`) "
+            "or record your own (`knowngood run SPEC`)")
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not Path(str(url.database)).exists():
+            raise DatabaseUnavailable(f"database {shown} does not exist: {fill}")
+    settings = _database(args)
+    at, head = migrate.current(settings.database_url), migrate.head()
+    if at is None:
+        raise DatabaseUnavailable(f"database {shown} holds no knowngood data: {fill}")
+    if at != head:
+        raise DatabaseUnavailable(f"database {shown} is at migration {at}, this knowngood reads {head}: run "
+                                  "`knowngood db upgrade` first")
+    return settings
+
+
 def _chain_query(session: Any, args: argparse.Namespace) -> Any:
     """The query the flags ask for, with the same checks (and words) the API answers with 422."""
     from api import queries
@@ -238,7 +264,7 @@ def cmd_chains(args: argparse.Namespace) -> int:
     from api import queries, verdicts
     from store.db import make_engine, make_sessionmaker
 
-    engine = make_engine(_database(args).database_url)
+    engine = make_engine(_recorded(args).database_url)
     try:
         with make_sessionmaker(engine)() as session:
             query = _chain_query(session, args)
@@ -260,7 +286,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     from api import lockfile, queries
     from store.db import make_engine, make_sessionmaker
 
-    engine = make_engine(_database(args).database_url)
+    engine = make_engine(_recorded(args).database_url)
     try:
         with make_sessionmaker(engine)() as session:
             query = _chain_query(session, args)
@@ -288,7 +314,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _writable(out, f"--out {out}")
-    engine = make_engine(_database(args).database_url)
+    engine = make_engine(_recorded(args).database_url)
     try:
         with make_sessionmaker(engine)() as session:
             path = docs.render(session, out)
@@ -350,7 +376,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from knowngood import report
     from store.db import make_engine, make_sessionmaker
 
-    engine = make_engine(_database(args).database_url)
+    engine = make_engine(_recorded(args).database_url)
     try:
         with make_sessionmaker(engine)() as session:
             rep = report.compare(session, run=args.run, against=args.against, since=args.since)

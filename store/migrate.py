@@ -24,24 +24,33 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
-def ensure_head(database_url: str) -> None:
-    """Upgrade unless the database is already at head (a cheap check: the CLI starts often)."""
+def head() -> str | None:
+    """The newest migration: the schema this release reads and writes."""
     from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+def current(database_url: str) -> str | None:
+    """The migration the database is at; None where it holds no schema (a new, empty database)."""
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
     from store.db import make_engine
 
-    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:
-            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except DBAPIError:
-        current = None
+        return None
     finally:
         engine.dispose()
-    if current != head:
+
+
+def ensure_head(database_url: str) -> None:
+    """Upgrade unless the database is already at head (a cheap check: the CLI starts often)."""
+    if current(database_url) != head():
         upgrade(database_url)
 
 

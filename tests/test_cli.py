@@ -75,6 +75,38 @@ def test_sqlite_file_in_a_missing_directory(capsys: pytest.CaptureFixture[str], 
     assert not (tmp_path / "nope").exists()
 
 
+@pytest.mark.parametrize("argv", [["chains", "--models", "resnet", "--route", "onnxruntime"],
+                                  ["lock", "--models", "resnet", "--route", "onnxruntime"], ["report"],
+                                  ["docs", "--out", "docs-out"]])
+def test_reading_a_database_that_holds_nothing_says_what_to_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sqlite_template: Path, argv: list[str],
+) -> None:
+    """A new user's first `knowngood chains` in a fresh clone: no store.db yet. Then one that exists without a
+    schema, then one at an older migration. Each is one line with the command that fixes it."""
+    import sqlite3
+
+    from store import migrate
+
+    missing = tmp_path / "store.db"
+    code, err = _fails(capsys, [*argv, "--db", f"sqlite:///{missing}"])
+    assert code == cli.EXIT_DATABASE
+    assert _one_line(err) == (f"error: database sqlite:///{missing} does not exist: load the measurements that ship "
+                              "with knowngood (`knowngood snapshot import data/snapshot.json.gz`) or record your "
+                              "own (`knowngood run SPEC`)")
+    assert not missing.exists()  # asking did not create it
+    sqlite3.connect(missing).close()
+    code, err = _fails(capsys, [*argv, "--db", f"sqlite:///{missing}"])
+    assert code == cli.EXIT_DATABASE and "holds no knowngood data: load the measurements" in _one_line(err)
+    older = tmp_path / "older.db"
+    shutil.copy(sqlite_template, older)
+    with sqlite3.connect(older) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0009'")
+    code, err = _fails(capsys, [*argv, "--db", f"sqlite:///{older}"])
+    assert code == cli.EXIT_DATABASE
+    assert _one_line(err).endswith(f"is at migration 0009, this knowngood reads {migrate.head()}: run "
+                                   "`knowngood db upgrade` first")
+
+
 def test_unreachable_postgresql(capsys: pytest.CaptureFixture[str]) -> None:
     url = "postgresql://someone:secret@127.0.0.1:1/kg"
     code, err = _fails(capsys, ["db", "upgrade", "--db", url])
