@@ -100,6 +100,8 @@ class Measurements:
     exported_by: dict[tuple[int, str], set[int]]
     # the case results themselves: environment, artifact, model, route, target, exporter, status, n
     outcomes: list[Any]
+    # (export environment, model) whose export failed: no graph, so no route case follows it in split mode
+    export_failed: set[tuple[int, str]] = field(default_factory=set)
 
     def versions(self, key: ChainKey) -> dict[str, str]:
         """The chain's pins: the production side's, with the research side's torch and onnx on top."""
@@ -130,6 +132,10 @@ def measurements(session: Session) -> Measurements:
     ):
         if artifact_id is not None:  # the query's filter; told to the type checker
             exported_by[artifact_id, model].add(env_id)
+    export_failed = {(env_id, model) for env_id, model in session.execute(
+        select(Case.environment_id, Case.model).distinct()
+        .where(Case.route == "export", Case.status.not_in(("pass", "skip")), queries.current())
+    )}
     versions: dict[int, dict[str, str]] = defaultdict(dict)
     for env_id, name, version in session.connection().execute(
         select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(PINNED))
@@ -150,7 +156,7 @@ def measurements(session: Session) -> Measurements:
             chains[export_id, row.environment_id, row.route, row.target][row.model].add(
                 row.status, row.n, row.exporter)
     return Measurements(environments=environments, chains=dict(chains), exported_by=dict(exported_by),
-                        outcomes=list(rows))
+                        outcomes=list(rows), export_failed=export_failed)
 
 
 # --- coverage per route (issue 17) -------------------------------------------------------------------------
@@ -427,7 +433,8 @@ class TorchSpan:
 
 def torch_spans(m: Measurements) -> list[TorchSpan]:
     """Per model (by family), route and target: the torch minors where it passed, and the measured ones between
-    that did not. A split chain counts for the torch that exported the graph."""
+    that did not. A split chain counts for the torch that exported the graph; a split export that failed counts
+    as measured without a pass for every ONNX route of that model (a joint case records its own export step)."""
     measured: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     passed: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     for key, models in m.chains.items():
@@ -439,6 +446,12 @@ def torch_spans(m: Measurements) -> list[TorchSpan]:
             measured[ident].add(x)
             if tally.passed:
                 passed[ident].add(x)
+    for env_id, model in m.export_failed:
+        x = minor(m.environments[env_id].versions.get("torch")) if env_id in m.environments else None
+        if x is None:
+            continue
+        for ident in [i for i in measured if i[0] == model and "export" in ROUTES.get(i[1], ())]:
+            measured[ident].add(x)
     route_order = {r: i for i, r in enumerate(ROUTES)}
     out = []
     for ident in sorted(measured, key=lambda i: (family(i[0]), i[0], route_order.get(i[1], 99), i[1], i[2])):

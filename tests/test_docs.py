@@ -274,3 +274,23 @@ def test_the_default_exporter_table_is_per_torch_and_onnxscript(
     rows = [line for line in section.splitlines() if line.startswith("| 2.9")]
     assert rows == ["| 2.9 | 0.5.7 |  |  |  | `PassError(export)` ×1 |",
                     "| 2.9 | 0.7.2 | dynamo ×1 | 18 | 10 |  |"]
+
+
+def test_a_split_export_that_failed_counts_as_measured_without_a_pass(
+    session: Session, tmp_path: Path, make_run: Callable, make_environment: Callable, make_case: Callable,
+) -> None:
+    """torch 2.0 cannot export the transformer (aten::unflatten): in split mode no runtime case follows, yet the
+    minor was measured and did not pass, which the first/last table must say rather than leave it out."""
+    run = make_run(spec_name="grid-ort")
+    old, new = make_environment({"torch": "2.0.1", "onnx": "1.14.0"}), make_environment({"torch": "2.1.2",
+                                                                                         "onnx": "1.14.0"})
+    runtime = make_environment({"onnx": "1.14.0", "onnxruntime": "1.16.3"})
+    old.kind, new.kind, runtime.kind = "export", "export", "runtime"
+    graph = Artifact(key="d" * 64, model="transformer", opset_emitted=17, ir_version=8)
+    session.add(graph)
+    session.commit()
+    make_case(run, old, "transformer", "export", status="fail", signature="UnsupportedOperator(aten::unflatten)")
+    make_case(run, new, "transformer", "export", artifact_id=graph.id)
+    make_case(run, runtime, "transformer", "onnxruntime", artifact_id=graph.id)
+    md = render(session, tmp_path).read_text()
+    assert "| transformer | transformer | onnxruntime |  | 2.1 | 2.1 | 2.0, 2.1 |  |" in md
