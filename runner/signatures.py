@@ -25,6 +25,8 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?:Could not find an implementation|NOT_IMPLEMENTED).*?(?:for|node with name)\s+'?(\w+)'?",
                 re.I), "RuntimeNotImplemented({0})"),
     (re.compile(r"Unsupported model IR version: \d+, max supported IR version: \d+"), "IRVersionTooNew"),
+    # ONNX Runtime before 1.17 on an opset-20 graph: "Opset 20 is under development ... till opset 19."
+    (re.compile(r"Opset \d+ is under development"), "OpsetTooNew"),
     (re.compile(r"onnx\.ModelProto exceeds maximum protobuf size"), "ProtobufTooLarge"),
     (re.compile(r"Descriptors cannot be created directly"), "ProtobufIncompatible"),
     # uv: "Because onnx==1.17.0 depends on protobuf>=3.20.2 and you require protobuf==3.20.1, ..."

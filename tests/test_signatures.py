@@ -36,6 +36,13 @@ REAL = [
     ("VersionError", "Detected incompatible Protobuf Gencode/Runtime versions when loading tf_keras/protobuf/"
      "projector_config.proto: gencode 5.28.3 runtime 4.25.5. Runtime version cannot be older than the linked "
      "gencode version.", "convert", {}, "ProtobufGencodeMismatch(tf_keras)"),
+    ("Fail",  # ONNX Runtime 1.15.1 loading a graph the TorchScript exporter wrote at opset 20
+     "[ONNXRuntimeError] : 1 : FAIL : Load model from /root/.cache/a/model.onnx failed:/onnxruntime_src/onnxruntime/"
+     "core/graph/model_load_utils.h:46 void onnxruntime::model_load_utils::ValidateOpsetForDomain(const std::"
+     "unordered_map<std::basic_string<char>, int>&, const onnxruntime::logging::Logger&, bool, const string&, int) "
+     "ONNX Runtime only *guarantees* support for models stamped with official released onnx opset versions. Opset "
+     "20 is under development and support for this is limited. Current official support for domain ai.onnx is till "
+     "opset 19.", "runtime", {}, "OpsetTooNew"),
     ("ResolutionConflict",
      "  × No solution found when resolving dependencies:\n  ╰─▶ Because onnx-graphsurgeon<=0.0.1.dev5 has no usable "
      "wheels and all of:\n             onnx-graphsurgeon>=0.5.2,<=0.5.6\n             onnx-graphsurgeon>=0.5.8\n"
