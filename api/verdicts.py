@@ -159,22 +159,23 @@ def measured_routes(session: Session, models: Iterable[str], routes: Iterable[st
     known, place = facts.every(session, {row[1] for row in rows if row[2] is None})
     out: dict[str, dict[int, Measured]] = {r: {} for r in routes}
     split_rows = []
-    for route, env_id, export_id, model, status, case_id, *ids in rows:
-        if export_id is not None:
-            split_rows.append((case_id, route, export_id, env_id, model, status))
+    columns = [(name, 6 + 2 * i) for i, name in enumerate(models)]  # each model's pass column; its failure's next
+    for row in rows:  # a loop over every measured environment of every route: kept lean (issue 14)
+        env_id = row[1]
+        if row[2] is not None:
+            split_rows.append((row[5], row[0], row[2], env_id, row[3], row[4]))
             continue
         f = known.get(env_id)
         if f is None:
             continue
         found = {}
-        for i, name in enumerate(models):
-            passed, failed = ids[2 * i], ids[2 * i + 1]
-            if passed is not None:  # a pass anywhere outweighs a failure
+        for name, i in columns:
+            if (passed := row[i]) is not None:  # a pass anywhere outweighs a failure
                 found[name] = Outcome("pass", passed)
-            elif failed is not None:
+            elif (failed := row[i + 1]) is not None:
                 found[name] = Outcome("fail", failed)
         if found:  # the facts' dict is shared, not copied: `versions` is only read (see below)
-            out[route][env_id] = Measured(env_id, f.python, f.versions, place[env_id], found, name=f.name)
+            out[row[0]][env_id] = Measured(env_id, f.python, f.versions, place[env_id], found, f.name)
     for route in routes:
         envs = out[route]
         extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
@@ -246,6 +247,14 @@ def complete_pairs(envs: dict[int, Measured], models: Iterable[str]) -> list[tup
             and all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
 
 
+# Built once, bound per request: building statements per request cost an answer a millisecond of coercion (issue 14).
+_DETAILS = (
+    select(Case.id, Case.run_id, Case.exporter, Case.signature, Step.name, Step.message)
+    .outerjoin(Step, (Step.case_id == Case.id) & (Step.status != "ok"))
+    .where(Case.id.in_(bindparam("ids", expanding=True))).order_by(Case.id, Step.ordinal)
+)
+
+
 def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
     """Fill in the run, exporter, signature and first step that was not ok of the outcomes an answer shows."""
     todo: dict[int, list[Outcome]] = defaultdict(list)
@@ -254,11 +263,7 @@ def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
             todo[o.case_id].append(o)
     ids = sorted(todo)
     for i in range(0, len(ids), 500):
-        for row in session.connection().execute(
-            select(Case.id, Case.run_id, Case.exporter, Case.signature, Step.name, Step.message)
-            .outerjoin(Step, (Step.case_id == Case.id) & (Step.status != "ok"))
-            .where(Case.id.in_(ids[i: i + 500])).order_by(Case.id, Step.ordinal)
-        ):
+        for row in session.connection().execute(_DETAILS, {"ids": ids[i: i + 500]}):
             for o in todo[row.id]:
                 if not o.loaded:  # the first row of a case carries its first step that was not ok
                     o.run_id, o.exporter, o.signature, o.loaded = row.run_id, row.exporter, row.signature, True
@@ -646,16 +651,19 @@ def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.F
     return near, _counts(session, query, ran, facts)
 
 
+_ENVIRONMENTS = select(Environment.id, Environment.lock_hash.is_not(None), Environment.signature.is_not(None))
+_ENVIRONMENTS_OF_PYTHON = _ENVIRONMENTS.where(Environment.python == bindparam("python"))
+
+
 def _counts(session: Session, query: queries.ChainQuery, measured_ids: set[int],
             facts: queries.FactsCache) -> MeasuredCounts:
-    env_query = select(Environment.id, Environment.lock_hash.is_not(None), Environment.signature.is_not(None))
-    if query.python:
-        env_query = env_query.where(Environment.python == query.python)
-    rows = session.connection().execute(env_query).all()
-    requested = facts.requested(session, [r[0] for r in rows])  # read once per environment and process
+    rows = session.connection().execute(_ENVIRONMENTS_OF_PYTHON if query.python else _ENVIRONMENTS,
+                                        {"python": query.python}).all()
+    # What each environment asked for is read once per environment and process, and weighed once per route.
+    wanted = facts.requests_route(session, [r[0] for r in rows], query.route)
     resolved_only = unresolvable = 0
     for env_id, locked, signed in rows:
-        if env_id in measured_ids or not queries.requests_route(requested[env_id], query.route):
+        if env_id in measured_ids or not wanted[env_id]:
             continue
         if locked:
             resolved_only += 1
