@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -290,6 +290,7 @@ class _Comparer:
     def __init__(self, pins: Pins, route: str) -> None:
         self.pins = pins
         self.scores: dict[int, tuple[tuple[Diff, ...], Distance]] = {}  # Measured.key → differences, distance
+        self._places: dict[int, tuple[int, int]] = {}  # Measured.key → (-place, -research_place)
         pinned: list[tuple[str, FilePin]] = []
         for name in _matters(route):
             if name == "tensorflow-cpu":
@@ -302,6 +303,20 @@ class _Comparer:
                 pinned.append((name, pin))
         self.pinned = pinned
         self._seen: dict[tuple[str, str | None], Diff | None] = {}
+        self.position: dict[int, int] = {}  # Measured.key → place in the order closest first (order())
+
+    def order(self, envs: Iterable[Measured]) -> None:
+        """Score `envs` (and those ordered before) and order them all, closest first, newest among equals: the
+        positions _ranked sorts by. Keys are unique, and so are the sort keys: a place is one environment's, a
+        pair's two places its own."""
+        scores = self.scores
+        for m in envs:
+            if m.key not in scores:
+                diffs = self.differences(m)
+                scores[m.key] = (diffs, _distance(diffs))
+                self._places[m.key] = (-m.place, -m.research_place)
+        keyed = sorted((*scores[key][1], *places, key) for key, places in self._places.items())
+        self.position = {k[-1]: i for i, k in enumerate(keyed)}
 
     def differences(self, env: Measured) -> tuple[Diff, ...]:
         """The pins that `env` does not satisfy, python first, in a chain's reading order."""
@@ -387,20 +402,17 @@ def summary(diffs: list[PinDiff]) -> str:
 Ranked = list[tuple[Measured, tuple[Diff, ...]]]
 
 
-def _ranked(comparer: _Comparer, envs: Iterable[Measured]) -> Ranked:
+def _ranked(comparer: _Comparer, envs: Collection[Measured]) -> Ranked:
     """The environments closest to the pins first (fewest changes, then smallest moves); among equals the newest
-    versions (highest place) first. Sorted once per route: every nearest and every fix is then the first few
-    entries that qualify."""
-    keyed, scores = [], comparer.scores
-    for m in envs:
-        key = m.key
-        scored = scores.get(key)
-        if scored is None:
-            diffs = comparer.differences(m)
-            scored = scores[key] = (diffs, _distance(diffs))
-        keyed.append(((scored[1], -m.place, -m.research_place), m, scored[0]))
-    keyed.sort(key=lambda k: k[0])  # keys are unique: a place is one environment's, a pair's two places its own
-    return [(m, diffs) for _, m, diffs in keyed]
+    versions (highest place) first. Every nearest and every fix is then the first few entries that qualify.
+
+    The order is the comparer's (_Comparer.order), made once for all the routes it weighs; a route's environments
+    are then sorted by their position in it, by int: comparing the distance tuples of every environment again for
+    every route cost a check milliseconds (issue 14)."""
+    if any(m.key not in comparer.position for m in envs):  # not ordered with the other routes' beforehand
+        comparer.order(envs)
+    position, scores = comparer.position, comparer.scores
+    return [(m, scores[m.key][0]) for m in sorted(envs, key=lambda m: position[m.key])]
 
 
 @dataclass(slots=True)
@@ -474,7 +486,11 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
     fixes: dict[str, _FixPick | None] = {}
     comparers: dict[tuple[str, ...], _Comparer] = {}  # routes that weigh the same packages share one
     for route in chosen:
-        comparer = comparers.get(_matters(route)) or comparers.setdefault(_matters(route), _Comparer(pins, route))
+        comparers.get(_matters(route)) or comparers.setdefault(_matters(route), _Comparer(pins, route))
+    for matters, comparer in comparers.items():  # one order per comparer, for every route it weighs
+        comparer.order([m for r in chosen if _matters(r) == matters for m in by_route[r].values()])
+    for route in chosen:
+        comparer = comparers[_matters(route)]
         ranked = _ranked(comparer, by_route[route].values())
         for model in models:
             picks.append(_pick(ranked, model, route, exporter))
