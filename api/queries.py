@@ -13,7 +13,7 @@ from typing import Any, cast
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import ColumnElement, Row, and_, exists, func, select
+from sqlalchemy import ColumnElement, Row, Select, and_, bindparam, exists, func, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from api.schemas import (
@@ -155,15 +155,24 @@ def rank_key(versions: dict[str, str]) -> tuple[Version, ...]:
             _version(versions.get("onnxruntime")))
 
 
-def _chain_conditions(query: ChainQuery) -> list[ColumnElement[bool]]:
-    # Joint chains only: a runtime environment's cases start from a stored artifact and need their export side.
-    conditions = [Case.model.in_(query.models), Case.route == query.route, Case.status == "pass",
-                  Case.artifact_id.is_(None), current()]
-    if query.exporter:
-        conditions.append(Case.exporter == query.exporter)
-    if query.target:
-        conditions.append(Case.target == query.target)
-    return conditions
+@lru_cache(maxsize=8)
+def _evidence_query(exporter: bool, target: bool) -> Select[*tuple[Any, ...]]:
+    """The passing cases of a page of chains, with their environments' fields: built once per filter and bound per
+    request (`page`, `models`, `route`, `exporter`, `target`). Building it per request cost a /chains answer a
+    millisecond of coercion (issue 14)."""
+    conditions = [Case.model.in_(bindparam("models", expanding=True)), Case.route == bindparam("route"),
+                  Case.status == "pass", Case.artifact_id.is_(None), current()]
+    if exporter:
+        conditions.append(Case.exporter == bindparam("exporter"))
+    if target:
+        conditions.append(Case.target == bindparam("target"))
+    return (
+        select(Case.environment_id, Case.model, Case.exporter, Case.opset, Case.opset_emitted, Case.max_abs_diff,
+               Case.target, Case.recorded_at, Case.run_id, Environment.name, Environment.python,
+               Environment.python_full, Environment.lock_hash, Environment.cutoff, Environment.index_url)
+        .join(Environment, Environment.id == Case.environment_id)
+        .where(Case.environment_id.in_(bindparam("page", expanding=True)), *conditions)
+    )
 
 
 @dataclass(frozen=True)
@@ -188,6 +197,7 @@ class FactsCache:
         self._state: tuple[dict[int, EnvironmentFacts], dict[int, int]] = ({}, {})
         self._lock = threading.Lock()
         self._requested: dict[int, tuple[str, ...]] = {}  # environment id → its requirements, as stored
+        self._wanted: dict[str, dict[int, bool]] = {}  # route → environment id → requests_route
 
     def requested(self, session: Session, env_ids: Collection[int]) -> dict[int, tuple[str, ...]]:
         """The requirements each environment was asked with (fixed when it is stored, like the facts)."""
@@ -198,6 +208,16 @@ class FactsCache:
             ):
                 self._requested[env_id] = tuple(requirements)  # one dict item at a time: safe across threads
         return {e: self._requested[e] for e in env_ids if e in self._requested}
+
+    def requests_route(self, session: Session, env_ids: Collection[int], route: str) -> dict[int, bool]:
+        """Whether each of `env_ids` asked for the route's package (requests_route), weighed once per environment,
+        route and process: every /chains answer weighs every environment (issue 14). Read only: the cache's own."""
+        wanted = self._wanted.setdefault(route, {})
+        missing = [e for e in env_ids if e not in wanted]
+        if missing:
+            for env_id, requirements in self.requested(session, missing).items():
+                wanted[env_id] = requests_route(requirements, route)  # one dict item at a time, as above
+        return wanted
 
     def get(self, session: Session, env_ids: Collection[int]) -> tuple[dict[int, EnvironmentFacts], dict[int, int]]:
         """The facts of `env_ids` (those that exist), and every known environment's place in the ranking.
@@ -256,21 +276,20 @@ def known_good_chain_page(
     unless a `require` names a package outside KEY_PACKAGES. The evidence (cases, runs) is read for the page only.
     `candidates`: the complete environments, when the caller has read them already (verdicts.complete).
     """
-    conditions = _chain_conditions(query)
     # The outcome table holds each key's current passes already counted (store/outcomes.py): one index range
     # per model, instead of every case with its current() probe.
-    where = [Outcome.route == query.route, Outcome.model.in_(query.models), Outcome.passed > 0]
-    if query.exporter:
-        where.append(Outcome.exporter == query.exporter)
-    if query.target:
-        where.append(Outcome.target == query.target)
-    complete = (
-        select(Outcome.environment_id)
-        .where(*where)
-        .group_by(Outcome.environment_id)
-        .having(func.count(func.distinct(Outcome.model)) == len(query.models))
-    )
     if candidates is None:
+        where = [Outcome.route == query.route, Outcome.model.in_(query.models), Outcome.passed > 0]
+        if query.exporter:
+            where.append(Outcome.exporter == query.exporter)
+        if query.target:
+            where.append(Outcome.target == query.target)
+        complete = (
+            select(Outcome.environment_id)
+            .where(*where)
+            .group_by(Outcome.environment_id)
+            .having(func.count(func.distinct(Outcome.model)) == len(query.models))
+        )
         candidates = list(session.connection().execute(complete).scalars())
     if not candidates:
         return [], 0
@@ -297,11 +316,9 @@ def known_good_chain_page(
     envs: dict[int, AnyRow] = {}
     evidence: dict[int, list[AnyRow]] = defaultdict(list)
     for row in session.connection().execute(  # the environment's own fields ride along: one round trip
-        select(Case.environment_id, Case.model, Case.exporter, Case.opset, Case.opset_emitted, Case.max_abs_diff,
-               Case.target, Case.recorded_at, Case.run_id, Environment.name, Environment.python,
-               Environment.python_full, Environment.lock_hash, Environment.cutoff, Environment.index_url)
-        .join(Environment, Environment.id == Case.environment_id)
-        .where(Case.environment_id.in_(page), *conditions)
+        _evidence_query(bool(query.exporter), bool(query.target)),
+        {"page": page, "models": list(query.models), "route": query.route, "exporter": query.exporter,
+         "target": query.target},
     ):
         evidence[row.environment_id].append(row)
         envs[row.environment_id] = row
@@ -913,6 +930,32 @@ def package_versions(
 _RUNTIME, _EXPORT = Case.__table__.alias("runtime").c, Case.__table__.alias("export").c
 
 
+@lru_cache(maxsize=4)
+def _split_queries(exporter: bool) -> tuple[Select[*tuple[Any, ...]], Select[*tuple[Any, ...]]]:
+    """split_chain_page's two statements, built once per filter and bound per request (`models`, `route`,
+    `exporter`, `n_models`; the evidence also `runtimes`): the complete pairs, and the passing cases of a page."""
+    runtime, export = _RUNTIME, _EXPORT
+    conditions = [runtime.model.in_(bindparam("models", expanding=True)), runtime.route == bindparam("route"),
+                  runtime.status == "pass", runtime.artifact_id.is_not(None), export.route == "export",
+                  export.status == "pass", export.artifact_id == runtime.artifact_id, export.model == runtime.model,
+                  current(runtime), current(export)]
+    if exporter:
+        conditions.append(export.exporter == bindparam("exporter"))
+    pairs = (
+        select(export.environment_id, runtime.environment_id)
+        .where(*conditions)
+        .group_by(export.environment_id, runtime.environment_id)
+        .having(func.count(func.distinct(runtime.model)) == bindparam("n_models"))
+    )
+    evidence = (
+        select(export.environment_id.label("export_id"), runtime.environment_id.label("runtime_id"), runtime.model,
+               export.exporter, export.opset, runtime.opset_emitted, runtime.max_abs_diff, runtime.target,
+               runtime.recorded_at, runtime.run_id)
+        .where(*conditions, runtime.environment_id.in_(bindparam("runtimes", expanding=True)))
+    )
+    return pairs, evidence
+
+
 def split_chain_page(
     session: Session, query: ChainQuery, facts: FactsCache | None = None,
     candidates: list[tuple[int, int]] | None = None,
@@ -925,19 +968,10 @@ def split_chain_page(
     production side's. Ranked by the research side, then production. `candidates`: the complete (export, runtime)
     pairs, when the caller has read them already (verdicts.complete_pairs).
     """
-    runtime, export = _RUNTIME, _EXPORT
-    conditions = [runtime.model.in_(query.models), runtime.route == query.route, runtime.status == "pass",
-                  runtime.artifact_id.is_not(None), export.route == "export", export.status == "pass",
-                  export.artifact_id == runtime.artifact_id, export.model == runtime.model,
-                  current(runtime), current(export)]
-    if query.exporter:
-        conditions.append(export.exporter == query.exporter)
-    pairs = candidates if candidates is not None else session.connection().execute(
-        select(export.environment_id, runtime.environment_id)
-        .where(*conditions)
-        .group_by(export.environment_id, runtime.environment_id)
-        .having(func.count(func.distinct(runtime.model)) == len(query.models))
-    ).all()
+    complete_pairs, evidence_of = _split_queries(bool(query.exporter))
+    params = {"models": list(query.models), "route": query.route, "exporter": query.exporter,
+              "n_models": len(query.models)}
+    pairs = candidates if candidates is not None else session.connection().execute(complete_pairs, params).all()
     if not pairs:
         return [], 0
     known, place = (facts or FactsCache()).get(session, {e for pair in pairs for e in pair})
@@ -960,12 +994,7 @@ def split_chain_page(
                Environment.lock_hash, Environment.cutoff, Environment.index_url).where(Environment.id.in_(ids)))}
     evidence: dict[tuple[int, int], list[AnyRow]] = defaultdict(list)
     wanted = set(page)
-    for row in session.connection().execute(
-        select(export.environment_id.label("export_id"), runtime.environment_id.label("runtime_id"), runtime.model,
-               export.exporter, export.opset, runtime.opset_emitted, runtime.max_abs_diff, runtime.target,
-               runtime.recorded_at, runtime.run_id)
-        .where(*conditions, runtime.environment_id.in_({r for _, r in page}))
-    ):
+    for row in session.connection().execute(evidence_of, {**params, "runtimes": list({r for _, r in page})}):
         if (row.export_id, row.runtime_id) in wanted:
             evidence[row.export_id, row.runtime_id].append(row)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -107,7 +107,8 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
 # aggregate: route, environment, then a pass and a failure column per model) and split rows (route, runtime side,
 # export side, model, status, case) in one statement, a round trip fewer; each kind leaves the other's columns null.
 @lru_cache(maxsize=256)
-def _measured_query(n_models: int, exporter: bool, target: bool) -> CompoundSelect[*tuple[Any, ...]]:
+def _measured_query(n_models: int, exporter: bool, target: bool,
+                    environments: Literal["", "every", "python"] = "") -> CompoundSelect[*tuple[Any, ...]]:
     # Without an exporter or target, the rows already folded over them (a third to a ninth as many to read).
     table: Any = OutcomeRow if exporter or target else OutcomeAny
     columns = []
@@ -135,7 +136,17 @@ def _measured_query(n_models: int, exporter: bool, target: bool) -> CompoundSele
         conditions.append(runtime.target == bindparam("target"))
     split = select(runtime.route, runtime.environment_id, export.environment_id, runtime.model, runtime.status,
                    runtime.id, *_nulls(*[Integer] * (2 * n_models))).where(*conditions)
-    return union_all(joint, split)
+    if not environments:
+        return union_all(joint, split)
+    # What a chains answer counts beside (explain_chains), in the same round trip: every environment (of one python),
+    # with no route, and whether it is locked and signed in the first model's two columns. Each round trip is a point
+    # where a busy machine hands the CPU to someone else (issue 14).
+    every = select(cast(null(), String), Environment.id, *_nulls(Integer, String, String, Integer),
+                   case((Environment.lock_hash.is_not(None), 1), else_=0),
+                   case((Environment.signature.is_not(None), 1), else_=0), *_nulls(*[Integer] * (2 * n_models - 2)))
+    if environments == "python":
+        every = every.where(Environment.python == bindparam("python"))
+    return union_all(joint, split, every)
 
 
 def _nulls(*types: Any) -> list[Any]:
@@ -145,36 +156,61 @@ def _nulls(*types: Any) -> list[Any]:
 _RUNTIME, _EXPORT = Case.__table__.alias("runtime").c, Case.__table__.alias("export").c
 
 
+# An environment as explain_chains counts it: id, locked (resolved), signed (a reason it did not resolve or run).
+EnvironmentRow = tuple[int, bool, bool]
+
+
 def measured_routes(session: Session, models: Iterable[str], routes: Iterable[str], exporter: str | None,
                     facts: queries.FactsCache | None = None, target: str | None = None,
                     ) -> dict[str, dict[int, Measured]]:
     """measured() for several routes at once, joint environments and split pairs: one statement for all of them
     (a check weighs every route its file pins)."""
-    models, routes = tuple(models), tuple(dict.fromkeys(routes))
+    return _measured_routes(session, tuple(models), routes, exporter, facts, target)[0]
+
+
+def measured_chains(session: Session, query: queries.ChainQuery, facts: queries.FactsCache | None = None,
+                    ) -> tuple[dict[int, Measured], list[EnvironmentRow]]:
+    """measured() for a chains query, and the environments explain_chains counts (of the query's python), read in
+    the same statement."""
+    found, environments = _measured_routes(session, query.models, (query.route,), query.exporter, facts, query.target,
+                                           environments="python" if query.python else "every", python=query.python)
+    return found[query.route], environments
+
+
+def _measured_routes(session: Session, models: tuple[str, ...], routes: Iterable[str], exporter: str | None,
+                     facts: queries.FactsCache | None, target: str | None,
+                     environments: Literal["", "every", "python"] = "", python: str | None = None,
+                     ) -> tuple[dict[str, dict[int, Measured]], list[EnvironmentRow]]:
+    routes = tuple(dict.fromkeys(routes))
     facts = facts or queries.FactsCache()
     params: dict[str, Any] = {f"model_{i}": m for i, m in enumerate(models)}
-    params.update(routes=list(routes), models=list(models), exporter=exporter, target=target)
+    params.update(routes=list(routes), models=list(models), exporter=exporter, target=target, python=python)
     rows = session.connection().execute(
-        _measured_query(len(models), bool(exporter), bool(target)), params).all()
-    known, place = facts.every(session, {row[1] for row in rows if row[2] is None})
+        _measured_query(len(models), bool(exporter), bool(target), environments), params).all()
+    known, place = facts.every(session, {row[1] for row in rows if row[2] is None and row[0] is not None})
     out: dict[str, dict[int, Measured]] = {r: {} for r in routes}
     split_rows = []
-    for route, env_id, export_id, model, status, case_id, *ids in rows:
-        if export_id is not None:
-            split_rows.append((case_id, route, export_id, env_id, model, status))
+    every: list[EnvironmentRow] = []
+    columns = [(name, 6 + 2 * i) for i, name in enumerate(models)]  # each model's pass column; its failure's next
+    for row in rows:  # a loop over every measured environment of every route: kept lean (issue 14)
+        env_id = row[1]
+        if row[0] is None:  # an environment row (_measured_query's `every`)
+            every.append((env_id, bool(row[6]), bool(row[7])))
+            continue
+        if row[2] is not None:
+            split_rows.append((row[5], row[0], row[2], env_id, row[3], row[4]))
             continue
         f = known.get(env_id)
         if f is None:
             continue
         found = {}
-        for i, name in enumerate(models):
-            passed, failed = ids[2 * i], ids[2 * i + 1]
-            if passed is not None:  # a pass anywhere outweighs a failure
+        for name, i in columns:
+            if (passed := row[i]) is not None:  # a pass anywhere outweighs a failure
                 found[name] = Outcome("pass", passed)
-            elif failed is not None:
+            elif (failed := row[i + 1]) is not None:
                 found[name] = Outcome("fail", failed)
         if found:  # the facts' dict is shared, not copied: `versions` is only read (see below)
-            out[route][env_id] = Measured(env_id, f.python, f.versions, place[env_id], found, name=f.name)
+            out[row[0]][env_id] = Measured(env_id, f.python, f.versions, place[env_id], found, f.name)
     for route in routes:
         envs = out[route]
         extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
@@ -189,7 +225,7 @@ def measured_routes(session: Session, models: Iterable[str], routes: Iterable[st
     for route, pairs in _split_pairs(session, sorted(split_rows), routes, facts).items():
         for pair in pairs:
             out[route][pair.key] = pair
-    return out
+    return out, every
 
 
 def _split_pairs(session: Session, rows: list[tuple[int, str, int, int, str, str]], routes: tuple[str, ...],
@@ -246,6 +282,14 @@ def complete_pairs(envs: dict[int, Measured], models: Iterable[str]) -> list[tup
             and all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
 
 
+# Built once, bound per request: building statements per request cost an answer a millisecond of coercion (issue 14).
+_DETAILS = (
+    select(Case.id, Case.run_id, Case.exporter, Case.signature, Step.name, Step.message)
+    .outerjoin(Step, (Step.case_id == Case.id) & (Step.status != "ok"))
+    .where(Case.id.in_(bindparam("ids", expanding=True))).order_by(Case.id, Step.ordinal)
+)
+
+
 def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
     """Fill in the run, exporter, signature and first step that was not ok of the outcomes an answer shows."""
     todo: dict[int, list[Outcome]] = defaultdict(list)
@@ -254,11 +298,7 @@ def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
             todo[o.case_id].append(o)
     ids = sorted(todo)
     for i in range(0, len(ids), 500):
-        for row in session.connection().execute(
-            select(Case.id, Case.run_id, Case.exporter, Case.signature, Step.name, Step.message)
-            .outerjoin(Step, (Step.case_id == Case.id) & (Step.status != "ok"))
-            .where(Case.id.in_(ids[i: i + 500])).order_by(Case.id, Step.ordinal)
-        ):
+        for row in session.connection().execute(_DETAILS, {"ids": ids[i: i + 500]}):
             for o in todo[row.id]:
                 if not o.loaded:  # the first row of a case carries its first step that was not ok
                     o.run_id, o.exporter, o.signature, o.loaded = row.run_id, row.exporter, row.signature, True
@@ -266,14 +306,6 @@ def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
 
 
 # -- distance between pins and an environment ----------------------------------------------------------------------
-
-def _tf(versions: dict[str, str]) -> tuple[str, str] | None:
-    """TensorFlow under either name: to a user tensorflow and tensorflow-cpu are one framework."""
-    for name in ALIASES["tensorflow"]:
-        if name in versions:
-            return name, versions[name]
-    return None
-
 
 class _Comparer:
     """One file's pins against environments on the routes that weigh one set of packages (_matters): each (package,
@@ -285,6 +317,7 @@ class _Comparer:
     def __init__(self, pins: Pins, route: str) -> None:
         self.pins = pins
         self.scores: dict[int, tuple[tuple[Diff, ...], Distance]] = {}  # Measured.key → differences, distance
+        self._places: dict[int, tuple[int, int]] = {}  # Measured.key → (-place, -research_place)
         pinned: list[tuple[str, FilePin]] = []
         for name in _matters(route):
             if name == "tensorflow-cpu":
@@ -296,35 +329,64 @@ class _Comparer:
             if pin is not None:
                 pinned.append((name, pin))
         self.pinned = pinned
-        self._seen: dict[tuple[str, str | None], Diff | None] = {}
+        # (package, measured version) → its difference and how far it moves (_moved), or None where the pin allows it
+        self._seen: dict[tuple[str, str | None], tuple[Diff, tuple[int, int, int]] | None] = {}
+        self.position: dict[int, int] = {}  # Measured.key → place in the order closest first (order())
+
+    def order(self, envs: Iterable[Measured]) -> None:
+        """Score `envs` (and those ordered before) and order them all, closest first, newest among equals: the
+        positions _ranked sorts by. Keys are unique, and so are the sort keys: a place is one environment's, a
+        pair's two places its own."""
+        scores, places = self.scores, self._places
+        for m in envs:
+            key = m.key
+            if key not in scores:
+                scores[key] = self.score(m)
+                places[key] = (-m.place, -m.research_place)
+        keyed = sorted((*scores[key][1], *place, key) for key, place in places.items())
+        self.position = {k[-1]: i for i, k in enumerate(keyed)}
 
     def differences(self, env: Measured) -> tuple[Diff, ...]:
         """The pins that `env` does not satisfy, python first, in a chain's reading order."""
+        return self.score(env)[0]
+
+    def score(self, env: Measured) -> tuple[tuple[Diff, ...], Distance]:
+        """differences() and their distance: (packages changed, then |Δmajor|, |Δminor|, |Δmicro| summed), fewest
+        changes first, then smallest moves. Summed as they are found: a check scores every measured environment, and
+        each (package, version) is compared and its move measured once (issue 14)."""
+        seen, versions = self._seen, env.versions
         diffs: list[Diff] = []
-        python = self._python(env.python)
-        if python is not None:
-            diffs.append(python)
-        seen = self._seen
-        for name, pin in self.pinned:
-            have = (_tf(env.versions) or (name, None))[1] if name == "tensorflow" else env.versions.get(name)
-            key = (name, have)
-            if key not in seen:
-                seen[key] = (pin.name, _shown(pin), have) if have is None or not pin.allows(have) else None
-            if (diff := seen[key]) is not None:
-                diffs.append(diff)
-        return tuple(diffs)
+        n = major = minor = micro = 0
+        for name, pin in (("python", None), *self.pinned):
+            if name == "python":
+                have: str | None = env.python
+            elif name == "tensorflow":  # TensorFlow under either name: to a user they are one framework
+                have = next((versions[n] for n in ALIASES["tensorflow"] if n in versions), None)
+            else:
+                have = versions.get(name)
+            found = seen.get((name, have), _UNSEEN)
+            if found is _UNSEEN:
+                diff = self._python(env.python) if pin is None else (
+                    (pin.name, _shown(pin), have) if have is None or not pin.allows(have) else None)
+                found = seen[name, have] = None if diff is None else (diff, _moved(diff[1], diff[2]))
+            if found is not None:
+                diffs.append(found[0])
+                a, b, c = found[1]
+                n, major, minor, micro = n + 1, major + a, minor + b, micro + c
+        return tuple(diffs), (n, major, minor, micro)
 
     def _python(self, python: str) -> Diff | None:
-        key = ("python", python)
-        if key not in self._seen:
-            pins, diff = self.pins, None
-            if pins.python and python != pins.python:
-                diff = ("python", pins.python, python)
-            elif not pins.python and pins.requires_python and not FilePin(
-                    "python", pins.requires_python, 0).allows(f"{python}.0"):
-                diff = ("python", pins.requires_python, python)
-            self._seen[key] = diff
-        return self._seen[key]
+        pins = self.pins
+        if pins.python and python != pins.python:
+            return ("python", pins.python, python)
+        if not pins.python and pins.requires_python and not FilePin(
+                "python", pins.requires_python, 0).allows(f"{python}.0"):
+            return ("python", pins.requires_python, python)
+        return None
+
+
+# Not yet compared: distinct from None, which a (package, version) the pins allow is cached as.
+_UNSEEN: Any = object()
 
 
 def differences(pins: Pins, env: Measured, route: str) -> list[PinDiff]:
@@ -344,15 +406,6 @@ def _shown(pin: FilePin) -> str:
 def _moved(yours: str | None, have: str | None) -> tuple[int, int, int]:
     a, b = _release(yours), _release(have)
     return (abs(a[0] - b[0]), abs(a[1] - b[1]), abs(a[2] - b[2])) if a and b else (0, 0, 0)
-
-
-def _distance(diffs: Iterable[Diff]) -> Distance:
-    """(packages changed, then |Δmajor|, |Δminor|, |Δmicro| summed): fewest changes first, then smallest moves."""
-    n = major = minor = micro = 0
-    for _, yours, have in diffs:
-        a, b, c = _moved(yours, have)
-        n, major, minor, micro = n + 1, major + a, minor + b, micro + c
-    return (n, major, minor, micro)
 
 
 @lru_cache(maxsize=4096)
@@ -382,20 +435,19 @@ def summary(diffs: list[PinDiff]) -> str:
 Ranked = list[tuple[Measured, tuple[Diff, ...]]]
 
 
-def _ranked(comparer: _Comparer, envs: Iterable[Measured]) -> Ranked:
+def _ranked(comparer: _Comparer, envs: Collection[Measured]) -> Ranked:
     """The environments closest to the pins first (fewest changes, then smallest moves); among equals the newest
-    versions (highest place) first. Sorted once per route: every nearest and every fix is then the first few
-    entries that qualify."""
-    keyed, scores = [], comparer.scores
-    for m in envs:
-        key = m.key
-        scored = scores.get(key)
-        if scored is None:
-            diffs = comparer.differences(m)
-            scored = scores[key] = (diffs, _distance(diffs))
-        keyed.append(((scored[1], -m.place, -m.research_place), m, scored[0]))
-    keyed.sort(key=lambda k: k[0])  # keys are unique: a place is one environment's, a pair's two places its own
-    return [(m, diffs) for _, m, diffs in keyed]
+    versions (highest place) first. Every nearest and every fix is then the first few entries that qualify.
+
+    The order is the comparer's (_Comparer.order), made once for all the routes it weighs; a route's environments
+    are then sorted by their position in it, by int: comparing the distance tuples of every environment again for
+    every route cost a check milliseconds (issue 14)."""
+    position, scores = comparer.position, comparer.scores
+    if any(m.key not in position for m in envs):  # not ordered with the other routes' beforehand
+        comparer.order(envs)
+        position = comparer.position
+    keyed = sorted([(position[key], key, m) for m in envs for key in (m.key,)])  # positions are unique
+    return [(m, scores[key][0]) for _, key, m in keyed]
 
 
 @dataclass(slots=True)
@@ -469,7 +521,11 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
     fixes: dict[str, _FixPick | None] = {}
     comparers: dict[tuple[str, ...], _Comparer] = {}  # routes that weigh the same packages share one
     for route in chosen:
-        comparer = comparers.get(_matters(route)) or comparers.setdefault(_matters(route), _Comparer(pins, route))
+        comparers.get(_matters(route)) or comparers.setdefault(_matters(route), _Comparer(pins, route))
+    for matters, comparer in comparers.items():  # one order per comparer, for every route it weighs
+        comparer.order([m for r in chosen if _matters(r) == matters for m in by_route[r].values()])
+    for route in chosen:
+        comparer = comparers[_matters(route)]
         ranked = _ranked(comparer, by_route[route].values())
         for model in models:
             picks.append(_pick(ranked, model, route, exporter))
@@ -612,15 +668,16 @@ def signatures_seen(session: Session, wanted: set[tuple[str | None, str]],
 # -- why a chains answer is what it is -----------------------------------------------------------------------------
 
 def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.FactsCache | None = None,
-                   envs: dict[int, Measured] | None = None) -> tuple[list[NearMiss], MeasuredCounts]:
+                   envs: dict[int, Measured] | None = None, environments: list[EnvironmentRow] | None = None,
+                   ) -> tuple[list[NearMiss], MeasuredCounts]:
     """The closest failing environments (most requested models passed, then newest) and how much was measured.
 
     An empty chains answer then says whether nothing was measured, nothing resolved, or everything failed.
-    `envs`: measured() for the query, when the caller has it already.
+    `envs`, `environments`: what measured_chains() read for the query, when the caller has it already.
     """
     facts = facts or queries.FactsCache()
-    if envs is None:
-        envs = measured(session, query.models, query.route, query.exporter, facts, query.target)
+    if envs is None or environments is None:
+        envs, environments = measured_chains(session, query, facts)
     if query.python:
         envs = {e: m for e, m in envs.items() if m.python == query.python}
     tried = {e: m for e, m in envs.items() if m.outcomes}
@@ -643,19 +700,16 @@ def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.F
         for m in shown
     ]
     ran = {i for m in tried.values() for i in (m.env_id, m.research_id) if i is not None}
-    return near, _counts(session, query, ran, facts)
+    return near, _counts(session, query, ran, facts, environments)
 
 
-def _counts(session: Session, query: queries.ChainQuery, measured_ids: set[int],
-            facts: queries.FactsCache) -> MeasuredCounts:
-    env_query = select(Environment.id, Environment.lock_hash.is_not(None), Environment.signature.is_not(None))
-    if query.python:
-        env_query = env_query.where(Environment.python == query.python)
-    rows = session.connection().execute(env_query).all()
-    requested = facts.requested(session, [r[0] for r in rows])  # read once per environment and process
+def _counts(session: Session, query: queries.ChainQuery, measured_ids: set[int], facts: queries.FactsCache,
+            rows: list[EnvironmentRow]) -> MeasuredCounts:
+    # What each environment asked for is read once per environment and process, and weighed once per route.
+    wanted = facts.requests_route(session, [r[0] for r in rows], query.route)
     resolved_only = unresolvable = 0
     for env_id, locked, signed in rows:
-        if env_id in measured_ids or not queries.requests_route(requested[env_id], query.route):
+        if env_id in measured_ids or not wanted[env_id]:
             continue
         if locked:
             resolved_only += 1

@@ -20,12 +20,15 @@ import pytest
 import uvicorn
 import yaml
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
-from api import verdicts
+from api import queries, verdicts
 from api.app import create_app
 from knowngood import check, cli
+from matrix.routes import ROUTES
 from store import snapshot
 from store.db import make_engine, make_sessionmaker
+from store.models import Environment
 from store.pins import read
 from store.settings import Settings
 from tests.pgcluster import database, free_port
@@ -279,6 +282,51 @@ def test_chains_say_what_was_measured_and_the_closest_failures(shipped: str) -> 
     assert counts["measured"] > 0 and counts["resolved_only"] > 0 and counts["unresolvable"] > 0
     miss = body["near_misses"][0]
     assert miss["passed"] == [] and miss["failed"][0]["step"] and miss["failed"][0]["signature"]
+
+
+def test_chains_counts_read_with_the_outcomes_are_the_environments_counted_one_by_one(shipped: str) -> None:
+    """measured_chains reads the environments beside the outcome rows, and the facts cache weighs each environment's
+    requirements once per route: the counts agree with weighing every environment row on its own, for every route,
+    with and without a python, through one cache shared by all the questions."""
+    engine = make_engine(shipped)
+    shared = queries.FactsCache()
+    with make_sessionmaker(engine)() as session:
+        envs = session.execute(select(Environment.id, Environment.python, Environment.requirements,
+                                      Environment.lock_hash, Environment.signature)).all()
+        for route in ROUTES:
+            for python in (None, "3.11"):
+                query = queries.ChainQuery.parse("resnet", route, python=python)
+                measured, every = verdicts.measured_chains(session, query, shared)
+                ran = {i for m in measured.values() if python in (None, m.python)  # the production side's python
+                       for i in (m.env_id, m.research_id) if i is not None}
+                asked = [e for e in envs if (python is None or e.python == python) and e.id not in ran
+                         and queries.requests_route(tuple(e.requirements), route)]
+                expected = (len(ran), sum(e.lock_hash is not None for e in asked),
+                            sum(e.lock_hash is None and e.signature is not None for e in asked))
+                _, counts = verdicts.explain_chains(session, query, shared)
+                assert (counts.measured, counts.resolved_only, counts.unresolvable) == expected, (route, python)
+                assert sorted(e for e, _, _ in every) == sorted(e.id for e in envs if python in (None, e.python))
+    engine.dispose()
+
+
+def test_a_route_is_ranked_alike_whatever_other_routes_the_check_weighs(shipped_sqlite: str) -> None:
+    """check() orders the environments of every route a comparer weighs at once; a route's ranking is the one its
+    own environments give alone: closest to the pins first, newest (highest place) among equals."""
+    engine = make_engine(shipped_sqlite)
+    with make_sessionmaker(engine)() as session:
+        pins = read(BAD)
+        routes = ("onnxruntime", "onnx2tf", "onnx-tf")
+        by_route = verdicts.measured_routes(session, ["resnet", "transformer_padding_mask"], routes, None)
+        together = verdicts._Comparer(pins, routes[0])
+        together.order([m for r in routes for m in by_route[r].values()])
+        for route in routes:
+            alone = verdicts._Comparer(pins, route)
+            ranked = verdicts._ranked(together, list(by_route[route].values()))
+            assert ranked == verdicts._ranked(alone, list(by_route[route].values()))
+            keys = [(alone.score(m)[1], -m.place, -m.research_place) for m, _ in ranked]
+            assert keys == sorted(keys) and len(ranked) == len(by_route[route]) > 1
+            assert [diffs for _, diffs in ranked] == [alone.differences(m) for m, _ in ranked]
+    engine.dispose()
 
 
 def test_cli_chains_ends_with_the_explanation(shipped_sqlite: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -60,9 +60,10 @@ async def chains(
         check_exporter(exporter)
         check_target(target)
         facts = request.app.state.env_facts
-        # One read of the outcome table and of split pairs answers both the chains (when no target narrows them)
-        # and why not; the names are then checked against what it read, as parse_query checks them up front.
-        envs = verdicts.measured(session, query.models, query.route, query.exporter, facts, query.target)
+        # One read of the outcome table, of split pairs and of the environments counted answers both the chains
+        # (when no target narrows them) and why not; the names are then checked against what it read, as
+        # parse_query checks them up front.
+        envs, environments = verdicts.measured_chains(session, query, facts)
         required = [r.name for r in query.require]
         check_names(session, query.models, required, recorded={x for m in envs.values() for x in m.outcomes},
                     pinned={n for m in envs.values() for n in m.versions} if required else ())
@@ -70,7 +71,7 @@ async def chains(
         page, total = queries.known_good_chain_page(session, query, facts, candidates)
         pairs = None if query.target else verdicts.complete_pairs(envs, query.models)
         split, split_total = queries.split_chain_page(session, query, facts, pairs)
-        near, counts = verdicts.explain_chains(session, query, facts, envs)
+        near, counts = verdicts.explain_chains(session, query, facts, envs, environments)
         return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total,
                                        split_chains=split, split_total=split_total,
                                        near_misses=near, environments=counts))
