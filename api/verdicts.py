@@ -683,7 +683,13 @@ def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.F
     tried = {e: m for e, m in envs.items() if m.outcomes}
     misses = [m for m in tried.values() if not all(
         query_model in m.outcomes and m.outcomes[query_model].status == "pass" for query_model in query.models)]
-    wanted = [m for m in misses if query.requirements.met(m.versions)] or misses
+    wanted = [m for m in misses if query.requirements.met(m.versions)]
+    if not wanted and "export" in ROUTES.get(query.route, ()):
+        # Nothing that ran the route meets the query's pins: where a split export failed, no graph reached the
+        # route and no pair exists, yet that failure is the closest the data came (torch 2.0 cannot export the
+        # transformer). Read only here, so an answer with misses of its own pays nothing for it.
+        exports = _export_failures(session, query, facts)
+        wanted = [m for m in exports if query.requirements.met(m.versions)] or misses + exports
     shown = heapq.nsmallest(NEAR_MISSES, wanted, key=lambda m: (
         -sum(o.status == "pass" for o in m.outcomes.values()), -m.place, -m.research_place))
     _details(session, [o for m in shown for o in m.outcomes.values()])
@@ -701,6 +707,34 @@ def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.F
     ]
     ran = {i for m in tried.values() for i in (m.env_id, m.research_id) if i is not None}
     return near, _counts(session, query, ran, facts, environments)
+
+
+def _export_failures(session: Session, query: queries.ChainQuery, facts: queries.FactsCache) -> list[Measured]:
+    """Export environments (of the query's python) whose newest current export of a requested model failed, one
+    per environment, as misses whose failed step is the export."""
+    rows = session.connection().execute(_EXPORT_FAILURES, {
+        "models": list(query.models), "exporter": query.exporter}).all()
+    known, place = facts.get(session, {env_id for env_id, _, _ in rows})
+    out: dict[int, Measured] = {}
+    for env_id, model, case_id in rows:
+        f = known.get(env_id)
+        if f is None or (query.python and f.python != query.python):
+            continue
+        miss = out.setdefault(env_id, Measured(env_id, f.python, f.versions, place[env_id], name=f.name))
+        miss.outcomes[model] = Outcome("fail", case_id)
+    return list(out.values())
+
+
+# Per (export environment, model): its newest failed export, where no export of it passed there (another opset or
+# exporter that worked put a graph on the route, which then ran or will).
+_EXPORT_FAILURES = (
+    select(Case.environment_id, Case.model, func.max(case((Case.status != "pass", Case.id))))
+    .where(Case.route == "export", Case.status != "skip", queries.current(),
+           Case.model.in_(bindparam("models", expanding=True)),
+           (bindparam("exporter", type_=String) == null()) | (Case.exporter == bindparam("exporter", type_=String)))
+    .group_by(Case.environment_id, Case.model)
+    .having(func.sum(case((Case.status == "pass", 1), else_=0)) == 0)
+)
 
 
 def _counts(session: Session, query: queries.ChainQuery, measured_ids: set[int], facts: queries.FactsCache,

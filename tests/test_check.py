@@ -284,6 +284,25 @@ def test_chains_say_what_was_measured_and_the_closest_failures(shipped: str) -> 
     assert miss["passed"] == [] and miss["failed"][0]["step"] and miss["failed"][0]["signature"]
 
 
+def test_a_split_export_that_failed_is_the_near_miss_where_nothing_else_meets_the_pins(shipped: str) -> None:
+    """torch 2.0 cannot export the transformer (aten::unflatten): in split mode no runtime case follows, so no pair
+    exists. Asked for torch 2.0, the closest miss is that export, not a miss at another torch."""
+    with TestClient(create_app(Settings(database_url=shipped))) as client:
+        body = client.get("/api/v1/chains", params={"models": "transformer", "route": "onnxruntime",
+                                                    "require": "torch==2.0.*"}).json()
+        resnet = client.get("/api/v1/chains", params={"models": "resnet", "route": "onnxruntime",
+                                                      "require": "torch==2.0.*"}).json()
+    assert body["total"] == 0 and body["near_misses"]
+    for miss in body["near_misses"]:
+        assert miss["versions"]["torch"].startswith("2.0.")
+        (failed,) = miss["failed"]  # its newest failed export: opset 17 (unflatten) or 20 (too new for torch 2.0)
+        assert failed["model"] == "transformer" and failed["step"] == "export"
+        assert failed["signature"] in ("UnsupportedOperator(aten::unflatten)",
+                                       "ValueError(export: Unsupported ONNX opset version: <n>)")
+    # misses that ran the route and meet the pins stay the answer: no export environment stands in for them
+    assert all("→" in m["name"] or "export" not in m["name"] for m in resnet["near_misses"])
+
+
 def test_chains_counts_read_with_the_outcomes_are_the_environments_counted_one_by_one(shipped: str) -> None:
     """measured_chains reads the environments beside the outcome rows, and the facts cache weighs each environment's
     requirements once per route: the counts agree with weighing every environment row on its own, for every route,
