@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from matrix import expand
 from runner import RUNNER_VERSION, execute, uv
+from runner.errors import UvFailed
 from store.models import Artifact, Case, Environment, Package
 
 if TYPE_CHECKING:
@@ -93,7 +94,12 @@ def drop_torch_build(ctx: Context, hashes: list[str]) -> None:
     doomed = sorted(n for n in names if _TORCH_BUILD.match(n))
     ctx.progress.console.print(f"[dim]pruning uv's cache: {', '.join(doomed) or 'nothing'}[/]")
     with ctx.cache.exclusive():
-        uv.cache_clean(doomed, uv_path=ctx.settings.uv)
+        try:
+            uv.cache_clean(doomed, uv_path=ctx.settings.uv)
+        except UvFailed as exc:
+            # Housekeeping, not a result: another sweep sharing the cache may have removed the same build first
+            # (uv then fails on a file that is gone). The build stays on disk at worst; the sweep goes on.
+            ctx.progress.console.print(f"[yellow]could not prune uv's cache; going on: {exc}[/]")
 
 
 def process_by_torch(ctx: Context, items: Items, process_all: Callable[[Any, Items], None]) -> None:

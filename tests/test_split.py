@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from rich.console import Console
 
 from matrix import expand, spec
 from runner import pythons, split, uv
+from store.db import make_engine, make_sessionmaker
+from store.settings import Settings
 
 SPEC = """
 name = "split-unit"
@@ -196,3 +202,26 @@ def test_torch_built_on_numpy_1_gets_numpy_below_2_on_its_side_only(tmp_path: Pa
     old = {next(r for r in e.requirements if r.startswith("onnxruntime")): e.extras for e, _ in cut.runtimes}
     assert "numpy<2" in old["onnxruntime==1.18.1"] and "numpy<2" not in old["onnxruntime==1.19.2"]
     assert all("numpy<2" not in e.extras for e, _ in cut.exports)
+
+
+def test_a_prune_that_fails_is_a_warning_and_the_sweep_goes_on(
+    session: object, make_environment: Callable[..., object], db_url: str, tmp_path: Path,
+) -> None:
+    """Two sweeps sharing uv's cache pruned the same torch build; the second uv failed on a file the first had
+    removed, and its whole sweep stopped. Pruning is housekeeping: its failure is said, and nothing stops."""
+    env = make_environment({"torch": "2.5.1", "nvidia-cudnn-cu12": "9.1.0.70", "onnx": "1.17.0"})
+    failing = tmp_path / "uv"  # a uv that fails as the real one did: the cache entry was already gone
+    failing.write_text("#!/bin/sh\necho 'error: failed to remove file `x/cupti_nvtx_cbid.h`: No such file or "
+                       "directory (os error 2)' >&2\nexit 2\n")
+    failing.chmod(0o755)
+    out = io.StringIO()
+    engine = make_engine(db_url)
+    ctx = SimpleNamespace(Session=make_sessionmaker(engine), settings=Settings(database_url=db_url, uv=str(failing)),
+                          progress=SimpleNamespace(console=Console(file=out, width=400)), cache=uv.CacheLock())
+    try:
+        split.drop_torch_build(ctx, [env.hash])  # type: ignore[arg-type, attr-defined]
+    finally:
+        engine.dispose()
+    said = out.getvalue()
+    assert "pruning uv's cache: nvidia-cudnn-cu12, torch" in said
+    assert "could not prune uv's cache; going on: uv cache clean failed" in said and "os error 2" in said
