@@ -60,6 +60,7 @@ def _clean(text: str) -> str:
     text = re.sub(r"(/[\w.+-]+)+/?", "<path>", text)
     text = re.sub(r"0x[0-9a-fA-F]+", "<addr>", text)
     text = re.sub(r"\b\d+(\.\d+)*\b", "<n>", text)
+    text = re.sub(r"(?<=[A-Za-z])_\d+\b", "_<n>", text)  # Keras' numbered layer names: tf.math.multiply_213
     return re.sub(r"\s+", " ", text).strip()
 
 

@@ -43,6 +43,9 @@ REAL = [
      "ONNX Runtime only *guarantees* support for models stamped with official released onnx opset versions. Opset "
      "20 is under development and support for this is limited. Current official support for domain ai.onnx is till "
      "opset 19.", "runtime", {}, "OpsetTooNew"),
+    ("ValueError",  # onnx2tf 1.28 on a dynamo graph: Keras numbers its layers, one signature for all of them
+     'Exception encountered when calling layer "tf.math.multiply_213" (type TFOpLambda).', "convert", {},
+     'ValueError(convert: Exception encountered when calling layer "tf.math.multiply_<n>" (type TFOpLambda).)'),
     ("ResolutionConflict",
      "  × No solution found when resolving dependencies:\n  ╰─▶ Because onnx-graphsurgeon<=0.0.1.dev5 has no usable "
      "wheels and all of:\n             onnx-graphsurgeon>=0.5.2,<=0.5.6\n             onnx-graphsurgeon>=0.5.8\n"
