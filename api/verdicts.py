@@ -220,13 +220,13 @@ def _measured_routes(session: Session, models: tuple[str, ...], routes: Iterable
             versions = facts.route_versions(session, envs, route)
             for env_id, m in envs.items():
                 m.versions = versions[env_id]
-    for route, pairs in _split_pairs(session, sorted(split_rows), routes, facts).items():
+    for route, pairs in _split_pairs(session, sorted(split_rows), facts).items():
         for pair in pairs:
             out[route][pair.key] = pair
     return out, every
 
 
-def _split_pairs(session: Session, rows: list[tuple[int, str, int, int, str, str]], routes: tuple[str, ...],
+def _split_pairs(session: Session, rows: list[tuple[int, str, int, int, str, str]],
                  facts: queries.FactsCache) -> dict[str, list[Measured]]:
     """Split chains as measured environments, per route: each (export, runtime) pair whose runtime side ran a graph
     its export side stored. Versions are both sides' (torch from research, the rest from production), python the
