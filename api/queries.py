@@ -198,6 +198,7 @@ class FactsCache:
         self._lock = threading.Lock()
         self._requested: dict[int, tuple[str, ...]] = {}  # environment id → its requirements, as stored
         self._wanted: dict[str, dict[int, bool]] = {}  # route → environment id → requests_route
+        self._weighed: dict[str, dict[int, dict[str, str]]] = {}  # route → environment id → route_versions
 
     def requested(self, session: Session, env_ids: Collection[int]) -> dict[int, tuple[str, ...]]:
         """The requirements each environment was asked with (fixed when it is stored, like the facts)."""
@@ -218,6 +219,33 @@ class FactsCache:
             for env_id, requirements in self.requested(session, missing).items():
                 wanted[env_id] = requests_route(requirements, route)  # one dict item at a time, as above
         return wanted
+
+    def route_versions(self, session: Session, env_ids: Collection[int], route: str) -> dict[int, dict[str, str]]:
+        """The versions a route weighs, per environment of `env_ids` that exists: the facts' KEY_PACKAGES plus the
+        route's own packages where they are not key packages (onnx2tf, onnx-tf, nobuco, litert-torch).
+
+        Read once per environment, route and process, like the facts (packages are stored with their environment
+        and never change): every answer on those routes read every environment's converter row and copied every
+        environment's versions to add it, a round trip and a dict per environment per request (issue 14). Read
+        only: the dicts are the cache's own, and with no own packages they are the facts' own.
+        """
+        facts = self.every(session, env_ids)[0]
+        extra = sorted(n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES)
+        if not extra:
+            return {e: facts[e].versions for e in env_ids if e in facts}
+        weighed = self._weighed.setdefault(route, {})
+        missing = [e for e in env_ids if e not in weighed and e in facts]
+        own: dict[int, dict[str, str]] = defaultdict(dict)
+        for i in range(0, len(missing), 5000):
+            for env_id, name, version in session.connection().execute(
+                select(Package.environment_id, Package.name, Package.version)
+                .where(Package.name.in_(extra), Package.environment_id.in_(missing[i: i + 5000]))
+                .order_by(Package.environment_id, Package.name)
+            ):
+                own[env_id][name] = version
+        for e in missing:
+            weighed[e] = {**facts[e].versions, **own[e]}  # one dict item at a time: safe across threads
+        return {e: weighed[e] for e in env_ids if e in weighed}
 
     def get(self, session: Session, env_ids: Collection[int]) -> tuple[dict[int, EnvironmentFacts], dict[int, int]]:
         """The facts of `env_ids` (those that exist), and every known environment's place in the ranking.

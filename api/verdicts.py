@@ -28,7 +28,7 @@ from api.schemas import (
     Verdict,
 )
 from matrix.routes import ALIASES, EXPORTERS, KEY_PACKAGES, ROUTE_PACKAGES, ROUTES, TARGETS
-from store.models import Case, Environment, OutcomeAny, Package, Step
+from store.models import Case, Environment, OutcomeAny, Step
 from store.models import Outcome as OutcomeRow
 from store.pins import FilePin, Pins
 
@@ -213,22 +213,20 @@ def _measured_routes(session: Session, models: tuple[str, ...], routes: Iterable
             out[row[0]][env_id] = Measured(env_id, f.python, f.versions, place[env_id], found, f.name)
     for route in routes:
         envs = out[route]
-        extra = [n for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES]
-        if extra and envs:
-            for m in envs.values():
-                m.versions = dict(m.versions)  # this route's own converter joins them: copies of its own
-            for env_id, name, version in session.connection().execute(
-                select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(extra))
-            ):
-                if env_id in envs:
-                    envs[env_id].versions[name] = version
-    for route, pairs in _split_pairs(session, sorted(split_rows), routes, facts).items():
+        if envs and any(n not in KEY_PACKAGES for n in ROUTE_PACKAGES.get(route, ())):
+            # The route's own converter joins the versions: dicts the facts cache holds per route and environment,
+            # shared (read only), where a read of every environment's converter row and a copy of every
+            # environment's versions per request were what the route cost beyond onnxruntime (issue 14).
+            versions = facts.route_versions(session, envs, route)
+            for env_id, m in envs.items():
+                m.versions = versions[env_id]
+    for route, pairs in _split_pairs(session, sorted(split_rows), facts).items():
         for pair in pairs:
             out[route][pair.key] = pair
     return out, every
 
 
-def _split_pairs(session: Session, rows: list[tuple[int, str, int, int, str, str]], routes: tuple[str, ...],
+def _split_pairs(session: Session, rows: list[tuple[int, str, int, int, str, str]],
                  facts: queries.FactsCache) -> dict[str, list[Measured]]:
     """Split chains as measured environments, per route: each (export, runtime) pair whose runtime side ran a graph
     its export side stored. Versions are both sides' (torch from research, the rest from production), python the
@@ -242,22 +240,18 @@ def _split_pairs(session: Session, rows: list[tuple[int, str, int, int, str, str
     if not chosen:
         return {}
     known, place = facts.get(session, {i for _, e, r, _ in chosen for i in (e, r)})
-    # The route's own converter, as for joint environments: one read for every runtime side.
-    extra = sorted({n for route in routes for n in ROUTE_PACKAGES.get(route, ()) if n not in KEY_PACKAGES})
-    converters: dict[int, dict[str, str]] = defaultdict(dict)
-    if extra:
-        for env_id, name, version in session.connection().execute(
-            select(Package.environment_id, Package.name, Package.version)
-            .where(Package.environment_id.in_(sorted({r for _, _, r, _ in chosen})), Package.name.in_(extra))
-        ):
-            converters[env_id][name] = version
+    # The route's own converter, as for joint environments: from the facts cache, per runtime side.
+    runtimes: dict[str, set[int]] = defaultdict(set)
+    for route, _, r, _ in chosen:
+        runtimes[route].add(r)
+    weighed = {route: facts.route_versions(session, ids, route) for route, ids in runtimes.items()}
     pairs: dict[tuple[str, int, int], Measured] = {}
     for (route, e, r, model), (status, case_id) in chosen.items():
         if e not in known or r not in known:
             continue
         pair = pairs.get((route, e, r))
         if pair is None:
-            own = {n: v for n, v in converters[r].items() if n in ROUTE_PACKAGES.get(route, ())}
+            own = {n: v for n, v in weighed[route][r].items() if n not in KEY_PACKAGES}
             pair = pairs[route, e, r] = Measured(r, known[r].python, {**known[r].versions, **known[e].versions, **own},
                                                  place[r], name=f"{known[e].name} → {known[r].name}", research_id=e,
                                                  research_place=place[e])
@@ -637,23 +631,14 @@ def signatures_seen(session: Session, wanted: set[tuple[str | None, str]],
     ):
         if signature is not None and (signature, route) in pairs:
             spans[signature, route].append((env_id, first, last))
-    env_ids = {e for rows in spans.values() for e, _, _ in rows}
-    known, _ = facts.get(session, env_ids)
-    extra = sorted({n for _, r in spans for n in _matters(r) if n not in KEY_PACKAGES})
-    converters: dict[int, dict[str, str]] = defaultdict(dict)
-    if extra:
-        for env_id, name, version in session.connection().execute(
-            select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(extra))
-        ):
-            if env_id in env_ids:
-                converters[env_id][name] = version
     out = {}
     for (signature, route), rows in spans.items():
         matters = _matters(route)
+        # Key versions and the route's own converter, from the facts cache (read once per environment and route).
+        weighed = facts.route_versions(session, {e for e, _, _ in rows}, route)
         versions: dict[str, set[str]] = defaultdict(set)
         for env_id, _, _ in rows:
-            pinned = {**(known[env_id].versions if env_id in known else {}), **converters.get(env_id, {})}
-            for name, version in pinned.items():
+            for name, version in weighed.get(env_id, {}).items():
                 if name in matters:
                     versions["tensorflow" if name in ALIASES else name].add(version)
         out[signature, route] = SignatureSeen(

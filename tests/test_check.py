@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,15 @@ import pytest
 import uvicorn
 import yaml
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from api import queries, verdicts
 from api.app import create_app
 from knowngood import check, cli
-from matrix.routes import ROUTES
+from matrix.routes import KEY_PACKAGES, ROUTE_PACKAGES, ROUTES
 from store import snapshot
 from store.db import make_engine, make_sessionmaker
-from store.models import Environment
+from store.models import Environment, Package
 from store.pins import read
 from store.settings import Settings
 from tests.pgcluster import database, free_port
@@ -325,6 +326,37 @@ def test_chains_counts_read_with_the_outcomes_are_the_environments_counted_one_b
                 _, counts = verdicts.explain_chains(session, query, shared)
                 assert (counts.measured, counts.resolved_only, counts.unresolvable) == expected, (route, python)
                 assert sorted(e for e, _, _ in every) == sorted(e.id for e in envs if python in (None, e.python))
+    engine.dispose()
+
+
+def test_a_routes_versions_are_the_key_pins_and_its_own_packages_read_once(shipped: str) -> None:
+    """measured() takes each environment's versions on a route from the facts cache: the key packages plus the
+    route's own converter (onnx2tf, onnx-tf, nobuco, litert-torch), exactly as the environment's package rows say,
+    for joint environments and split pairs alike; asked again, through the same cache, it reads no package row."""
+    engine = make_engine(shipped)
+    shared = queries.FactsCache()
+    packages: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_: packages.append(statement) if "FROM package" in statement else None)
+    with make_sessionmaker(engine)() as session:
+        pinned: dict[int, dict[str, str]] = defaultdict(dict)
+        for env_id, name, version in session.execute(select(Package.environment_id, Package.name, Package.version)):
+            pinned[env_id][name] = version
+        first = verdicts.measured_routes(session, ["resnet"], ROUTES, None, shared)
+        own_routes = [r for r in ROUTES if any(n not in KEY_PACKAGES for n in ROUTE_PACKAGES[r])]
+        assert own_routes and all(first[r] for r in own_routes)
+        for route in ROUTES:
+            for m in first[route].values():
+                sides = [m.env_id] if m.research_id is None else [m.env_id, m.research_id]  # research over production
+                expected = {n: v for e in sides for n, v in pinned[e].items() if n in KEY_PACKAGES}
+                expected |= {n: v for n, v in pinned[m.env_id].items()
+                             if n in ROUTE_PACKAGES[route] and n not in KEY_PACKAGES}
+                assert m.versions == expected, (route, m.name)
+        read = len(packages)
+        again = verdicts.measured_routes(session, ["resnet"], ROUTES, None, shared)
+        assert len(packages) == read  # every environment's versions were held: no package row read again
+        assert {r: {k: m.versions for k, m in envs.items()} for r, envs in again.items()} == \
+            {r: {k: m.versions for k, m in envs.items()} for r, envs in first.items()}
     engine.dispose()
 
 
