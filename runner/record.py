@@ -224,13 +224,19 @@ def save_case(
     if artifact:
         details = next((r.details for r in steps if r.step in ("save", "load")), {})
         artifact_id = artifact_row(session, artifact, details, case.model).id
+    same_artifact = Case.artifact_id == artifact_id if case.artifact else Case.route == case.route
+    same_case = (
+        Case.environment_id == env_row.id, Case.model == case.model, Case.route == case.route,
+        Case.exporter == case.exporter, Case.opset == case.opset, Case.model_hash == case.model_hash,
+        Case.target == case.target, Case.runner_version == RUNNER_VERSION, same_artifact,
+    )
     if replace:
-        same_artifact = Case.artifact_id == artifact_id if case.artifact else Case.route == case.route
-        session.execute(delete(Case).where(
-            Case.environment_id == env_row.id, Case.model == case.model, Case.route == case.route,
-            Case.exporter == case.exporter, Case.opset == case.opset, Case.model_hash == case.model_hash,
-            Case.target == case.target, Case.runner_version == RUNNER_VERSION, same_artifact,
-        ))
+        session.execute(delete(Case).where(*same_case))
+    elif session.scalar(select(Case.id).where(*same_case).limit(1)) is not None:
+        # Another run stored it while this one worked (two sweeps of one spec at once): one result per case
+        # identity, or the snapshot refuses the store ("the same case identity appears twice").
+        session.rollback()
+        return None
     row = Case(
         run_id=run.id,
         environment_id=env_row.id,

@@ -1,4 +1,5 @@
-"""Recording: interrupted runs are marked, and --force replaces a case in one transaction."""
+"""Recording: interrupted runs are marked, --force replaces a case in one transaction, and a case two runs
+measured at once is stored once."""
 
 from __future__ import annotations
 
@@ -78,3 +79,22 @@ def test_force_replaces_a_case_in_one_transaction(session: Session, tmp_path: Pa
     session.expire_all()
     (replaced,) = session.scalars(select(Case)).all()
     assert replaced.status == "pass"
+
+
+def test_a_case_another_run_stored_meanwhile_is_stored_once(session: Session, tmp_path: Path) -> None:
+    """Two sweeps of one spec ran at once and both measured torch 2.13's litert-torch cases: each stored them, and
+    the snapshot export refused the store (the same case identity twice). The second is now told it is there."""
+    plan = _plan(tmp_path)
+    env, (case,) = plan.items[0]
+    first, second = record.start_run(session, plan), record.start_run(session, _plan(tmp_path, "tiny-too"))
+    env_row = record.save_environment(session, environments.Resolved(
+        env, Path("/usr/bin/python3.11"), "3.11.9", Lock(LOCK, parse_lock(LOCK))))
+    assert record.save_case(session, first, env_row, case, plan.corpus_version, _steps(case.key, StepStatus.ok))
+    assert record.save_case(session, second, env_row, case, plan.corpus_version,
+                            _steps(case.key, StepStatus.ok)) is None
+    session.expire_all()
+    (kept,) = session.scalars(select(Case)).all()
+    assert kept.run_id == first.id
+    import json
+
+    assert snapshot.parse(json.loads(snapshot.dumps(snapshot.build(session)))).cases  # exports and parses
