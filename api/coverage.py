@@ -132,10 +132,7 @@ def measurements(session: Session) -> Measurements:
     ):
         if artifact_id is not None:  # the query's filter; told to the type checker
             exported_by[artifact_id, model].add(env_id)
-    export_failed = {(env_id, model) for env_id, model in session.execute(
-        select(Case.environment_id, Case.model).distinct()
-        .where(Case.route == "export", Case.status.not_in(("pass", "skip")), queries.current())
-    )}
+    export_failed = {(env_id, model) for env_id, model, _ in session.execute(queries.failed_exports())}
     versions: dict[int, dict[str, str]] = defaultdict(dict)
     for env_id, name, version in session.connection().execute(
         select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(PINNED))

@@ -13,7 +13,7 @@ from typing import Any, cast
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import ColumnElement, Row, Select, and_, bindparam, exists, func, select
+from sqlalchemy import ColumnElement, Row, Select, and_, bindparam, case, exists, func, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from api.schemas import (
@@ -172,6 +172,18 @@ def _evidence_query(exporter: bool, target: bool) -> Select[*tuple[Any, ...]]:
                Environment.python_full, Environment.lock_hash, Environment.cutoff, Environment.index_url)
         .join(Environment, Environment.id == Case.environment_id)
         .where(Case.environment_id.in_(bindparam("page", expanding=True)), *conditions)
+    )
+
+
+def failed_exports() -> Select[int, str, Any]:
+    """Per (export environment, model): its newest current export that failed, where no export of the model passed
+    there. Split mode stores no runtime case after a failed export, so this is the only trace of that torch on
+    the ONNX routes (another opset or exporter that worked put a graph on them, which then ran or will)."""
+    return (
+        select(Case.environment_id, Case.model, func.max(case((Case.status != "pass", Case.id))))
+        .where(Case.route == "export", Case.status != "skip", current())
+        .group_by(Case.environment_id, Case.model)
+        .having(func.sum(case((Case.status == "pass", 1), else_=0)) == 0)
     )
 
 

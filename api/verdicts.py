@@ -440,8 +440,7 @@ def _ranked(comparer: _Comparer, envs: Collection[Measured]) -> Ranked:
     if any(m.key not in position for m in envs):  # not ordered with the other routes' beforehand
         comparer.order(envs)
         position = comparer.position
-    keyed = sorted([(position[key], key, m) for m in envs for key in (m.key,)])  # positions are unique
-    return [(m, scores[key][0]) for _, key, m in keyed]
+    return [(m, scores[m.key][0]) for m in sorted(envs, key=lambda m: position[m.key])]
 
 
 @dataclass(slots=True)
@@ -515,7 +514,8 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
     fixes: dict[str, _FixPick | None] = {}
     comparers: dict[tuple[str, ...], _Comparer] = {}  # routes that weigh the same packages share one
     for route in chosen:
-        comparers.get(_matters(route)) or comparers.setdefault(_matters(route), _Comparer(pins, route))
+        if _matters(route) not in comparers:
+            comparers[_matters(route)] = _Comparer(pins, route)
     for matters, comparer in comparers.items():  # one order per comparer, for every route it weighs
         comparer.order([m for r in chosen if _matters(r) == matters for m in by_route[r].values()])
     for route in chosen:
@@ -710,15 +710,9 @@ def _export_failures(session: Session, query: queries.ChainQuery, facts: queries
     return list(out.values())
 
 
-# Per (export environment, model): its newest failed export, where no export of it passed there (another opset or
-# exporter that worked put a graph on the route, which then ran or will).
-_EXPORT_FAILURES = (
-    select(Case.environment_id, Case.model, func.max(case((Case.status != "pass", Case.id))))
-    .where(Case.route == "export", Case.status != "skip", queries.current(),
-           Case.model.in_(bindparam("models", expanding=True)),
-           (bindparam("exporter", type_=String) == null()) | (Case.exporter == bindparam("exporter", type_=String)))
-    .group_by(Case.environment_id, Case.model)
-    .having(func.sum(case((Case.status == "pass", 1), else_=0)) == 0)
+_EXPORT_FAILURES = queries.failed_exports().where(
+    Case.model.in_(bindparam("models", expanding=True)),
+    (bindparam("exporter", type_=String) == null()) | (Case.exporter == bindparam("exporter", type_=String)),
 )
 
 

@@ -78,9 +78,15 @@ def _check_url(url: str, source: str) -> None:
                          f"postgresql://user@host/db, got {url!r}") from None
 
 
-def _database(args: argparse.Namespace) -> Settings:
+# What a database that holds no answers yet needs, said by every command that reads answers from one.
+_FILL = ("load the measurements that ship with knowngood (`knowngood snapshot import data/snapshot.json.gz`) or "
+         "record your own (`knowngood run SPEC`)")
+
+
+def _database(args: argparse.Namespace, *, existing: bool = False) -> Settings:
     """Settings whose database can be opened: one connection up front, so a wrong URL is one line, not a
-    traceback from deep inside a migration or a query."""
+    traceback from deep inside a migration or a query. `existing`: a SQLite file must be there already (a read
+    does not create it)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, DBAPIError
 
@@ -94,6 +100,8 @@ def _database(args: argparse.Namespace) -> Settings:
         folder = Path(str(url.database)).parent
         if not folder.is_dir():
             raise DatabaseUnavailable(f"cannot open database {shown}: directory {folder} does not exist")
+        if existing and not Path(str(url.database)).exists():
+            raise DatabaseUnavailable(f"database {shown} does not exist: {_FILL}")
     try:
         engine = make_engine(settings.database_url)
     except ArgumentError as exc:  # e.g. a driver we do not ship
@@ -224,18 +232,11 @@ def _recorded(args: argparse.Namespace) -> Settings:
 
     from store import migrate
 
-    settings = _settings(args)
-    url = make_url(settings.database_url)
-    shown = url.render_as_string(hide_password=True)
-    fill = ("load the measurements that ship with knowngood (`knowngood snapshot import data/snapshot.json.gz`) "
-            "or record your own (`knowngood run SPEC`)")
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        if not Path(str(url.database)).exists():
-            raise DatabaseUnavailable(f"database {shown} does not exist: {fill}")
-    settings = _database(args)
+    settings = _database(args, existing=True)
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
     at, head = migrate.current(settings.database_url), migrate.head()
     if at is None:
-        raise DatabaseUnavailable(f"database {shown} holds no knowngood data: {fill}")
+        raise DatabaseUnavailable(f"database {shown} holds no knowngood data: {_FILL}")
     if at != head:
         raise DatabaseUnavailable(f"database {shown} is at migration {at}, this knowngood reads {head}: run "
                                   "`knowngood db upgrade` first")
