@@ -254,6 +254,7 @@ def _chains(session: Session) -> list[str]:
 # coverage grid (torch alone) says it all.
 HEATMAP_AXES = (("onnxruntime", "onnxruntime", "ort "), ("onnx2tf", "tensorflow", "tf "),
                 ("onnx-tf", "tensorflow", "tf "), ("nobuco", "tensorflow", "tf "))
+AXIS_NAMES = {"onnxruntime": "ONNX Runtime", "tensorflow": "TensorFlow"}
 
 
 def _heatmaps(session: Session, out_dir: Path) -> list[str]:
@@ -271,7 +272,7 @@ def _heatmaps(session: Session, out_dir: Path) -> list[str]:
             name = f"heatmap-{route}-{target}.svg" if target else f"heatmap-{route}.svg"
             what = f"route {route}, target {target}" if target else f"route {route}"
             (out_dir / name).write_text(heatmap_svg(grid, f"{what}: all models, all exporters", y_label))
-            lines += [f"![torch × TensorFlow on {what}]({name})", ""]
+            lines += [f"![torch × {AXIS_NAMES[y]} on {what}]({name})", ""]
     return lines
 
 
