@@ -211,6 +211,8 @@ class FactsCache:
         self._requested: dict[int, tuple[str, ...]] = {}  # environment id → its requirements, as stored
         self._wanted: dict[str, dict[int, bool]] = {}  # route → environment id → requests_route
         self._weighed: dict[str, dict[int, dict[str, str]]] = {}  # route → environment id → route_versions
+        # What readers above derive from the store and keep as long as these facts (api/verdicts.py MeasuredIndex).
+        self.derived: dict[str, Any] = {}
 
     def requested(self, session: Session, env_ids: Collection[int]) -> dict[int, tuple[str, ...]]:
         """The requirements each environment was asked with (fixed when it is stored, like the facts)."""

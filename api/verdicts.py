@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import heapq
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import CompoundSelect, Integer, String, bindparam, case, cast, func, null, select, union_all
+from sqlalchemy import Select, String, bindparam, func, null, select
 from sqlalchemy.orm import Session
 
 from api import queries
@@ -74,11 +76,12 @@ class Measured:
     name: str = ""  # a split pair's "export name → runtime name"
     research_id: int | None = None  # a split pair's research (export) side; None in a joint environment
     research_place: int = -1  # its ranking place: pairs that share a runtime side are ordered by their torch
+    # Unique among what `measured` returns: a joint environment's id; a split pair's negative pairing. Stored, not
+    # derived: a check looks it up for every environment several times.
+    key: int = field(init=False)
 
-    @property
-    def key(self) -> int:
-        """Unique among what `measured` returns: a joint environment's id; a split pair's negative pairing."""
-        return self.env_id if self.research_id is None else -(self.research_id * 2**31 + self.env_id)
+    def __post_init__(self) -> None:
+        self.key = self.env_id if self.research_id is None else -(self.research_id * 2**31 + self.env_id)
 
     @property
     def kind(self) -> Literal["joint", "split"]:
@@ -97,63 +100,11 @@ def measured(session: Session, models: Iterable[str], route: str, exporter: str 
 
     Per (environment, model): the newest current pass, else the newest current failure, of joint environments
     (a superseded result is no evidence, issue 15; a runtime environment's case of a split chain is evidence only
-    together with its export side). One aggregate over the outcome table (store/outcomes.py), one row per
-    environment with a pass and a failure column per model, so the cost follows environments, not cases.
+    together with its export side). Read from the route's slice of the store at its data version (_Slice): the
+    Measured it returns are shared with other answers and hold every model's outcome, so read only the requested
+    models' and never write them.
     """
     return measured_routes(session, models, (route,), exporter, facts, target)[route]
-
-
-# What measured_routes reads, per number of models and filter: built once, bound per request. Joint rows (the outcome
-# aggregate: route, environment, then a pass and a failure column per model) and split rows (route, runtime side,
-# export side, model, status, case) in one statement, a round trip fewer; each kind leaves the other's columns null.
-@lru_cache(maxsize=256)
-def _measured_query(n_models: int, exporter: bool, target: bool,
-                    environments: Literal["", "every", "python"] = "") -> CompoundSelect[*tuple[Any, ...]]:
-    # Without an exporter or target, the rows already folded over them (a third to a ninth as many to read).
-    table: Any = OutcomeRow if exporter or target else OutcomeAny
-    columns = []
-    for i in range(n_models):
-        model = bindparam(f"model_{i}", type_=String())
-        columns += [func.max(case((table.model == model, table.pass_case_id))),
-                    func.max(case((table.model == model, table.fail_case_id)))]
-    joint = select(table.route, table.environment_id, *_nulls(Integer, String, String, Integer), *columns).where(
-        table.route.in_(bindparam("routes", expanding=True)), table.model.in_(bindparam("models", expanding=True)))
-    if exporter:
-        joint = joint.where(OutcomeRow.exporter == bindparam("exporter"))
-    if target:
-        joint = joint.where(OutcomeRow.target == bindparam("target"))
-    joint = joint.group_by(table.route, table.environment_id)
-    # Split pairs: the runtime cases of some routes, each with an export side that stored the graph it ran.
-    runtime, export = _RUNTIME, _EXPORT
-    conditions = [runtime.model.in_(bindparam("models", expanding=True)),
-                  runtime.route.in_(bindparam("routes", expanding=True)), runtime.artifact_id.is_not(None),
-                  runtime.status != "skip", export.route == "export", export.status == "pass",
-                  export.artifact_id == runtime.artifact_id, export.model == runtime.model,
-                  queries.current(runtime), queries.current(export)]
-    if exporter:
-        conditions.append(export.exporter == bindparam("exporter"))
-    if target:
-        conditions.append(runtime.target == bindparam("target"))
-    split = select(runtime.route, runtime.environment_id, export.environment_id, runtime.model, runtime.status,
-                   runtime.id, *_nulls(*[Integer] * (2 * n_models))).where(*conditions)
-    if not environments:
-        return union_all(joint, split)
-    # What a chains answer counts beside (explain_chains), in the same round trip: every environment (of one python),
-    # with no route, and whether it is locked and signed in the first model's two columns. Each round trip is a point
-    # where a busy machine hands the CPU to someone else (issue 14).
-    every = select(cast(null(), String), Environment.id, *_nulls(Integer, String, String, Integer),
-                   case((Environment.lock_hash.is_not(None), 1), else_=0),
-                   case((Environment.signature.is_not(None), 1), else_=0), *_nulls(*[Integer] * (2 * n_models - 2)))
-    if environments == "python":
-        every = every.where(Environment.python == bindparam("python"))
-    return union_all(joint, split, every)
-
-
-def _nulls(*types: Any) -> list[Any]:
-    return [cast(null(), t) for t in types]
-
-
-_RUNTIME, _EXPORT = Case.__table__.alias("runtime").c, Case.__table__.alias("export").c
 
 
 # An environment as explain_chains counts it: id, locked (resolved), signed (a reason it did not resolve or run).
@@ -163,103 +114,179 @@ EnvironmentRow = tuple[int, bool, bool]
 def measured_routes(session: Session, models: Iterable[str], routes: Iterable[str], exporter: str | None,
                     facts: queries.FactsCache | None = None, target: str | None = None,
                     ) -> dict[str, dict[int, Measured]]:
-    """measured() for several routes at once, joint environments and split pairs: one statement for all of them
-    (a check weighs every route its file pins)."""
+    """measured() for several routes at once, joint environments and split pairs (a check weighs every route its
+    file pins)."""
     return _measured_routes(session, tuple(models), routes, exporter, facts, target)[0]
 
 
 def measured_chains(session: Session, query: queries.ChainQuery, facts: queries.FactsCache | None = None,
                     ) -> tuple[dict[int, Measured], list[EnvironmentRow]]:
-    """measured() for a chains query, and the environments explain_chains counts (of the query's python), read in
-    the same statement."""
+    """measured() for a chains query, and the environments explain_chains counts (of the query's python)."""
     found, environments = _measured_routes(session, query.models, (query.route,), query.exporter, facts, query.target,
-                                           environments="python" if query.python else "every", python=query.python)
+                                           environments=True, python=query.python)
     return found[query.route], environments
 
 
 def _measured_routes(session: Session, models: tuple[str, ...], routes: Iterable[str], exporter: str | None,
-                     facts: queries.FactsCache | None, target: str | None,
-                     environments: Literal["", "every", "python"] = "", python: str | None = None,
-                     ) -> tuple[dict[str, dict[int, Measured]], list[EnvironmentRow]]:
-    routes = tuple(dict.fromkeys(routes))
+                     facts: queries.FactsCache | None, target: str | None, environments: bool = False,
+                     python: str | None = None) -> tuple[dict[str, dict[int, Measured]], list[EnvironmentRow]]:
     facts = facts or queries.FactsCache()
-    params: dict[str, Any] = {f"model_{i}": m for i, m in enumerate(models)}
-    params.update(routes=list(routes), models=list(models), exporter=exporter, target=target, python=python)
-    rows = session.connection().execute(
-        _measured_query(len(models), bool(exporter), bool(target), environments), params).all()
-    known, place = facts.every(session, {row[1] for row in rows if row[2] is None and row[0] is not None})
-    out: dict[str, dict[int, Measured]] = {r: {} for r in routes}
-    split_rows = []
-    every: list[EnvironmentRow] = []
-    columns = [(name, 6 + 2 * i) for i, name in enumerate(models)]  # each model's pass column; its failure's next
-    for row in rows:  # a loop over every measured environment of every route: kept lean (issue 14)
-        env_id = row[1]
-        if row[0] is None:  # an environment row (_measured_query's `every`)
-            every.append((env_id, bool(row[6]), bool(row[7])))
-            continue
-        if row[2] is not None:
-            split_rows.append((row[5], row[0], row[2], env_id, row[3], row[4]))
-            continue
+    index: MeasuredIndex = facts.derived.setdefault("measured", MeasuredIndex())
+    version = queries.data_version(session)
+    every = index.environments(session, version)
+    # Places are ranks among the environments the facts know: every one of this version's is known before a slice
+    # is built from them, so that the slices one answer weighs rank alike (a slice built before others were known
+    # would rank its pairs by other places).
+    known, place = facts.every(session, [e for e, _, _, _ in every])
+    out: dict[str, dict[int, Measured]] = {}
+    for route in dict.fromkeys(routes):
+        by_model = index.slice(session, version, (known, place), facts, route, exporter, target).by_model
+        if len(models) == 1:
+            out[route] = by_model.get(models[0], {})  # the slice's own dict: read only, as its Measured are
+        else:
+            out[route] = {k: m for x in models for k, m in by_model.get(x, {}).items()}
+    counted = [(e, locked, signed) for e, p, locked, signed in every if python is None or p == python] \
+        if environments else []
+    return out, counted
+
+
+Facts = tuple[dict[int, queries.EnvironmentFacts], dict[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Slice:
+    """One route's measured environments (for one exporter and target, or any) at one data version and one ranking
+    of the environments (the facts' places): joint environments and split pairs, each Measured once with every
+    model's outcome, listed per model by key."""
+
+    version: int
+    place: dict[int, int]
+    by_model: dict[str, dict[int, Measured]]
+
+
+class MeasuredIndex:
+    """Per database and process (held in the FactsCache's `derived`): each route's slice of the outcome table and
+    its split pairs, read whole the first time an answer needs it at a data version and shared by every answer at
+    that version; and the environments explain_chains counts, likewise.
+
+    Every /chains answer and every check weighed each measured environment of its routes anew, a row and an object
+    per environment read and built per request: most of what they cost at a million steps (issue 14). A slice is
+    read again when the data version (the `data_change` counter) moves, so an answer never mixes versions; the
+    first answer after new results pays for reading the routes it asks about. The details of the cases an answer
+    cites are read per answer (`_details`), into the outcomes of the version they belong to.
+    """
+
+    # Slices held at once, the most recently used: every route's, and a few narrowed by an exporter or a target. A
+    # slice of 784 environments × 20 models is some 15,000 objects.
+    SIZE = 24
+
+    def __init__(self) -> None:
+        # Each slice is replaced whole, never mutated: a reader holds one version's.
+        self._slices: OrderedDict[tuple[str, str | None, str | None], _Slice] = OrderedDict()
+        self._environments: tuple[int, list[tuple[int, str, bool, bool]]] = (-1, [])
+        self._lock = threading.Lock()
+
+    def slice(self, session: Session, version: int, known: Facts, facts: queries.FactsCache, route: str,
+              exporter: str | None, target: str | None) -> _Slice:
+        key = (route, exporter, target)
+        held = self._slices.get(key)
+        if held is None or held.version != version or held.place is not known[1]:
+            held = _read_slice(session, version, known, facts, route, exporter, target)
+            # A slice lives until the data version moves: out of the collector's sight, as the app's modules are
+            # (api/app.py), so that a full collection does not walk every slice held. Collected first, so that what
+            # requests left behind is not frozen with it. A slice is freed by reference counting when replaced.
+            gc.collect()
+            gc.freeze()
+        with self._lock:
+            self._slices[key] = held
+            self._slices.move_to_end(key)
+            while len(self._slices) > self.SIZE:
+                self._slices.popitem(last=False)
+        return held
+
+    def environments(self, session: Session, version: int) -> list[tuple[int, str, bool, bool]]:
+        """Every environment: id, python, locked (resolved), signed (a reason it did not resolve or run)."""
+        held_version, rows = self._environments
+        if held_version != version:
+            rows = [(e, p, locked is not None, signed is not None) for e, p, locked, signed in session.connection()
+                    .execute(select(Environment.id, Environment.python, Environment.lock_hash, Environment.signature))]
+            self._environments = (version, rows)  # replaced whole: a reader sees one version's list
+        return rows
+
+
+_RUNTIME, _EXPORT = Case.__table__.alias("runtime").c, Case.__table__.alias("export").c
+
+
+def _slice_queries(exporter: bool, target: bool) -> tuple[Select[*tuple[Any, ...]], Select[*tuple[Any, ...]]]:
+    """A slice's two statements: the joint outcomes (environment, model, newest pass, newest failure) and the split
+    runtime cases (runtime side, export side, model, status, case), each with an export side that stored the graph
+    it ran."""
+    # Without an exporter or target, the rows already folded over them (a third to a ninth as many to read).
+    table: Any = OutcomeRow if exporter or target else OutcomeAny
+    joint = select(table.environment_id, table.model, func.max(table.pass_case_id), func.max(table.fail_case_id)) \
+        .where(table.route == bindparam("route"))
+    if exporter:
+        joint = joint.where(OutcomeRow.exporter == bindparam("exporter"))
+    if target:
+        joint = joint.where(OutcomeRow.target == bindparam("target"))
+    joint = joint.group_by(table.environment_id, table.model)
+    runtime, export = _RUNTIME, _EXPORT
+    conditions = [runtime.route == bindparam("route"), runtime.artifact_id.is_not(None), runtime.status != "skip",
+                  export.route == "export", export.status == "pass", export.artifact_id == runtime.artifact_id,
+                  export.model == runtime.model, queries.current(runtime), queries.current(export)]
+    if exporter:
+        conditions.append(export.exporter == bindparam("exporter"))
+    if target:
+        conditions.append(runtime.target == bindparam("target"))
+    split = select(runtime.environment_id, export.environment_id, runtime.model, runtime.status, runtime.id) \
+        .where(*conditions).order_by(runtime.id)
+    return joint, split
+
+
+_SLICE_QUERIES = {(e, t): _slice_queries(e, t) for e in (False, True) for t in (False, True)}
+
+
+def _read_slice(session: Session, version: int, facts_now: Facts, facts: queries.FactsCache, route: str,
+                exporter: str | None, target: str | None) -> _Slice:
+    joint_query, split_query = _SLICE_QUERIES[bool(exporter), bool(target)]
+    params = {"route": route, "exporter": exporter, "target": target}
+    conn = session.connection()
+    rows = conn.execute(joint_query, params).all()
+    split_rows = conn.execute(split_query, params).all()
+    known, place = facts_now  # an environment stored since this version's list was read waits for the next version
+    # The route's own converter joins the versions (onnx2tf, onnx-tf, nobuco, litert-torch): dicts the facts cache
+    # holds per route and environment, shared and read only.
+    weighed = facts.route_versions(session, {e for e in {row[0] for row in rows} | {row[0] for row in split_rows}
+                                             if e in known}, route)
+    by_model: dict[str, dict[int, Measured]] = defaultdict(dict)
+    joint: dict[int, Measured] = {}
+    for env_id, model, passed, failed in rows:
         f = known.get(env_id)
-        if f is None:
+        if f is None or (passed is None and failed is None):
             continue
-        found = {}
-        for name, i in columns:
-            if (passed := row[i]) is not None:  # a pass anywhere outweighs a failure
-                found[name] = Outcome("pass", passed)
-            elif (failed := row[i + 1]) is not None:
-                found[name] = Outcome("fail", failed)
-        if found:  # the facts' dict is shared, not copied: `versions` is only read (see below)
-            out[row[0]][env_id] = Measured(env_id, f.python, f.versions, place[env_id], found, f.name)
-    for route in routes:
-        envs = out[route]
-        if envs and any(n not in KEY_PACKAGES for n in ROUTE_PACKAGES.get(route, ())):
-            # The route's own converter joins the versions: dicts the facts cache holds per route and environment,
-            # shared (read only), where a read of every environment's converter row and a copy of every
-            # environment's versions per request were what the route cost beyond onnxruntime (issue 14).
-            versions = facts.route_versions(session, envs, route)
-            for env_id, m in envs.items():
-                m.versions = versions[env_id]
-    for route, pairs in _split_pairs(session, sorted(split_rows), facts).items():
-        for pair in pairs:
-            out[route][pair.key] = pair
-    return out, every
-
-
-def _split_pairs(session: Session, rows: list[tuple[int, str, int, int, str, str]],
-                 facts: queries.FactsCache) -> dict[str, list[Measured]]:
-    """Split chains as measured environments, per route: each (export, runtime) pair whose runtime side ran a graph
-    its export side stored. Versions are both sides' (torch from research, the rest from production), python the
-    production side's; per model the pair's newest pass, else its newest failure, as for joint environments.
-    `rows`: (runtime case, route, export side, runtime side, model, status), in case order."""
-    chosen: dict[tuple[str, int, int, str], tuple[str, int]] = {}
-    for case_id, route, e, r, model, status in rows:
-        held = chosen.get((route, e, r, model))
-        if held is None or held[0] != "pass" or status == "pass":  # the newest pass, else the newest failure
-            chosen[route, e, r, model] = ("pass" if status == "pass" else "fail", case_id)
-    if not chosen:
-        return {}
-    known, place = facts.get(session, {i for _, e, r, _ in chosen for i in (e, r)})
-    # The route's own converter, as for joint environments: from the facts cache, per runtime side.
-    runtimes: dict[str, set[int]] = defaultdict(set)
-    for route, _, r, _ in chosen:
-        runtimes[route].add(r)
-    weighed = {route: facts.route_versions(session, ids, route) for route, ids in runtimes.items()}
-    pairs: dict[tuple[str, int, int], Measured] = {}
-    for (route, e, r, model), (status, case_id) in chosen.items():
+        m = joint.get(env_id)
+        if m is None:
+            m = joint[env_id] = Measured(env_id, f.python, weighed.get(env_id, f.versions), place[env_id], name=f.name)
+        # A pass anywhere outweighs a failure.
+        m.outcomes[model] = Outcome("pass", passed) if passed is not None else Outcome("fail", failed)
+        by_model[model][env_id] = m
+    # Split pairs: per (export, runtime, model) the newest pass, else the newest failure, as for joint environments.
+    # Versions are both sides' (torch from research, the rest from production), python the production side's.
+    pairs: dict[tuple[int, int], Measured] = {}
+    for r, e, model, status, case_id in split_rows:  # in case order: a later case is newer
         if e not in known or r not in known:
             continue
-        pair = pairs.get((route, e, r))
+        pair = pairs.get((e, r))
         if pair is None:
-            own = {n: v for n, v in weighed[route][r].items() if n not in KEY_PACKAGES}
-            pair = pairs[route, e, r] = Measured(r, known[r].python, {**known[r].versions, **known[e].versions, **own},
-                                                 place[r], name=f"{known[e].name} → {known[r].name}", research_id=e,
-                                                 research_place=place[e])
-        pair.outcomes[model] = Outcome(status, case_id)
-    out: dict[str, list[Measured]] = defaultdict(list)
-    for (route, _, _), pair in pairs.items():
-        out[route].append(pair)
-    return out
+            own = {n: v for n, v in weighed[r].items() if n not in KEY_PACKAGES}
+            pair = pairs[e, r] = Measured(r, known[r].python, {**known[r].versions, **known[e].versions, **own},
+                                          place[r], name=f"{known[e].name} → {known[r].name}", research_id=e,
+                                          research_place=place[e])
+        held = pair.outcomes.get(model)
+        if held is None or held.status != "pass" or status == "pass":
+            pair.outcomes[model] = Outcome("pass" if status == "pass" else "fail", case_id)
+        by_model[model][pair.key] = pair
+    return _Slice(version, place, dict(by_model))
 
 
 def complete(envs: dict[int, Measured], models: Iterable[str]) -> list[int]:
@@ -295,8 +322,9 @@ def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
         for row in session.connection().execute(_DETAILS, {"ids": ids[i: i + 500]}):
             for o in todo[row.id]:
                 if not o.loaded:  # the first row of a case carries its first step that was not ok
-                    o.run_id, o.exporter, o.signature, o.loaded = row.run_id, row.exporter, row.signature, True
+                    o.run_id, o.exporter, o.signature = row.run_id, row.exporter, row.signature
                     o.step, o.message = row.name, row.message
+                    o.loaded = True  # last: outcomes are shared by the answers of one data version (MeasuredIndex)
 
 
 # -- distance between pins and an environment ----------------------------------------------------------------------
@@ -323,8 +351,9 @@ class _Comparer:
             if pin is not None:
                 pinned.append((name, pin))
         self.pinned = pinned
-        # (package, measured version) → its difference and how far it moves (_moved), or None where the pin allows it
-        self._seen: dict[tuple[str, str | None], tuple[Diff, tuple[int, int, int]] | None] = {}
+        # Per package, measured version → its difference and how far it moves (_entry), or None where the pin allows it
+        self._memo_python: dict[str, _Entry | None] = {}
+        self._lookups = [(name, pin, dict[str | None, _Entry | None]()) for name, pin in pinned]
         self.position: dict[int, int] = {}  # Measured.key → place in the order closest first (order())
 
     def order(self, envs: Iterable[Measured]) -> None:
@@ -346,28 +375,29 @@ class _Comparer:
 
     def score(self, env: Measured) -> tuple[tuple[Diff, ...], Distance]:
         """differences() and their distance: (packages changed, then |Δmajor|, |Δminor|, |Δmicro| summed), fewest
-        changes first, then smallest moves. Summed as they are found: a check scores every measured environment, and
-        each (package, version) is compared and its move measured once (issue 14)."""
-        seen, versions = self._seen, env.versions
-        diffs: list[Diff] = []
-        n = major = minor = micro = 0
-        for name, pin in (("python", None), *self.pinned):
-            if name == "python":
-                have: str | None = env.python
-            elif name == "tensorflow":  # TensorFlow under either name: to a user they are one framework
-                have = next((versions[n] for n in ALIASES["tensorflow"] if n in versions), None)
-            else:
-                have = versions.get(name)
-            found = seen.get((name, have), _UNSEEN)
+        changes first, then smallest moves. A check scores every measured environment: each (package, version) is
+        compared and its move measured once, in a memo per package (issue 14)."""
+        versions = env.versions
+        found = self._memo_python.get(env.python, _UNSEEN)
+        if found is _UNSEEN:
+            found = self._memo_python[env.python] = _entry(self._python(env.python))
+        entries = [] if found is None else [found]
+        for name, pin, memo in self._lookups:
+            have = versions.get(name)
+            if have is None and name == "tensorflow":  # TensorFlow under either name: to a user they are one
+                have = versions.get("tensorflow-cpu")
+            found = memo.get(have, _UNSEEN)
             if found is _UNSEEN:
-                diff = self._python(env.python) if pin is None else (
-                    (pin.name, _shown(pin), have) if have is None or not pin.allows(have) else None)
-                found = seen[name, have] = None if diff is None else (diff, _moved(diff[1], diff[2]))
+                found = memo[have] = _entry(None if have is not None and pin.allows(have)
+                                            else (pin.name, _shown(pin), have))
             if found is not None:
-                diffs.append(found[0])
-                a, b, c = found[1]
-                n, major, minor, micro = n + 1, major + a, minor + b, micro + c
-        return tuple(diffs), (n, major, minor, micro)
+                entries.append(found)
+        if not entries:
+            return (), (0, 0, 0, 0)
+        major = minor = micro = 0
+        for _, a, b, c in entries:
+            major, minor, micro = major + a, minor + b, micro + c
+        return tuple([e[0] for e in entries]), (len(entries), major, minor, micro)
 
     def _python(self, python: str) -> Diff | None:
         pins = self.pins
@@ -381,6 +411,12 @@ class _Comparer:
 
 # Not yet compared: distinct from None, which a (package, version) the pins allow is cached as.
 _UNSEEN: Any = object()
+# A difference and how far it moves: |Δmajor|, |Δminor|, |Δmicro|.
+_Entry = tuple[Diff, int, int, int]
+
+
+def _entry(diff: Diff | None) -> _Entry | None:
+    return None if diff is None else (diff, *_moved(diff[1], diff[2]))
 
 
 def differences(pins: Pins, env: Measured, route: str) -> list[PinDiff]:
@@ -459,6 +495,11 @@ class _FixPick:
 
 def _fix(ranked: Ranked, models: tuple[str, ...]) -> _FixPick | None:
     """The closest environment in which every one of `models` passed."""
+    if len(models) == 1:  # a verdict's own fix: the loop every verdict runs over every environment, kept lean
+        for m, diffs in ranked:
+            if (o := m.outcomes.get(models[0])) is not None and o.status == "pass":
+                return _FixPick(m, diffs, o)
+        return None
     for m, diffs in ranked:
         if all((o := m.outcomes.get(x)) is not None and o.status == "pass" for x in models):
             return _FixPick(m, diffs, max((m.outcomes[x] for x in models), key=lambda o: o.case_id))
@@ -502,7 +543,7 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
     # probed before the verdicts. Each verdict then picks its evidence, and the cases they cite are read once for
     # the whole answer (run, exporter, first step that was not ok), not once per verdict.
     by_route = measured_routes(session, models, chosen, exporter, facts, target)
-    recorded = {x for envs in by_route.values() for m in envs.values() for x in m.outcomes}
+    recorded = {x for x in models if any(x in m.outcomes for envs in by_route.values() for m in envs.values())}
     unknown = queries.unknown_models(session, [x for x in models if x not in recorded])
     if unknown:
         raise queries.QueryError("models", f"no results recorded for {unknown}; known: "
@@ -590,19 +631,32 @@ class _VerdictPick:
 
 
 def _pick(ranked: Ranked, model: str, route: str, exporter: str | None) -> _VerdictPick:
-    tried = [(m, diffs) for m, diffs in ranked if model in m.outcomes]  # closest first
-    matching = [m for m, diffs in tried if not diffs]
-    passed = sorted((m for m in matching if m.outcomes[model].status == "pass"),
-                    key=lambda m: (-m.place, -m.research_place))
-    failed = sorted((m for m in matching if m.outcomes[model].status == "fail"),
-                    key=lambda m: (-m.place, -m.research_place))
+    """One walk over the environments that tried the model, closest first, until the answer is whole: those that
+    match the pins lead (no differences), then come the nearest and the closest pass (the fix)."""
+    passed: list[Measured] = []
+    failed: list[Measured] = []
+    nearest: list[tuple[Measured, tuple[Diff, ...]]] = []
+    fix = None
+    for m, diffs in ranked:
+        o = m.outcomes.get(model)
+        if o is None:
+            continue
+        if len(nearest) < NEAREST:
+            nearest.append((m, diffs))
+        if fix is None and o.status == "pass":
+            fix = _FixPick(m, diffs, o)
+        if not diffs:
+            (passed if o.status == "pass" else failed).append(m)
+        elif fix is not None and len(nearest) == NEAREST:
+            break  # past the matching ones, with the nearest and the fix found
+    passed.sort(key=lambda m: (-m.place, -m.research_place))
+    failed.sort(key=lambda m: (-m.place, -m.research_place))
     # A pass anywhere the pins match outweighs a failure elsewhere: the failing twin differs in what the file
     # leaves unpinned (another exporter, or a package it does not name).
     evidence = passed[0] if passed else failed[0] if failed else None
     return _VerdictPick(
         model=model, route=route, exporter=exporter, matched={"passed": len(passed), "failed": len(failed)},
-        fix=_fix(tried, (model,)), evidence=evidence, passed=bool(passed),
-        nearest=tried[:NEAREST] if evidence is None else [],
+        fix=fix, evidence=evidence, passed=bool(passed), nearest=nearest if evidence is None else [],
     )
 
 
@@ -676,8 +730,8 @@ def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.F
         exports = _export_failures(session, query, facts)
         wanted = [m for m in exports if query.requirements.met(m.versions)] or misses + exports
     shown = heapq.nsmallest(NEAR_MISSES, wanted, key=lambda m: (
-        -sum(o.status == "pass" for o in m.outcomes.values()), -m.place, -m.research_place))
-    _details(session, [o for m in shown for o in m.outcomes.values()])
+        -sum(x in m.outcomes and m.outcomes[x].status == "pass" for x in query.models), -m.place, -m.research_place))
+    _details(session, [m.outcomes[x] for m in shown for x in query.models if x in m.outcomes])
     near = [
         NearMiss(
             environment_id=m.env_id, name=m.name, python=m.python,

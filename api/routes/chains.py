@@ -60,12 +60,13 @@ async def chains(
         check_exporter(exporter)
         check_target(target)
         facts = request.app.state.env_facts
-        # One read of the outcome table, of split pairs and of the environments counted answers both the chains
+        # The route's slice of the outcome table and split pairs, and the environments counted, answer both the chains
         # (when no target narrows them) and why not; the names are then checked against what it read, as
         # parse_query checks them up front.
         envs, environments = verdicts.measured_chains(session, query, facts)
         required = [r.name for r in query.require]
-        check_names(session, query.models, required, recorded={x for m in envs.values() for x in m.outcomes},
+        recorded = {x for x in query.models if any(x in m.outcomes for m in envs.values())}
+        check_names(session, query.models, required, recorded=recorded,
                     pinned={n for m in envs.values() for n in m.versions} if required else ())
         candidates = None if query.target else verdicts.complete(envs, query.models)
         page, total = queries.known_good_chain_page(session, query, facts, candidates)
