@@ -184,6 +184,7 @@ class MeasuredIndex:
         # Each slice is replaced whole, never mutated: a reader holds one version's.
         self._slices: OrderedDict[tuple[str, str | None, str | None], _Slice] = OrderedDict()
         self._environments: tuple[int, list[tuple[int, str, bool, bool]]] = (-1, [])
+        self._spans: tuple[int, dict[tuple[str, str], SignatureSeen | None]] = (-1, {})
         self._lock = threading.Lock()
 
     def slice(self, session: Session, version: int, known: Facts, facts: queries.FactsCache, route: str,
@@ -203,6 +204,12 @@ class MeasuredIndex:
             while len(self._slices) > self.SIZE:
                 self._slices.popitem(last=False)
         return held
+
+    def spans(self, version: int) -> dict[tuple[str, str], SignatureSeen | None]:
+        """Where each (signature, route) was seen (signatures_seen), as read at `version`; None: nowhere."""
+        if self._spans[0] != version:
+            self._spans = (version, {})  # replaced whole: a reader fills one version's
+        return self._spans[1]
 
     def environments(self, session: Session, version: int) -> list[tuple[int, str, bool, bool]]:
         """Every environment: id, python, locked (resolved), signed (a reason it did not resolve or run)."""
@@ -676,32 +683,44 @@ def signatures_seen(session: Session, wanted: set[tuple[str | None, str]],
     if not pairs:
         return {}
     facts = facts or queries.FactsCache()
+    # Held per data version beside the slices: a failure common enough to be cited often spans many environments,
+    # and its read was the slowest statement of a check (issue 14).
+    held = facts.derived.setdefault("measured", MeasuredIndex()).spans(queries.data_version(session))
+    todo = pairs - held.keys()
     spans: dict[tuple[str, str], list[tuple[int, dt.datetime, dt.datetime]]] = defaultdict(list)
-    for signature, route, env_id, first, last in session.connection().execute(
-        select(Case.signature, Case.route, Case.environment_id, func.min(Case.recorded_at),
-               func.max(Case.recorded_at))
-        .where(Case.signature.in_(sorted({s for s, _ in pairs})), Case.route.in_(sorted({r for _, r in pairs})))
-        .group_by(Case.signature, Case.route, Case.environment_id)
-    ):
-        if signature is not None and (signature, route) in pairs:
-            spans[signature, route].append((env_id, first, last))
-    out = {}
-    for (signature, route), rows in spans.items():
-        matters = _matters(route)
-        # Key versions and the route's own converter, from the facts cache (read once per environment and route).
-        weighed = facts.route_versions(session, {e for e, _, _ in rows}, route)
-        versions: dict[str, set[str]] = defaultdict(set)
-        for env_id, _, _ in rows:
-            for name, version in weighed.get(env_id, {}).items():
-                if name in matters:
-                    versions["tensorflow" if name in ALIASES else name].add(version)
-        out[signature, route] = SignatureSeen(
-            environments=len(rows), first_seen=min(r[1] for r in rows), last_seen=max(r[2] for r in rows),
-            versions={n: [min(v, key=queries.version_key), max(v, key=queries.version_key)]
-                      for n, v in sorted(versions.items(), key=lambda kv: matters.index(kv[0])
-                                         if kv[0] in matters else 99)},
-        )
-    return out
+    if todo:
+        for signature, route, env_id, first, last in session.connection().execute(
+            select(Case.signature, Case.route, Case.environment_id, func.min(Case.recorded_at),
+                   func.max(Case.recorded_at))
+            .where(Case.signature.in_(sorted({s for s, _ in todo})), Case.route.in_(sorted({r for _, r in todo})))
+            .group_by(Case.signature, Case.route, Case.environment_id)
+        ):
+            if signature is not None and (signature, route) in todo:
+                spans[signature, route].append((env_id, first, last))
+    for signature, route in todo:
+        held[signature, route] = _span(session, facts, route, spans.get((signature, route)))
+    return {pair: seen for pair in pairs if (seen := held[pair]) is not None}
+
+
+def _span(session: Session, facts: queries.FactsCache, route: str,
+          rows: list[tuple[int, dt.datetime, dt.datetime]] | None) -> SignatureSeen | None:
+    """Where one signature was seen on `route`: (environment, first, last) per environment, folded."""
+    if not rows:
+        return None
+    matters = _matters(route)
+    # Key versions and the route's own converter, from the facts cache (read once per environment and route).
+    weighed = facts.route_versions(session, {e for e, _, _ in rows}, route)
+    versions: dict[str, set[str]] = defaultdict(set)
+    for env_id, _, _ in rows:
+        for name, version in weighed.get(env_id, {}).items():
+            if name in matters:
+                versions["tensorflow" if name in ALIASES else name].add(version)
+    return SignatureSeen(
+        environments=len(rows), first_seen=min(r[1] for r in rows), last_seen=max(r[2] for r in rows),
+        versions={n: [min(v, key=queries.version_key), max(v, key=queries.version_key)]
+                  for n, v in sorted(versions.items(), key=lambda kv: matters.index(kv[0])
+                                     if kv[0] in matters else 99)},
+    )
 
 
 # -- why a chains answer is what it is -----------------------------------------------------------------------------

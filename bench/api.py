@@ -16,6 +16,9 @@ printed. Each app runs under uvicorn in server processes of its own (--workers, 
   exporter) that no earlier request asked, so neither the response cache nor a warmed plan answers it.
 - POST /check: distinct realistic requirements.txt bodies (a measured environment's hashed lock, some with one
   pin moved, 1-3 models, every route the file pins or one named), response cache off.
+- the first answer after a write: a committed write moves the data version, and the server process that answers
+  next reads the routes it needs again (the per-version index of api/verdicts.py). Twenty times per endpoint, one
+  request after each write: the cost a client meets right after new results are recorded or ingested.
 
 Each is measured at saturation (as fast as wrk can go: p99 there is mostly queueing behind the other connections)
 and paced below it (--pace, a fraction of the saturated rate): the latency a client sees at a load the server
@@ -411,6 +414,29 @@ class Distinct:
         return out
 
 
+def after_writes(base: str, url: str, source: Distinct, rounds: int) -> list[float]:
+    """Milliseconds of the first answer after a write, `rounds` times: a committed write moves the data version, so
+    the server process that answers reads the routes it needs again (api/verdicts.py MeasuredIndex). The write
+    re-signs one case with its own signature: the data stay as they were, the version moves."""
+    engine = make_engine(url)
+    times = []
+    for request in source.take(rounds):
+        with engine.begin() as conn:
+            conn.execute(text('UPDATE "case" SET signature = signature WHERE id = (SELECT min(id) FROM "case")'))
+        if isinstance(request, Post):
+            sent = urllib.request.Request(base + request.path, data=request.body.encode(),
+                                          headers={"content-type": "application/json"})
+        else:
+            sent = urllib.request.Request(base + request)
+        start = time.perf_counter()
+        with urllib.request.urlopen(sent, timeout=120) as resp:
+            assert resp.status == 200, (request, resp.status)
+            resp.read()
+        times.append((time.perf_counter() - start) * 1000)
+    engine.dispose()
+    return times
+
+
 _REQUIRES = (None, None, "torch>=2.4", "torch<2.6", "tensorflow<2.19", "onnx>=1.16", "onnxruntime>=1.20",
              "torch>=2.2,<2.8", "numpy<2")
 
@@ -492,6 +518,7 @@ def main() -> int:
     print(f"cpus: {os.cpu_count()}, server processes: {args.workers}, wrk: 1 thread, {args.connections} connections,"
           f" {args.seconds:g} s per measurement; load average at start: {_loadavg()}", flush=True)
     results: list[tuple[str, str, str, str, Load]] = []
+    written: list[tuple[str, str, list[float]]] = []  # the first answer after a write, per endpoint and size
 
     def report(label: str, rows: str, kind: str, mode: str, load: Load) -> None:
         results.append((label, rows, kind, mode, load))
@@ -573,8 +600,15 @@ def main() -> int:
                     measure_fixed(f"/{kind}", label, "cache hits", base, list(paths))
             env["KNOWNGOOD_RESPONSE_CACHE_SIZE"] = "0"
             with serve("app_factory", env, args.workers) as base:
-                measure_distinct("/chains", label, base, Distinct(chains_query, seed=rows))
-                measure_distinct("POST /check", label, base, Distinct(check_request(locks_of(url)), seed=rows))
+                chains_source = Distinct(chains_query, seed=rows)
+                check_source = Distinct(check_request(locks_of(url)), seed=rows)
+                measure_distinct("/chains", label, base, chains_source)
+                measure_distinct("POST /check", label, base, check_source)
+                for name, source in (("/chains", chains_source), ("POST /check", check_source)):
+                    times = sorted(after_writes(base, url, source, rounds=20))
+                    written.append((name, label, times))
+                    print(f"  {name:<12} {label:>9} first answer after a write (x{len(times)}): median "
+                          f"{times[len(times) // 2]:.1f} ms, slowest {times[-1]:.1f} ms", flush=True)
 
     print("\n| endpoint | step rows | requests | load | req/s | p50 ms | p99 ms | req/s vs hello | p99 vs hello |")
     print("|---|---:|---|---|---:|---:|---:|---:|---:|")
@@ -582,6 +616,10 @@ def main() -> int:
         ref = hello if mode == "saturated" else hello_paced
         print(f"| {label} | {rows} | {kind} | {mode} | {load.rps:.0f} | {load.p50_ms:.2f} | {load.p99_ms:.2f} | "
               f"{load.rps / hello.rps:.0%} | {load.p99_ms / ref.p99_ms:.1f}x |")
+    print("\n| endpoint | step rows | first answer after a write: median ms | slowest ms |")
+    print("|---|---:|---:|---:|")
+    for label, rows, times in written:
+        print(f"| {label} | {rows} | {times[len(times) // 2]:.1f} | {times[-1]:.1f} |")
     large = f"{max(args.rows):,}"
 
     def paced_load(label: str) -> Load | None:

@@ -153,6 +153,26 @@ _requirement = lru_cache(maxsize=8192)(Requirement)
 _specifier_set = lru_cache(maxsize=8192)(SpecifierSet)
 
 
+# `name==version`, the form of nearly every line a locker writes. Where the version is one packaging reads and
+# already writes that way, the line means what packaging's Requirement would make of it, so it is taken as it is:
+# the general parser cost a check two milliseconds per hundred-line lock whose lines it had not seen (issue 14).
+# Anything else (extras, markers, URLs, other operators, unnormalized versions) goes through packaging.
+_EXACT = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==([0-9][0-9A-Za-z.+!]*)")
+
+
+def _exact_pin(text: str) -> tuple[str, str] | None:
+    match = _EXACT.fullmatch(text)
+    if match is None:
+        return None
+    name, version = match.groups()
+    try:
+        if str(Version(version)) != version:
+            return None
+    except InvalidVersion:
+        return None
+    return name, f"=={version}"
+
+
 def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """(first physical line number, logical line) with backslash continuations joined, as pip reads them."""
     start, parts = 0, list[str]()
@@ -187,6 +207,9 @@ def _requirements(text: str, filename: str, python: str | None) -> Pins:
             continue  # index, hash-mode and editable options change where packages come from, not which versions
         # Per-requirement options (--hash=…) follow the requirement after whitespace.
         text_req = _OPTIONS.split(line, maxsplit=1)[0]
+        if exact := _exact_pin(text_req):
+            pins.add(exact[0], exact[1], number)
+            continue
         try:
             req = _requirement(text_req)
         except InvalidRequirement as exc:

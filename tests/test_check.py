@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 import yaml
 from fastapi.testclient import TestClient
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 
 from api import queries, verdicts
 from api.app import create_app
@@ -29,7 +29,7 @@ from knowngood import check, cli
 from matrix.routes import KEY_PACKAGES, ROUTE_PACKAGES, ROUTES
 from store import snapshot
 from store.db import make_engine, make_sessionmaker
-from store.models import Environment, Package
+from store.models import Case, Environment, Package
 from store.pins import read
 from store.settings import Settings
 from tests.pgcluster import database, free_port
@@ -357,6 +357,36 @@ def test_a_routes_versions_are_the_key_pins_and_its_own_packages_read_once(shipp
         assert len(packages) == read  # every environment's versions were held: no package row read again
         assert {r: {k: m.versions for k, m in envs.items()} for r, envs in again.items()} == \
             {r: {k: m.versions for k, m in envs.items()} for r, envs in first.items()}
+    engine.dispose()
+
+
+def test_one_cache_answers_from_what_is_stored_now(shipped_sqlite: str, tmp_path: Path) -> None:
+    """A facts cache held across answers (the app's) reads a route's outcomes once per data version: asked again
+    it reads no outcome row, and once anything is written (a failure re-signed, as `db resignature` does) its next
+    answer is the store's new one, down to the details of the case it cites."""
+    copy = tmp_path / "store.db"
+    shutil.copy(shipped_sqlite.removeprefix("sqlite:///"), copy)
+    engine = make_engine(f"sqlite:///{copy}")
+    reads: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_: reads.append(statement) if "FROM outcome" in statement else None)
+    shared = queries.FactsCache()
+
+    def bad() -> Any:
+        with make_sessionmaker(engine)() as session:
+            return verdicts.check(session, read(BAD), ["control_flow_script"], ["onnx2tf"], "torchscript",
+                                  shared).results[0]
+
+    first = bad()
+    assert first.verdict == "known-bad" and first.signature == "KeyError(convert: '<path>')"
+    read_once = len(reads)
+    assert read_once and bad() == first and len(reads) == read_once  # same version: no outcome row read again
+    with engine.begin() as conn:
+        conn.execute(update(Case).where(Case.signature == first.signature).values(signature="KeyError(renamed)"))
+    again = bad()
+    assert len(reads) > read_once
+    assert again.signature == "KeyError(renamed)" and again.seen is not None and again.seen.environments >= 1
+    assert again.model_copy(update={"signature": first.signature, "seen": first.seen}) == first
     engine.dispose()
 
 

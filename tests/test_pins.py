@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from store import pins as pins_module
 from store.pins import PinsError, parse, read
 
 LOCKFILES = Path(__file__).parent / "fixtures" / "lockfiles"
@@ -107,3 +108,30 @@ def test_python_option_fills_in_only_where_the_file_does_not_say() -> None:
     assert read(LOCKFILES / "good" / "requirements.in", python="3.10").python == "3.10"  # no header
     assert read(LOCKFILES / "good" / "requirements.txt", python="3.10").python == "3.11"  # the header says
     assert read(LOCKFILES / "pyproject-uv" / "pyproject.toml", python="3.10").python == "3.10"  # allows two
+
+
+PLAIN = ("torch==2.0.1", "onnx_tf==1.10.0", "Pillow==10.4.0", "tensorflow-cpu==2.15.1", "numpy==2.0.0rc1",
+         "torch==2.5.1+cpu", "a==1.0.post1", "x.y==1!2.0", "zope.interface==7.2", "z==1.0.dev3")
+
+
+@pytest.mark.parametrize("text", [
+    "torch==2.0.1", "onnx_tf==1.10.0", "Pillow==10.4.0", "tensorflow-cpu==2.15.1", "numpy==2.0.0rc1",
+    "torch==2.5.1+cpu", "a==1.0.post1", "x.y==1!2.0", "zope.interface==7.2", "z==1.0.dev3",
+    # not the plain form, or not normalized: packaging reads them
+    "torch==v2.0", "torch==2.0.*", "torch==2.0-rc1", "torch[extra]==2.0", "torch ==2.0", "torch===2.0",
+    "torch==2.0; python_version < '3.9'", "-torch==2.0", "torch==2.0.", "torch==01.2",
+])
+def test_the_plain_pin_form_reads_as_packaging_reads_it(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `name==version` line is taken without packaging's general parser only where the answer is packaging's:
+    the file reads the same, or fails the same, with the shortcut and without it."""
+    def read_text() -> object:
+        try:
+            return parse(f"# header\n{text} \\\n    --hash=sha256:{'0' * 64}\n", "requirements.txt").pins
+        except PinsError as exc:
+            return str(exc)
+
+    taken = pins_module._exact_pin(text) is not None
+    assert taken == (text in PLAIN)
+    shortcut = read_text()
+    monkeypatch.setattr(pins_module, "_exact_pin", lambda _text: None)
+    assert shortcut == read_text()

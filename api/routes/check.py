@@ -6,12 +6,12 @@ import email.parser
 import email.policy
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api import queries, verdicts
-from api.routes.params import errors
+from api.routes.params import errors, json_response
 from api.schemas import CheckOut
 from store.pins import PinsError, decode, parse
 
@@ -48,7 +48,7 @@ _BODY = {
 
 
 @router.post("/check", response_model=CheckOut, responses=errors(413, 415, 422), openapi_extra={"requestBody": _BODY})
-async def check(request: Request) -> CheckOut:
+async def check(request: Request) -> Response:
     """known-good, known-bad or untested per model and route, with evidence and the smallest change to a chain."""
     body = await request.body()
     if len(body) > MAX_BYTES:
@@ -63,7 +63,9 @@ async def check(request: Request) -> CheckOut:
             raise HTTPException(422, detail=_describe(exc)) from None
     else:
         raise HTTPException(415, detail=f"expected application/json or multipart/form-data, got {content_type!r}")
-    return await run_in_threadpool(_answer, request, doc)
+    # Serialized here, as /chains does: returned as a model, FastAPI would dump it, validate the dump against
+    # response_model and encode that, three passes over the answer where one will do (issue 14).
+    return json_response(await run_in_threadpool(_answer, request, doc))
 
 
 def _answer(request: Request, doc: CheckIn) -> CheckOut:
