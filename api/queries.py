@@ -171,7 +171,9 @@ def _evidence_query(exporter: bool, target: bool) -> Select[*tuple[Any, ...]]:
                Case.target, Case.recorded_at, Case.run_id, Environment.name, Environment.python,
                Environment.python_full, Environment.lock_hash, Environment.cutoff, Environment.index_url)
         .join(Environment, Environment.id == Case.environment_id)
-        .where(Case.environment_id.in_(bindparam("page", expanding=True)), *conditions)
+        # The page on both sides of the join: the environments are then read by key, not scanned whole and hashed.
+        .where(Case.environment_id.in_(bindparam("page", expanding=True)),
+               Environment.id.in_(bindparam("page", expanding=True)), *conditions)
     )
 
 
