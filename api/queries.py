@@ -278,9 +278,14 @@ class FactsCache:
         if missing:
             loaded = _load_facts(session, missing)
             with self._lock:
-                facts = {**self._state[0], **loaded}
-                ranked = sorted(facts, key=lambda e: (facts[e].rank, e))
-                self._state = (facts, {e: i for i, e in enumerate(ranked)})
+                # Replaced only if something is new: readers hold on to the state they were given (a slice of
+                # api/verdicts.py is valid for one ranking), and threads that loaded the same facts at once would
+                # each have replaced it.
+                new = {e: f for e, f in loaded.items() if e not in self._state[0]}
+                if new:
+                    facts = {**self._state[0], **new}
+                    ranked = sorted(facts, key=lambda e: (facts[e].rank, e))
+                    self._state = (facts, {e: i for i, e in enumerate(ranked)})
         return self._state
 
 

@@ -186,18 +186,27 @@ class MeasuredIndex:
         self._environments: tuple[int, list[tuple[int, str, bool, bool]]] = (-1, [])
         self._spans: tuple[int, dict[tuple[str, str], SignatureSeen | None]] = (-1, {})
         self._lock = threading.Lock()
+        self._building: dict[tuple[str, str | None, str | None], threading.Lock] = {}
 
     def slice(self, session: Session, version: int, known: Facts, facts: queries.FactsCache, route: str,
               exporter: str | None, target: str | None) -> _Slice:
         key = (route, exporter, target)
         held = self._slices.get(key)
         if held is None or held.version != version or held.place is not known[1]:
-            held = _read_slice(session, version, known, facts, route, exporter, target)
-            # A slice lives until the data version moves: out of the collector's sight, as the app's modules are
-            # (api/app.py), so that a full collection does not walk every slice held. Collected first, so that what
-            # requests left behind is not frozen with it. A slice is freed by reference counting when replaced.
-            gc.collect()
-            gc.freeze()
+            # One reader per slice: the requests that need it meanwhile wait for it rather than each reading it too
+            # (eight at once after a write, under the bench's load).
+            with self._building.setdefault(key, threading.Lock()):
+                held = self._slices.get(key)
+                if held is None or held.version != version or held.place is not known[1]:
+                    held = _read_slice(session, version, known, facts, route, exporter, target)
+                    # A slice lives until the data version moves: out of the collector's sight, as the app's modules
+                    # are (api/app.py), so that a full collection does not walk every slice held. Collected first,
+                    # so that what requests left behind is not frozen with it. A slice is freed by reference
+                    # counting when replaced.
+                    gc.collect()
+                    gc.freeze()
+                    with self._lock:
+                        self._slices[key] = held
         with self._lock:
             self._slices[key] = held
             self._slices.move_to_end(key)
