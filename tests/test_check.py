@@ -390,6 +390,33 @@ def test_one_cache_answers_from_what_is_stored_now(shipped_sqlite: str, tmp_path
     engine.dispose()
 
 
+def test_answers_asked_at_once_read_each_slice_once(shipped: str) -> None:
+    """Eight answers asked at once through one facts cache (the app's, under load) read a route's outcomes once,
+    not once each, and all get the same environments."""
+    engine = make_engine(shipped)
+    reads: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_: reads.append(statement) if "FROM outcome_any" in statement else None)
+    shared = queries.FactsCache()
+    start = threading.Barrier(8)
+    found: list[dict[str, set[int]]] = []
+
+    def ask() -> None:
+        with make_sessionmaker(engine)() as session:
+            start.wait()
+            by_route = verdicts.measured_routes(session, ["resnet"], ["onnxruntime", "onnx2tf"], None, shared)
+            found.append({route: set(envs) for route, envs in by_route.items()})
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(found) == 8 and all(f == found[0] for f in found) and found[0]["onnxruntime"]
+    assert len(reads) == 2  # one read of each route's slice
+    engine.dispose()
+
+
 def test_a_route_is_ranked_alike_whatever_other_routes_the_check_weighs(shipped_sqlite: str) -> None:
     """check() orders the environments of every route a comparer weighs at once; a route's ranking is the one its
     own environments give alone: closest to the pins first, newest (highest place) among equals."""
