@@ -140,7 +140,7 @@ def _measured_routes(session: Session, models: tuple[str, ...], routes: Iterable
     known, place = facts.every(session, [e for e, _, _, _ in every])
     out: dict[str, dict[int, Measured]] = {}
     for route in dict.fromkeys(routes):
-        by_model = index.slice(session, version, (known, place), facts, route, exporter, target).by_model
+        by_model = index.slice(session, version, (known, place), facts, route, exporter, target, models).by_model
         if len(models) == 1:
             out[route] = by_model.get(models[0], {})  # the slice's own dict: read only, as its Measured are
         else:
@@ -156,28 +156,31 @@ Facts = tuple[dict[int, queries.EnvironmentFacts], dict[int, int]]
 @dataclass(frozen=True, slots=True)
 class _Slice:
     """One route's measured environments (for one exporter and target, or any) at one data version and one ranking
-    of the environments (the facts' places): joint environments and split pairs, each Measured once with every
-    model's outcome, listed per model by key."""
+    of the environments (the facts' places): joint environments and split pairs, each Measured once with the
+    outcome of every model read, listed per model by key."""
 
     version: int
     place: dict[int, int]
+    models: frozenset[str]  # the models read so far: a slice grows by the models answers ask for
     by_model: dict[str, dict[int, Measured]]
+    envs: dict[int, Measured]  # by Measured.key
 
 
 class MeasuredIndex:
     """Per database and process (held in the FactsCache's `derived`): each route's slice of the outcome table and
-    its split pairs, read whole the first time an answer needs it at a data version and shared by every answer at
-    that version; and the environments explain_chains counts, likewise.
+    its split pairs at a data version, shared by every answer at that version; and the environments explain_chains
+    counts, likewise. A slice grows by the models answers ask for: each model's outcomes are read the first time an
+    answer needs them at that version.
 
     Every /chains answer and every check weighed each measured environment of its routes anew, a row and an object
     per environment read and built per request: most of what they cost at a million steps (issue 14). A slice is
     read again when the data version (the `data_change` counter) moves, so an answer never mixes versions; the
-    first answer after new results pays for reading the routes it asks about. The details of the cases an answer
-    cites are read per answer (`_details`), into the outcomes of the version they belong to.
+    first answer after new results reads what it asks about, as every answer did before. The details of the cases
+    an answer cites are read per answer (`_details`), into the outcomes of the version they belong to.
     """
 
     # Slices held at once, the most recently used: every route's, and a few narrowed by an exporter or a target. A
-    # slice of 784 environments × 20 models is some 15,000 objects.
+    # slice of 784 environments × 20 models read is some 15,000 objects.
     SIZE = 24
 
     def __init__(self) -> None:
@@ -189,16 +192,18 @@ class MeasuredIndex:
         self._building: dict[tuple[str, str | None, str | None], threading.Lock] = {}
 
     def slice(self, session: Session, version: int, known: Facts, facts: queries.FactsCache, route: str,
-              exporter: str | None, target: str | None) -> _Slice:
+              exporter: str | None, target: str | None, models: tuple[str, ...]) -> _Slice:
         key = (route, exporter, target)
         held = self._slices.get(key)
-        if held is None or held.version != version or held.place is not known[1]:
+        if held is None or held.version != version or held.place is not known[1] or not held.models.issuperset(models):
             # One reader per slice: the requests that need it meanwhile wait for it rather than each reading it too
             # (eight at once after a write, under the bench's load).
             with self._building.setdefault(key, threading.Lock()):
                 held = self._slices.get(key)
-                if held is None or held.version != version or held.place is not known[1]:
-                    held = _read_slice(session, version, known, facts, route, exporter, target)
+                if held is not None and (held.version != version or held.place is not known[1]):
+                    held = None  # another version's: read again, from the models this answer needs
+                if held is None or not held.models.issuperset(models):
+                    held = _read_slice(session, version, known, facts, route, exporter, target, models, held)
                     # A slice lives until the data version moves: out of the collector's sight, as the app's modules
                     # are (api/app.py), so that a full collection does not walk every slice held. Collected first,
                     # so that what requests left behind is not frozen with it. A slice is freed by reference
@@ -240,14 +245,15 @@ def _slice_queries(exporter: bool, target: bool) -> tuple[Select[*tuple[Any, ...
     # Without an exporter or target, the rows already folded over them (a third to a ninth as many to read).
     table: Any = OutcomeRow if exporter or target else OutcomeAny
     joint = select(table.environment_id, table.model, func.max(table.pass_case_id), func.max(table.fail_case_id)) \
-        .where(table.route == bindparam("route"))
+        .where(table.route == bindparam("route"), table.model.in_(bindparam("models", expanding=True)))
     if exporter:
         joint = joint.where(OutcomeRow.exporter == bindparam("exporter"))
     if target:
         joint = joint.where(OutcomeRow.target == bindparam("target"))
     joint = joint.group_by(table.environment_id, table.model)
     runtime, export = _RUNTIME, _EXPORT
-    conditions = [runtime.route == bindparam("route"), runtime.artifact_id.is_not(None), runtime.status != "skip",
+    conditions = [runtime.route == bindparam("route"), runtime.model.in_(bindparam("models", expanding=True)),
+                  runtime.artifact_id.is_not(None), runtime.status != "skip",
                   export.route == "export", export.status == "pass", export.artifact_id == runtime.artifact_id,
                   export.model == runtime.model, queries.current(runtime), queries.current(export)]
     if exporter:
@@ -263,9 +269,12 @@ _SLICE_QUERIES = {(e, t): _slice_queries(e, t) for e in (False, True) for t in (
 
 
 def _read_slice(session: Session, version: int, facts_now: Facts, facts: queries.FactsCache, route: str,
-                exporter: str | None, target: str | None) -> _Slice:
+                exporter: str | None, target: str | None, models: tuple[str, ...], base: _Slice | None) -> _Slice:
+    """`base` (of the same version and ranking, or None) with the outcomes of `models` it lacks read in. A new slice:
+    the Measured that gain an outcome are copies, so that answers holding `base` see it unchanged."""
+    wanted = sorted(set(models) - (base.models if base is not None else frozenset()))
     joint_query, split_query = _SLICE_QUERIES[bool(exporter), bool(target)]
-    params = {"route": route, "exporter": exporter, "target": target}
+    params = {"route": route, "exporter": exporter, "target": target, "models": wanted}
     conn = session.connection()
     rows = conn.execute(joint_query, params).all()
     split_rows = conn.execute(split_query, params).all()
@@ -274,35 +283,49 @@ def _read_slice(session: Session, version: int, facts_now: Facts, facts: queries
     # holds per route and environment, shared and read only.
     weighed = facts.route_versions(session, {e for e in {row[0] for row in rows} | {row[0] for row in split_rows}
                                              if e in known}, route)
+    envs = dict(base.envs) if base is not None else {}
+    copied: dict[int, Measured] = {}  # by key: the base's Measured this read adds outcomes to, copied once
+
+    def held(key: int) -> Measured | None:
+        m = copied.get(key)
+        if m is None and (old := envs.get(key)) is not None:
+            m = copied[key] = envs[key] = Measured(old.env_id, old.python, old.versions, old.place,
+                                                   dict(old.outcomes), old.name, old.research_id, old.research_place)
+        return m
+
     by_model: dict[str, dict[int, Measured]] = defaultdict(dict)
-    joint: dict[int, Measured] = {}
     for env_id, model, passed, failed in rows:
         f = known.get(env_id)
         if f is None or (passed is None and failed is None):
             continue
-        m = joint.get(env_id)
+        m = held(env_id)
         if m is None:
-            m = joint[env_id] = Measured(env_id, f.python, weighed.get(env_id, f.versions), place[env_id], name=f.name)
+            m = envs[env_id] = copied[env_id] = Measured(env_id, f.python, weighed.get(env_id, f.versions),
+                                                         place[env_id], name=f.name)
         # A pass anywhere outweighs a failure.
         m.outcomes[model] = Outcome("pass", passed) if passed is not None else Outcome("fail", failed)
         by_model[model][env_id] = m
     # Split pairs: per (export, runtime, model) the newest pass, else the newest failure, as for joint environments.
     # Versions are both sides' (torch from research, the rest from production), python the production side's.
-    pairs: dict[tuple[int, int], Measured] = {}
     for r, e, model, status, case_id in split_rows:  # in case order: a later case is newer
         if e not in known or r not in known:
             continue
-        pair = pairs.get((e, r))
+        key = -(e * 2**31 + r)  # Measured.key of the pair
+        pair = held(key)
         if pair is None:
             own = {n: v for n, v in weighed[r].items() if n not in KEY_PACKAGES}
-            pair = pairs[e, r] = Measured(r, known[r].python, {**known[r].versions, **known[e].versions, **own},
-                                          place[r], name=f"{known[e].name} → {known[r].name}", research_id=e,
-                                          research_place=place[e])
-        held = pair.outcomes.get(model)
-        if held is None or held.status != "pass" or status == "pass":
+            pair = envs[key] = copied[key] = Measured(
+                r, known[r].python, {**known[r].versions, **known[e].versions, **own}, place[r],
+                name=f"{known[e].name} → {known[r].name}", research_id=e, research_place=place[e])
+        outcome = pair.outcomes.get(model)
+        if outcome is None or outcome.status != "pass" or status == "pass":
             pair.outcomes[model] = Outcome("pass" if status == "pass" else "fail", case_id)
-        by_model[model][pair.key] = pair
-    return _Slice(version, place, dict(by_model))
+        by_model[model][key] = pair
+    if base is not None:  # the models read before, pointing at the copies where there are any
+        for model, listed in base.by_model.items():
+            by_model[model] = {k: copied.get(k, m) for k, m in listed.items()}
+    return _Slice(version, place, frozenset(wanted) | (base.models if base is not None else frozenset()),
+                  dict(by_model), envs)
 
 
 def complete(envs: dict[int, Measured], models: Iterable[str]) -> list[int]:
