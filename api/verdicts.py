@@ -165,6 +165,10 @@ class _Slice:
     by_model: dict[str, dict[int, Measured]]
     envs: dict[int, Measured]  # by Measured.key
 
+    def current(self, version: int, place: dict[int, int]) -> bool:
+        """Of this data version and ranking: what it holds may answer, and it may grow."""
+        return self.version == version and self.place is place
+
 
 class MeasuredIndex:
     """Per database and process (held in the FactsCache's `derived`): each route's slice of the outcome table and
@@ -195,24 +199,24 @@ class MeasuredIndex:
               exporter: str | None, target: str | None, models: tuple[str, ...]) -> _Slice:
         key = (route, exporter, target)
         held = self._slices.get(key)
-        if held is None or held.version != version or held.place is not known[1] or not held.models.issuperset(models):
+        if held is None or not held.current(version, known[1]) or not held.models.issuperset(models):
             # One reader per slice: the requests that need it meanwhile wait for it rather than each reading it too
             # (eight at once after a write, under the bench's load).
             with self._building.setdefault(key, threading.Lock()):
                 held = self._slices.get(key)
-                if held is not None and (held.version != version or held.place is not known[1]):
+                if held is not None and not held.current(version, known[1]):
                     held = None  # another version's: read again, from the models this answer needs
                 if held is None or not held.models.issuperset(models):
                     held = _read_slice(session, version, known, facts, route, exporter, target, models, held)
                     # A slice lives until the data version moves: out of the collector's sight, as the app's modules
                     # are (api/app.py), so that a full collection does not walk every slice held. Collected first,
                     # so that what requests left behind is not frozen with it. A slice is freed by reference
-                    # counting when replaced.
+                    # counting when replaced. Stored before the lock is let go, so that those waiting find it.
                     gc.collect()
                     gc.freeze()
                     with self._lock:
                         self._slices[key] = held
-        with self._lock:
+        with self._lock:  # most recently used last; the oldest beyond SIZE go
             self._slices[key] = held
             self._slices.move_to_end(key)
             while len(self._slices) > self.SIZE:
@@ -534,11 +538,6 @@ class _FixPick:
 
 def _fix(ranked: Ranked, models: tuple[str, ...]) -> _FixPick | None:
     """The closest environment in which every one of `models` passed."""
-    if len(models) == 1:  # a verdict's own fix: the loop every verdict runs over every environment, kept lean
-        for m, diffs in ranked:
-            if (o := m.outcomes.get(models[0])) is not None and o.status == "pass":
-                return _FixPick(m, diffs, o)
-        return None
     for m, diffs in ranked:
         if all((o := m.outcomes.get(x)) is not None and o.status == "pass" for x in models):
             return _FixPick(m, diffs, max((m.outcomes[x] for x in models), key=lambda o: o.case_id))

@@ -3,6 +3,7 @@ measured at once is stored once."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sqlalchemy import select
@@ -95,6 +96,4 @@ def test_a_case_another_run_stored_meanwhile_is_stored_once(session: Session, tm
     session.expire_all()
     (kept,) = session.scalars(select(Case)).all()
     assert kept.run_id == first.id
-    import json
-
     assert snapshot.parse(json.loads(snapshot.dumps(snapshot.build(session)))).cases  # exports and parses
