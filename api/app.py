@@ -78,8 +78,9 @@ def create_app(settings: Settings) -> FastAPI:
     # its transaction, the one snapshot of a WAL reader, which costs no round trip.
     reads = engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
     app.state.read_sessionmaker = make_sessionmaker(reads)
-    app.state.env_facts = FactsCache()  # one per database: the app's engine
-    app.state.response_cache = ResponseCache(settings.response_cache_size, settings.response_cache_recheck)
+    # One per database (the app's engine); the answers and the response cache read the data version alike.
+    app.state.env_facts = FactsCache(recheck=settings.response_cache_recheck)
+    app.state.response_cache = ResponseCache(settings.response_cache_size, app.state.env_facts.version)
     app.add_middleware(CacheMiddleware, cache=app.state.response_cache)
     app.add_middleware(AllowEveryMethod)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,24 +41,22 @@ class ResponseCache:
 
     The version (the `data_change` counter, one primary-key lookup; triggers move it on every insert, update or
     delete, so `db resignature` and a run being finished show too) is read at most once per `recheck` seconds
-    per process. Within that window a hit is answered by `CacheMiddleware` before routing: no parameter
-    parsing, no thread hop, no database round trip. An answer is therefore at most `recheck` seconds behind newly
-    changed results (0: checked on every request). `size=0` turns the cache off.
+    per process (queries.DataVersion, shared with the answers' own index). Within that window a hit is answered
+    by `CacheMiddleware` before routing: no parameter parsing, no thread hop, no database round trip. An answer is
+    therefore at most `recheck` seconds behind newly changed results (0: checked on every request). `size=0` turns
+    the cache off.
     """
 
-    def __init__(self, size: int, recheck: float = 0.0) -> None:
+    def __init__(self, size: int, version: queries.DataVersion | None = None) -> None:
         self.size = size
-        self.recheck = recheck
+        self.version = version or queries.DataVersion()
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
-        self._version: Version | None = None
-        self._checked_at = float("-inf")
         self._lock = threading.Lock()
 
     def fresh(self, key: Key) -> Entry | None:
         """The entry for `key` if the data version was confirmed less than `recheck` seconds ago."""
-        if not self.size or self._version is None or time.monotonic() - self._checked_at >= self.recheck:
-            return None
-        return self._get(key, self._version)
+        version = self.version.held() if self.size else None
+        return None if version is None else self._get(key, version)
 
     async def serve(self, request: Request, build: Build) -> Response:
         """The cached answer to this request, or `build(session)` run in the thread pool (and cached if 200)."""
@@ -69,16 +66,14 @@ class ResponseCache:
         """Forget every answer, e.g. right after this process stored new results."""
         with self._lock:
             self._entries.clear()
-            self._version = None
+        self.version.forget()
 
     def _serve_sync(self, request: Request, build: Build) -> Response:
         key = cache_key(request.scope["path"], request.scope["query_string"])
         with request.app.state.read_sessionmaker() as session:
             if not self.size:
                 return build(session)
-            version = queries.data_version(session)
-            with self._lock:
-                self._version, self._checked_at = version, time.monotonic()
+            version = self.version.read(session)
             entry = self._get(key, version)
             if entry is not None:
                 return Response(content=entry.body, headers={k.decode(): v.decode() for k, v in entry.headers})

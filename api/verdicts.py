@@ -7,11 +7,13 @@ import gc
 import heapq
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from packaging.version import InvalidVersion, Version
 from sqlalchemy import Select, String, bindparam, func, null, select
 from sqlalchemy.orm import Session
@@ -116,38 +118,35 @@ def measured_routes(session: Session, models: Iterable[str], routes: Iterable[st
                     ) -> dict[str, dict[int, Measured]]:
     """measured() for several routes at once, joint environments and split pairs (a check weighs every route its
     file pins)."""
-    return _measured_routes(session, tuple(models), routes, exporter, facts, target)[0]
+    models = tuple(models)
+    slices = _measured_routes(session, models, routes, exporter, facts, target)[0]
+    return {route: held.measured(models) for route, held in slices.items()}
 
 
 def measured_chains(session: Session, query: queries.ChainQuery, facts: queries.FactsCache | None = None,
                     ) -> tuple[dict[int, Measured], list[EnvironmentRow]]:
     """measured() for a chains query, and the environments explain_chains counts (of the query's python)."""
-    found, environments = _measured_routes(session, query.models, (query.route,), query.exporter, facts, query.target,
-                                           environments=True, python=query.python)
-    return found[query.route], environments
+    slices, environments = _measured_routes(session, query.models, (query.route,), query.exporter, facts,
+                                            query.target, environments=True, python=query.python)
+    return slices[query.route].measured(query.models), environments
 
 
 def _measured_routes(session: Session, models: tuple[str, ...], routes: Iterable[str], exporter: str | None,
                      facts: queries.FactsCache | None, target: str | None, environments: bool = False,
-                     python: str | None = None) -> tuple[dict[str, dict[int, Measured]], list[EnvironmentRow]]:
+                     python: str | None = None) -> tuple[dict[str, _Slice], list[EnvironmentRow]]:
     facts = facts or queries.FactsCache()
     index: MeasuredIndex = facts.derived.setdefault("measured", MeasuredIndex())
-    version = queries.data_version(session)
+    version = facts.version.read(session)
     every = index.environments(session, version)
     # Places are ranks among the environments the facts know: every one of this version's is known before a slice
     # is built from them, so that the slices one answer weighs rank alike (a slice built before others were known
     # would rank its pairs by other places).
     known, place = facts.every(session, [e for e, _, _, _ in every])
-    out: dict[str, dict[int, Measured]] = {}
-    for route in dict.fromkeys(routes):
-        by_model = index.slice(session, version, (known, place), facts, route, exporter, target, models).by_model
-        if len(models) == 1:
-            out[route] = by_model.get(models[0], {})  # the slice's own dict: read only, as its Measured are
-        else:
-            out[route] = {k: m for x in models for k, m in by_model.get(x, {}).items()}
+    slices = {route: index.slice(session, version, (known, place), facts, route, exporter, target, models)
+              for route in dict.fromkeys(routes)}
     counted = [(e, locked, signed) for e, p, locked, signed in every if python is None or p == python] \
         if environments else []
-    return out, counted
+    return slices, counted
 
 
 Facts = tuple[dict[int, queries.EnvironmentFacts], dict[int, int]]
@@ -159,15 +158,67 @@ class _Slice:
     of the environments (the facts' places): joint environments and split pairs, each Measured once with the
     outcome of every model read, listed per model by key."""
 
+    route: str
     version: int
     place: dict[int, int]
     models: frozenset[str]  # the models read so far: a slice grows by the models answers ask for
     by_model: dict[str, dict[int, Measured]]
     envs: dict[int, Measured]  # by Measured.key
+    _columns: list[_Columns] = field(default_factory=list)  # columns(), once built
 
     def current(self, version: int, place: dict[int, int]) -> bool:
         """Of this data version and ranking: what it holds may answer, and it may grow."""
         return self.version == version and self.place is place
+
+    def measured(self, models: tuple[str, ...]) -> dict[int, Measured]:
+        """The environments with an outcome of any of `models`, by key. Read only: with one model, the slice's own
+        dict."""
+        if len(models) == 1:
+            return self.by_model.get(models[0], {})
+        return {k: m for x in models for k, m in self.by_model.get(x, {}).items()}
+
+    def columns(self) -> _Columns:
+        """Every environment of the slice as columns: what a check compares with its pins, built once per slice."""
+        if not self._columns:  # two threads may build it at once: the same columns, one kept
+            self._columns.append(_Columns.of(self.route, list(self.envs.values())))
+        return self._columns[0]
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """A slice's environments as columns: python and the version of each package the route weighs (TensorFlow under
+    either name), each as its distinct values and every row's index among them, and the order of the rows newest
+    first. A check compares its pins with each distinct value once and adds up the environments' distances column
+    by column in numpy: walking every environment's dict of versions was most of what a check cost (issue 14)."""
+
+    envs: list[Measured]
+    row: dict[int, int]  # Measured.key → its row
+    python: tuple[list[str], npt.NDArray[np.intp]]
+    versions: dict[str, tuple[list[str | None], npt.NDArray[np.intp]]]
+    newest: npt.NDArray[np.intp]  # each row's position in (-place, -research_place): the newest first among equals
+
+    @classmethod
+    def of(cls, route: str, envs: list[Measured]) -> _Columns:
+        versions: dict[str, tuple[list[str | None], npt.NDArray[np.intp]]] = {}
+        for name in _matters(route):
+            if name == "tensorflow":  # either name: to a user they are one
+                versions[name] = _distinct([m.versions.get(name) or m.versions.get("tensorflow-cpu") for m in envs])
+            elif name != "tensorflow-cpu":
+                versions[name] = _distinct([m.versions.get(name) for m in envs])
+        newest = np.empty(len(envs), dtype=np.intp)
+        newest[np.lexsort(([-m.research_place for m in envs], [-m.place for m in envs]))] = np.arange(len(envs))
+        return cls(envs, {m.key: i for i, m in enumerate(envs)}, _distinct([m.python for m in envs]), versions,
+                   newest)
+
+
+def _distinct(column: list[_T]) -> tuple[list[_T], npt.NDArray[np.intp]]:
+    """A column as its distinct values and each row's index among them."""
+    index: dict[_T, int] = {}
+    rows = [index.setdefault(value, len(index)) for value in column]
+    return list(index), np.array(rows, dtype=np.intp)
 
 
 class MeasuredIndex:
@@ -328,7 +379,7 @@ def _read_slice(session: Session, version: int, facts_now: Facts, facts: queries
     if base is not None:  # the models read before, pointing at the copies where there are any
         for model, listed in base.by_model.items():
             by_model[model] = {k: copied.get(k, m) for k, m in listed.items()}
-    return _Slice(version, place, frozenset(wanted) | (base.models if base is not None else frozenset()),
+    return _Slice(route, version, place, frozenset(wanted) | (base.models if base is not None else frozenset()),
                   dict(by_model), envs)
 
 
@@ -373,16 +424,14 @@ def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
 # -- distance between pins and an environment ----------------------------------------------------------------------
 
 class _Comparer:
-    """One file's pins against environments on the routes that weigh one set of packages (_matters): each (package,
-    measured version) is compared once, and each environment's differences are kept by its key for every route.
+    """One file's pins against the environments of the routes that weigh one set of packages (_matters): each
+    (package, measured version) is compared once, in a memo per package.
 
     A check weighs every measured environment on every route, and they share a handful of versions per package.
     """
 
     def __init__(self, pins: Pins, route: str) -> None:
         self.pins = pins
-        self.scores: dict[int, tuple[tuple[Diff, ...], Distance]] = {}  # Measured.key → differences, distance
-        self._places: dict[int, tuple[int, int]] = {}  # Measured.key → (-place, -research_place)
         pinned: list[tuple[str, FilePin]] = []
         for name in _matters(route):
             if name == "tensorflow-cpu":
@@ -397,20 +446,41 @@ class _Comparer:
         # Per package, measured version → its difference and how far it moves (_entry), or None where the pin allows it
         self._memo_python: dict[str, _Entry | None] = {}
         self._lookups = [(name, pin, dict[str | None, _Entry | None]()) for name, pin in pinned]
-        self.position: dict[int, int] = {}  # Measured.key → place in the order closest first (order())
 
-    def order(self, envs: Iterable[Measured]) -> None:
-        """Score `envs` (and those ordered before) and order them all, closest first, newest among equals: the
-        positions _ranked sorts by. Keys are unique, and so are the sort keys: a place is one environment's, a
-        pair's two places its own."""
-        scores, places = self.scores, self._places
-        for m in envs:
-            key = m.key
-            if key not in scores:
-                scores[key] = self.score(m)
-                places[key] = (-m.place, -m.research_place)
-        keyed = sorted((*scores[key][1], *place, key) for key, place in places.items())
-        self.position = {k[-1]: i for i, k in enumerate(keyed)}
+    def rank(self, columns: _Columns, keys: Iterable[int]) -> Ranked:
+        """The environments of `keys` (Measured.key, of the columns' slice) closest to the pins first: fewest
+        changes, then smallest moves (score()), the newest (highest place) among equals. Each with the number of
+        pins it does not satisfy: 0 where it matches.
+
+        The distances of every row are summed column by column, a version compared once per distinct value:
+        scoring every environment's dict and sorting tuples was most of what a check cost (issue 14)."""
+        pythons, rows = columns.python
+        total = np.array([_vector(self._python_difference(p)) for p in pythons], dtype=np.int64)[rows]
+        for name, pin, memo in self._lookups:
+            values, rows = columns.versions[name]
+            total += np.array([_vector(self._difference(name, pin, memo, have)) for have in values],
+                              dtype=np.int64)[rows]
+        chosen = np.fromiter(map(columns.row.__getitem__, keys), dtype=np.intp)
+        total = total[chosen]
+        # Fewest changes, then the smallest moves, then the newest: lexsort's last key is its first.
+        order = np.lexsort((columns.newest[chosen], total[:, 3], total[:, 2], total[:, 1], total[:, 0]))
+        envs = columns.envs
+        return list(zip(map(envs.__getitem__, chosen[order].tolist()), total[order, 0].tolist(), strict=True))
+
+    def _python_difference(self, python: str) -> _Entry | None:
+        found = self._memo_python.get(python, _UNSEEN)
+        if found is _UNSEEN:
+            found = self._memo_python[python] = _entry(self._python(python))
+        return found  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _difference(name: str, pin: FilePin, memo: dict[str | None, _Entry | None], have: str | None
+                    ) -> _Entry | None:
+        found = memo.get(have, _UNSEEN)
+        if found is _UNSEEN:
+            found = memo[have] = _entry(None if have is not None and pin.allows(have)
+                                        else (pin.name, _shown(pin), have))
+        return found  # type: ignore[no-any-return]
 
     def differences(self, env: Measured) -> tuple[Diff, ...]:
         """The pins that `env` does not satisfy, python first, in a chain's reading order."""
@@ -421,18 +491,13 @@ class _Comparer:
         changes first, then smallest moves. A check scores every measured environment: each (package, version) is
         compared and its move measured once, in a memo per package (issue 14)."""
         versions = env.versions
-        found = self._memo_python.get(env.python, _UNSEEN)
-        if found is _UNSEEN:
-            found = self._memo_python[env.python] = _entry(self._python(env.python))
+        found = self._python_difference(env.python)
         entries = [] if found is None else [found]
         for name, pin, memo in self._lookups:
             have = versions.get(name)
             if have is None and name == "tensorflow":  # TensorFlow under either name: to a user they are one
                 have = versions.get("tensorflow-cpu")
-            found = memo.get(have, _UNSEEN)
-            if found is _UNSEEN:
-                found = memo[have] = _entry(None if have is not None and pin.allows(have)
-                                            else (pin.name, _shown(pin), have))
+            found = self._difference(name, pin, memo, have)
             if found is not None:
                 entries.append(found)
         if not entries:
@@ -460,6 +525,18 @@ _Entry = tuple[Diff, int, int, int]
 
 def _entry(diff: Diff | None) -> _Entry | None:
     return None if diff is None else (diff, *_moved(diff[1], diff[2]))
+
+
+# A distance (score()) as a vector: packages changed, |Δmajor|, |Δminor|, |Δmicro|. A move is capped at 2**58, so
+# that the sums of a few dozen packages fit int64.
+_CAP = 2**58
+
+
+def _vector(entry: _Entry | None) -> tuple[int, int, int, int]:
+    if entry is None:
+        return 0, 0, 0, 0
+    _, major, minor, micro = entry
+    return 1, min(major, _CAP), min(minor, _CAP), min(micro, _CAP)
 
 
 def differences(pins: Pins, env: Measured, route: str) -> list[PinDiff]:
@@ -505,21 +582,8 @@ def summary(diffs: list[PinDiff]) -> str:
     return ", ".join(parts)
 
 
-Ranked = list[tuple[Measured, tuple[Diff, ...]]]
-
-
-def _ranked(comparer: _Comparer, envs: Collection[Measured]) -> Ranked:
-    """The environments closest to the pins first (fewest changes, then smallest moves); among equals the newest
-    versions (highest place) first. Every nearest and every fix is then the first few entries that qualify.
-
-    The order is the comparer's (_Comparer.order), made once for all the routes it weighs; a route's environments
-    are then sorted by their position in it, by int: comparing the distance tuples of every environment again for
-    every route cost a check milliseconds (issue 14)."""
-    position, scores = comparer.position, comparer.scores
-    if any(m.key not in position for m in envs):  # not ordered with the other routes' beforehand
-        comparer.order(envs)
-        position = comparer.position
-    return [(m, scores[m.key][0]) for m in sorted(envs, key=lambda m: position[m.key])]
+# Environments closest to a file's pins first, each with the number of pins it does not satisfy (0: a match).
+Ranked = list[tuple[Measured, int]]
 
 
 @dataclass(slots=True)
@@ -536,11 +600,11 @@ class _FixPick:
                    run_id=self.newest.run_id, changes=changes, summary=summary(changes))
 
 
-def _fix(ranked: Ranked, models: tuple[str, ...]) -> _FixPick | None:
+def _fix(comparer: _Comparer, ranked: Ranked, models: tuple[str, ...]) -> _FixPick | None:
     """The closest environment in which every one of `models` passed."""
-    for m, diffs in ranked:
+    for m, _ in ranked:
         if all((o := m.outcomes.get(x)) is not None and o.status == "pass" for x in models):
-            return _FixPick(m, diffs, max((m.outcomes[x] for x in models), key=lambda o: o.case_id))
+            return _FixPick(m, comparer.differences(m), max((m.outcomes[x] for x in models), key=lambda o: o.case_id))
     return None
 
 
@@ -580,8 +644,8 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
     # Every route's environments in one read; a model with an outcome there is recorded, so only the others are
     # probed before the verdicts. Each verdict then picks its evidence, and the cases they cite are read once for
     # the whole answer (run, exporter, first step that was not ok), not once per verdict.
-    by_route = measured_routes(session, models, chosen, exporter, facts, target)
-    recorded = {x for x in models if any(x in m.outcomes for envs in by_route.values() for m in envs.values())}
+    slices = _measured_routes(session, models, chosen, exporter, facts, target)[0]
+    recorded = {x for x in models if any(held.by_model.get(x) for held in slices.values())}
     unknown = queries.unknown_models(session, [x for x in models if x not in recorded])
     if unknown:
         raise queries.QueryError("models", f"no results recorded for {unknown}; known: "
@@ -591,21 +655,17 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
                                          "compare with what was measured")
     picks: list[_VerdictPick] = []
     fixes: dict[str, _FixPick | None] = {}
-    comparers: dict[tuple[str, ...], _Comparer] = {}  # routes that weigh the same packages share one
+    comparers: dict[tuple[str, ...], _Comparer] = {}  # routes that weigh the same packages share one (and its memo)
     for route in chosen:
-        if _matters(route) not in comparers:
-            comparers[_matters(route)] = _Comparer(pins, route)
-    for matters, comparer in comparers.items():  # one order per comparer, for every route it weighs
-        comparer.order([m for r in chosen if _matters(r) == matters for m in by_route[r].values()])
-    for route in chosen:
-        comparer = comparers[_matters(route)]
-        ranked = _ranked(comparer, by_route[route].values())
+        comparer = comparers.setdefault(_matters(route), _Comparer(pins, route))
+        ranked = comparer.rank(slices[route].columns(), slices[route].measured(models))
         for model in models:
-            picks.append(_pick(ranked, model, route, exporter))
-        fixes[route] = _fix(ranked, models)
+            picks.append(_pick(comparer, ranked, model, route, exporter))
+        fixes[route] = _fix(comparer, ranked, models)
     _details(session, [o for p in picks for o in p.cited()] + [f.newest for f in fixes.values() if f is not None])
     seen = signatures_seen(session, {(p.evidence.outcomes[p.model].signature, p.route) for p in picks
-                                     if p.evidence is not None and not p.passed}, facts)
+                                     if p.evidence is not None and not p.passed}, facts,
+                           next(iter(slices.values())).version)
     results = [p.out(seen) for p in picks]
     shown = {n: _shown(p) for n, p in pins.pins.items() if any(n in _matters(r) for r in chosen)}
     return CheckOut(
@@ -668,22 +728,22 @@ class _VerdictPick:
         return verdict
 
 
-def _pick(ranked: Ranked, model: str, route: str, exporter: str | None) -> _VerdictPick:
+def _pick(comparer: _Comparer, ranked: Ranked, model: str, route: str, exporter: str | None) -> _VerdictPick:
     """One walk over the environments that tried the model, closest first, until the answer is whole: those that
-    match the pins lead (no differences), then come the nearest and the closest pass (the fix)."""
+    match the pins lead (distance 0), then come the nearest and the closest pass (the fix)."""
     passed: list[Measured] = []
     failed: list[Measured] = []
-    nearest: list[tuple[Measured, tuple[Diff, ...]]] = []
+    nearest: list[Measured] = []
     fix = None
-    for m, diffs in ranked:
+    for m, distance in ranked:
         o = m.outcomes.get(model)
         if o is None:
             continue
         if len(nearest) < NEAREST:
-            nearest.append((m, diffs))
+            nearest.append(m)
         if fix is None and o.status == "pass":
-            fix = _FixPick(m, diffs, o)
-        if not diffs:
+            fix = _FixPick(m, comparer.differences(m), o)
+        if not distance:
             (passed if o.status == "pass" else failed).append(m)
         elif fix is not None and len(nearest) == NEAREST:
             break  # past the matching ones, with the nearest and the fix found
@@ -694,7 +754,8 @@ def _pick(ranked: Ranked, model: str, route: str, exporter: str | None) -> _Verd
     evidence = passed[0] if passed else failed[0] if failed else None
     return _VerdictPick(
         model=model, route=route, exporter=exporter, matched={"passed": len(passed), "failed": len(failed)},
-        fix=fix, evidence=evidence, passed=bool(passed), nearest=nearest if evidence is None else [],
+        fix=fix, evidence=evidence, passed=bool(passed),
+        nearest=[(m, comparer.differences(m)) for m in nearest] if evidence is None else [],
     )
 
 
@@ -707,16 +768,19 @@ def signature_seen(session: Session, signature: str | None, route: str,
 
 
 def signatures_seen(session: Session, wanted: set[tuple[str | None, str]],
-                    facts: queries.FactsCache | None = None) -> dict[tuple[str, str], SignatureSeen]:
+                    facts: queries.FactsCache | None = None, version: int | None = None,
+                    ) -> dict[tuple[str, str], SignatureSeen]:
     """signature_seen for several (signature, route) pairs: one index-only read (ix_case_signature_route), and the
-    versions from the facts cache, plus a route's own converter where it is not a key package."""
+    versions from the facts cache, plus a route's own converter where it is not a key package. `version`: the
+    data version the caller's answer reads at, when it has read it already."""
     pairs: set[tuple[str, str]] = {(s, r) for s, r in wanted if s is not None}
     if not pairs:
         return {}
     facts = facts or queries.FactsCache()
     # Held per data version beside the slices: a failure common enough to be cited often spans many environments,
     # and its read was the slowest statement of a check (issue 14).
-    held = facts.derived.setdefault("measured", MeasuredIndex()).spans(queries.data_version(session))
+    held = facts.derived.setdefault("measured", MeasuredIndex()).spans(
+        facts.version.read(session) if version is None else version)
     todo = pairs - held.keys()
     spans: dict[tuple[str, str], list[tuple[int, dt.datetime, dt.datetime]]] = defaultdict(list)
     if todo:

@@ -160,6 +160,7 @@ _specifier_set = lru_cache(maxsize=8192)(SpecifierSet)
 _EXACT = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==([0-9][0-9A-Za-z.+!]*)")
 
 
+@lru_cache(maxsize=8192)  # lines repeat across files, as for _requirement
 def _exact_pin(text: str) -> tuple[str, str] | None:
     match = _EXACT.fullmatch(text)
     if match is None:
@@ -170,7 +171,7 @@ def _exact_pin(text: str) -> tuple[str, str] | None:
             return None
     except InvalidVersion:
         return None
-    return name, f"=={version}"
+    return canonicalize_name(name), f"=={version}"
 
 
 def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -195,7 +196,7 @@ def _requirements(text: str, filename: str, python: str | None) -> Pins:
     env = _marker_environment(header)
     for number, line in _logical_lines(text):
         # A comment starts at '#' at the line's start or after whitespace (pip's rule), so URL fragments survive.
-        line = _COMMENT.sub("", line).strip()
+        line = (_COMMENT.sub("", line) if "#" in line else line).strip()
         if not line:
             continue
         if line.startswith("-"):
@@ -208,7 +209,7 @@ def _requirements(text: str, filename: str, python: str | None) -> Pins:
         # Per-requirement options (--hash=…) follow the requirement after whitespace.
         text_req = _OPTIONS.split(line, maxsplit=1)[0]
         if exact := _exact_pin(text_req):
-            pins.add(exact[0], exact[1], number)
+            pins.add_exact(exact[0], exact[1], number)
             continue
         try:
             req = _requirement(text_req)
@@ -258,6 +259,13 @@ class _Collector:
     def __init__(self, filename: str) -> None:
         self.filename = filename
         self.pins: dict[str, FilePin] = {}
+
+    def add_exact(self, name: str, specifier: str, line: int) -> None:
+        """add() of a name already canonical and a `==version` specifier known to be valid (_exact_pin)."""
+        if name in self.pins:
+            self.add(name, specifier, line)
+        else:
+            self.pins[name] = FilePin(name, specifier, line)
 
     def add(self, name: str, specifier: str, line: int) -> None:
         name = canonicalize_name(name)

@@ -58,7 +58,9 @@ class Settings(BaseSettings):
         description="API answers kept per process, each valid until recorded data changes; 0 = off.",
     )
     response_cache_recheck: float = Field(
-        default=1.0, ge=0, description="Seconds between checks for changed data (0: on every request).",
+        default=1.0, ge=0,
+        description="Seconds between checks for changed data (0: on every request): answers, cached or not, are at "
+                    "most this far behind newly recorded results; this process's own ingests show at once.",
     )
     ingest_max_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0,

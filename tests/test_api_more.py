@@ -131,7 +131,9 @@ def test_a_new_environment_is_ranked_with_its_own_versions(db_url: str, recorded
                                                           make_case: Callable) -> None:
     """Versions are memoised per environment: one recorded after the first answer is read, not missed or mixed up."""
     params = {"models": "resnet", "route": "onnxruntime", "python": "3.11"}
-    with TestClient(create_app(Settings(database_url=db_url, response_cache_size=0))) as client:
+    # recheck 0: each answer reads the data version, so the new environment shows in the next one.
+    with TestClient(create_app(Settings(database_url=db_url, response_cache_size=0,
+                                        response_cache_recheck=0))) as client:
         before = client.get("/api/v1/chains", params=params).json()
         assert [c["versions"]["torch"] for c in before["chains"]] == ["2.4.1", "2.3.1"]
         newer = make_environment({"torch": "2.6.0", "onnx": "1.18.0", "onnxruntime": "1.21.0",

@@ -417,23 +417,27 @@ def test_answers_asked_at_once_read_each_slice_once(shipped: str) -> None:
     engine.dispose()
 
 
-def test_a_route_is_ranked_alike_whatever_other_routes_the_check_weighs(shipped_sqlite: str) -> None:
-    """check() orders the environments of every route a comparer weighs at once; a route's ranking is the one its
-    own environments give alone: closest to the pins first, newest (highest place) among equals."""
+@pytest.mark.parametrize("lockfile", [BAD, GOOD, UNTESTED / "requirements.txt", UNTESTED / "pyproject.toml"])
+def test_a_route_is_ranked_closest_first_then_newest(shipped_sqlite: str, lockfile: Path) -> None:
+    """The columnar ranking (numpy, one comparison per distinct version) orders a route's environments as scoring
+    each one does: fewest changes, then smallest moves, then the newest (highest place); and counts the changes."""
     engine = make_engine(shipped_sqlite)
     with make_sessionmaker(engine)() as session:
-        pins = read(BAD)
-        routes = ("onnxruntime", "onnx2tf", "onnx-tf")
-        by_route = verdicts.measured_routes(session, ["resnet", "transformer_padding_mask"], routes, None)
-        together = verdicts._Comparer(pins, routes[0])
-        together.order([m for r in routes for m in by_route[r].values()])
-        for route in routes:
-            alone = verdicts._Comparer(pins, route)
-            ranked = verdicts._ranked(together, list(by_route[route].values()))
-            assert ranked == verdicts._ranked(alone, list(by_route[route].values()))
-            keys = [(alone.score(m)[1], -m.place, -m.research_place) for m, _ in ranked]
-            assert keys == sorted(keys) and len(ranked) == len(by_route[route]) > 1
-            assert [diffs for _, diffs in ranked] == [alone.differences(m) for m, _ in ranked]
+        pins = read(lockfile)
+        models = ("resnet", "transformer_padding_mask")
+        slices = verdicts._measured_routes(session, models, list(ROUTES), None, queries.FactsCache(), None)[0]
+        ranked_routes = 0
+        for route, held in slices.items():
+            envs = held.measured(models)
+            comparer = verdicts._Comparer(pins, route)
+            if not comparer.pinned:
+                continue
+            ranked = comparer.rank(held.columns(), envs)
+            expected = sorted(envs.values(), key=lambda m: (*comparer.score(m)[1], -m.place, -m.research_place))
+            assert [m.key for m, _ in ranked] == [m.key for m in expected]
+            assert [changes for _, changes in ranked] == [len(comparer.differences(m)) for m, _ in ranked]
+            ranked_routes += len(ranked) > 1
+        assert ranked_routes >= 3
     engine.dispose()
 
 
