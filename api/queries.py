@@ -218,6 +218,13 @@ class FactsCache:
         self._weighed: dict[str, dict[int, dict[str, str]]] = {}  # route → environment id → route_versions
         # What readers above derive from the store and keep as long as these facts (api/verdicts.py MeasuredIndex).
         self.derived: dict[str, Any] = {}
+        self._evidence: tuple[int, Evidence] = (-1, {})
+
+    def evidence(self, version: int) -> Evidence:
+        """The chains pages' evidence read at data `version` (_page_evidence), shared by the answers at it."""
+        if self._evidence[0] != version:
+            self._evidence = (version, {})  # replaced whole: a reader fills one version's
+        return self._evidence[1]
 
     def requested(self, session: Session, env_ids: Collection[int]) -> dict[int, tuple[str, ...]]:
         """The requirements each environment was asked with (fixed when it is stored, like the facts)."""
@@ -320,6 +327,7 @@ def known_good_chains(session: Session, query: ChainQuery, facts: FactsCache | N
 
 def known_good_chain_page(
     session: Session, query: ChainQuery, facts: FactsCache | None = None, candidates: list[int] | None = None,
+    version: int | None = None,
 ) -> tuple[list[ChainOut], int]:
     """The best `query.limit` chains (all if None), and how many chains matched in all.
 
@@ -327,6 +335,8 @@ def known_good_chain_page(
     key versions come from `facts` (read once per environment and process), so a request reads no package rows
     unless a `require` names a package outside KEY_PACKAGES. The evidence (cases, runs) is read for the page only.
     `candidates`: the complete environments, when the caller has read them already (verdicts.complete).
+    `version`: the data version the caller's answer reads at; with `facts`, the evidence read is kept for the
+    answers at that version (FactsCache.evidence).
     """
     # The outcome table holds each key's current passes already counted (store/outcomes.py): one index range
     # per model, instead of every case with its current() probe.
@@ -352,11 +362,11 @@ def known_good_chain_page(
     extra = sorted({a for r in query.require for a in aliases(r.name)} - set(KEY_PACKAGES))
     if extra and versions:
         versions = {e: dict(v) for e, v in versions.items()}
-        for env_id, name, version in session.connection().execute(
+        for env_id, name, pinned in session.connection().execute(
             select(Package.environment_id, Package.name, Package.version).where(Package.name.in_(extra))
         ):  # one index range scan, filtered here: cheaper than binding a thousand ids
             if env_id in versions:
-                versions[env_id][name] = version
+                versions[env_id][name] = pinned
     ranked = sorted(
         (env_id for env_id in versions if query.requirements.met(versions[env_id])),
         key=place.__getitem__,
@@ -365,15 +375,7 @@ def known_good_chain_page(
     page = ranked if query.limit is None else ranked[: query.limit]
     if not page:
         return [], len(ranked)
-    envs: dict[int, AnyRow] = {}
-    evidence: dict[int, list[AnyRow]] = defaultdict(list)
-    for row in session.connection().execute(  # the environment's own fields ride along: one round trip
-        _evidence_query(bool(query.exporter), bool(query.target)),
-        {"page": page, "models": list(query.models), "route": query.route, "exporter": query.exporter,
-         "target": query.target},
-    ):
-        evidence[row.environment_id].append(row)
-        envs[row.environment_id] = row
+    envs, evidence = _page_evidence(session, query, page, facts.evidence(version) if facts and version else None)
     chains = []
     for env_id in page:
         env, rows = envs[env_id], evidence[env_id]
@@ -388,6 +390,42 @@ def known_good_chain_page(
                     for r in sorted(per_model.values(), key=lambda r: query.models.index(r.model))],
         ))
     return chains, len(ranked)
+
+
+# Per (route, exporter, target, environment): per model the passing cases of the environment that a chains page
+# cites, each row with the environment's own fields.
+EvidenceKey = tuple[str, str | None, str | None, int]
+Evidence = dict[EvidenceKey, dict[str, list[AnyRow]]]
+
+
+def _page_evidence(session: Session, query: ChainQuery, page: list[int], held: Evidence | None,
+                   ) -> tuple[dict[int, AnyRow], dict[int, list[AnyRow]]]:
+    """Per environment of `page`: a row with its own fields, and the passing cases of the query's models. Read in
+    one round trip, of the environments `held` (the answers' memo at one data version) lacks a model of: the newest
+    environments lead most pages, and their evidence was read again by every answer (issue 14)."""
+    def key(env_id: int) -> EvidenceKey:
+        return query.route, query.exporter, query.target, env_id
+
+    missing = page if held is None else [e for e in page if not set(query.models) <= held.get(key(e), {}).keys()]
+    read: dict[int, dict[str, list[AnyRow]]] = {e: {x: [] for x in query.models} for e in missing}
+    if missing:
+        for row in session.connection().execute(  # the environment's own fields ride along: one round trip
+            _evidence_query(bool(query.exporter), bool(query.target)),
+            {"page": missing, "models": list(query.models), "route": query.route, "exporter": query.exporter,
+             "target": query.target},
+        ):
+            read[row.environment_id][row.model].append(row)
+        if held is not None:
+            for env_id, per_model in read.items():  # one dict item at a time: safe across threads
+                held[key(env_id)] = {**held.get(key(env_id), {}), **per_model}
+    envs: dict[int, AnyRow] = {}
+    evidence: dict[int, list[AnyRow]] = {}
+    for env_id in page:
+        per_model = read[env_id] if held is None or env_id in read else held[key(env_id)]
+        rows = evidence[env_id] = [row for x in query.models for row in per_model[x]]
+        if rows:
+            envs[env_id] = rows[0]
+    return envs, evidence
 
 
 def _newest_and_worst(rows: list[AnyRow]) -> tuple[AnyRow, dict[str, AnyRow]]:

@@ -126,9 +126,49 @@ def measured_routes(session: Session, models: Iterable[str], routes: Iterable[st
 def measured_chains(session: Session, query: queries.ChainQuery, facts: queries.FactsCache | None = None,
                     ) -> tuple[dict[int, Measured], list[EnvironmentRow]]:
     """measured() for a chains query, and the environments explain_chains counts (of the query's python)."""
+    view = chains_view(session, query, facts)
+    return view.envs, view.environments
+
+
+@dataclass(frozen=True, slots=True)
+class ChainsView:
+    """What a chains answer weighs, from the route's slice at one data version: the environments with an outcome of
+    the query's models (`envs`, by Measured.key, read only), those in which every one of them passed, and the
+    environments explain_chains counts (of the query's python)."""
+
+    version: int
+    models: tuple[str, ...]
+    envs: dict[int, Measured]
+    environments: list[EnvironmentRow]
+    passed: frozenset[int]  # Measured.key
+    _slice: _Slice
+
+    def complete(self) -> list[int]:
+        """The environments in which every model passed: the candidates of known_good_chain_page, when no target
+        narrows them (the slice weighs every target)."""
+        return sorted(k for k in self.passed if k > 0)  # a joint environment's key is its id; a pair's is negative
+
+    def complete_pairs(self) -> list[tuple[int, int]]:
+        """The (export, runtime) pairs in which every model passed: the candidates of split_chain_page, when no
+        target narrows them."""
+        return sorted((m.research_id, m.env_id) for k in self.passed if k < 0
+                      for m in (self.envs[k],) if m.research_id is not None)
+
+    def recorded(self) -> set[str]:
+        """The models with an outcome on the route."""
+        return {x for x in self.models if self._slice.by_model.get(x)}
+
+    def names(self) -> frozenset[str]:
+        """The packages the environments pin."""
+        return self._slice.names(self.models)
+
+
+def chains_view(session: Session, query: queries.ChainQuery, facts: queries.FactsCache | None = None) -> ChainsView:
     slices, environments = _measured_routes(session, query.models, (query.route,), query.exporter, facts,
                                             query.target, environments=True, python=query.python)
-    return slices[query.route].measured(query.models), environments
+    held = slices[query.route]
+    return ChainsView(held.version, query.models, held.measured(query.models), environments,
+                      held.passed(query.models), held)
 
 
 def _measured_routes(session: Session, models: tuple[str, ...], routes: Iterable[str], exporter: str | None,
@@ -165,6 +205,8 @@ class _Slice:
     by_model: dict[str, dict[int, Measured]]
     envs: dict[int, Measured]  # by Measured.key
     _columns: list[_Columns] = field(default_factory=list)  # columns(), once built
+    _passes: dict[str, frozenset[int]] = field(default_factory=dict)  # passed(), per model
+    _names: dict[str, frozenset[str]] = field(default_factory=dict)  # names(), per model
 
     def current(self, version: int, place: dict[int, int]) -> bool:
         """Of this data version and ranking: what it holds may answer, and it may grow."""
@@ -176,6 +218,29 @@ class _Slice:
         if len(models) == 1:
             return self.by_model.get(models[0], {})
         return {k: m for x in models for k, m in self.by_model.get(x, {}).items()}
+
+    def passed(self, models: tuple[str, ...]) -> frozenset[int]:
+        """The keys of the environments in which every one of `models` passed. Each model's are gathered once per
+        slice: a chains answer weighed every environment's outcomes for them anew (issue 14)."""
+        sets = []
+        for model in models:
+            found = self._passes.get(model)
+            if found is None:  # two threads may gather it at once: the same set, one kept
+                found = self._passes[model] = frozenset(
+                    k for k, m in self.by_model.get(model, {}).items() if m.outcomes[model].status == "pass")
+            sets.append(found)
+        return frozenset.intersection(*sets) if len(sets) > 1 else sets[0] if sets else frozenset()
+
+    def names(self, models: tuple[str, ...]) -> frozenset[str]:
+        """The packages pinned by the environments with an outcome of any of `models`, gathered once per model."""
+        out: frozenset[str] = frozenset()
+        for model in models:
+            found = self._names.get(model)
+            if found is None:
+                found = self._names[model] = frozenset(
+                    n for m in self.by_model.get(model, {}).values() for n in m.versions)
+            out |= found
+        return out
 
     def columns(self) -> _Columns:
         """Every environment of the slice as columns: what a check compares with its pins, built once per slice."""
@@ -381,20 +446,6 @@ def _read_slice(session: Session, version: int, facts_now: Facts, facts: queries
             by_model[model] = {k: copied.get(k, m) for k, m in listed.items()}
     return _Slice(route, version, place, frozenset(wanted) | (base.models if base is not None else frozenset()),
                   dict(by_model), envs)
-
-
-def complete(envs: dict[int, Measured], models: Iterable[str]) -> list[int]:
-    """The environments in which every one of `models` passed: the candidates of known_good_chain_page, when no
-    target narrows them (measured() weighs every target)."""
-    return [e for e, m in envs.items() if m.research_id is None  # split chains are answered on their own
-            and all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
-
-
-def complete_pairs(envs: dict[int, Measured], models: Iterable[str]) -> list[tuple[int, int]]:
-    """The (export, runtime) pairs in which every one of `models` passed: the candidates of split_chain_page, when
-    no target narrows them (split_chain_page weighs every target)."""
-    return [(m.research_id, m.env_id) for m in envs.values() if m.research_id is not None
-            and all(m.outcomes.get(x) and m.outcomes[x].status == "pass" for x in models)]
 
 
 # Built once, bound per request: building statements per request cost an answer a millisecond of coercion (issue 14).
@@ -821,22 +872,20 @@ def _span(session: Session, facts: queries.FactsCache, route: str,
 # -- why a chains answer is what it is -----------------------------------------------------------------------------
 
 def explain_chains(session: Session, query: queries.ChainQuery, facts: queries.FactsCache | None = None,
-                   envs: dict[int, Measured] | None = None, environments: list[EnvironmentRow] | None = None,
-                   ) -> tuple[list[NearMiss], MeasuredCounts]:
+                   view: ChainsView | None = None) -> tuple[list[NearMiss], MeasuredCounts]:
     """The closest failing environments (most requested models passed, then newest) and how much was measured.
 
     An empty chains answer then says whether nothing was measured, nothing resolved, or everything failed.
-    `envs`, `environments`: what measured_chains() read for the query, when the caller has it already.
+    `view`: what chains_view() read for the query, when the caller has it already.
     """
     facts = facts or queries.FactsCache()
-    if envs is None or environments is None:
-        envs, environments = measured_chains(session, query, facts)
+    view = view or chains_view(session, query, facts)
+    envs, environments = view.envs, view.environments
     if query.python:
         envs = {e: m for e, m in envs.items() if m.python == query.python}
     tried = {e: m for e, m in envs.items() if m.outcomes}
-    misses = [m for m in tried.values() if not all(
-        query_model in m.outcomes and m.outcomes[query_model].status == "pass" for query_model in query.models)]
-    wanted = [m for m in misses if query.requirements.met(m.versions)]
+    misses = [m for k, m in tried.items() if k not in view.passed]
+    wanted = [m for m in misses if query.requirements.met(m.versions)] if query.require else misses
     if not wanted and "export" in ROUTES.get(query.route, ()):
         # Nothing that ran the route meets the query's pins: where a split export failed, no graph reached the
         # route and no pair exists, yet that failure is the closest the data came (torch 2.0 cannot export the

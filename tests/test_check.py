@@ -390,6 +390,59 @@ def test_one_cache_answers_from_what_is_stored_now(shipped_sqlite: str, tmp_path
     engine.dispose()
 
 
+def test_a_chains_page_reads_its_evidence_once_per_data_version(shipped_sqlite: str, tmp_path: Path) -> None:
+    """The evidence of a chains page (its passing cases and environments) is read once per data version by the
+    answers that share a facts cache (the app's); after a write the next page cites the store's new figures."""
+    copy = tmp_path / "store.db"
+    shutil.copy(shipped_sqlite.removeprefix("sqlite:///"), copy)
+    engine = make_engine(f"sqlite:///{copy}")
+    reads: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_: reads.append(statement)
+                 if "JOIN environment" in statement and "max_abs_diff" in statement else None)
+    shared = queries.FactsCache()
+    query = queries.ChainQuery.parse("resnet", "onnxruntime", limit=5)
+
+    def page() -> tuple[list[Any], int]:
+        with make_sessionmaker(engine)() as session:
+            view = verdicts.chains_view(session, query, shared)
+            return queries.known_good_chain_page(session, query, shared, view.complete(), view.version)
+
+    first, total = page()
+    assert len(first) == 5 and total > 5 and len(reads) == 1
+    assert page() == (first, total) and len(reads) == 1  # same version: the page's evidence is not read again
+    newest = first[0]
+    with engine.begin() as conn:
+        conn.execute(update(Case).where(Case.environment_id == newest.environment_id, Case.model == "resnet",
+                                        Case.route == "onnxruntime", Case.status == "pass").values(max_abs_diff=0.25))
+    again, _ = page()
+    assert len(reads) == 2 and again[0].environment_id == newest.environment_id
+    assert again[0].models[0].max_abs_diff == 0.25 != newest.models[0].max_abs_diff
+    engine.dispose()
+
+
+def test_answers_within_recheck_share_one_read_of_the_data_version(shipped_sqlite: str) -> None:
+    """With `recheck` seconds (the app's response_cache_recheck), answers read the data version once per window:
+    an answer from what the process holds makes no round trip. forget() (this process wrote) reads it again."""
+    engine = make_engine(shipped_sqlite)
+    reads: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_: reads.append(statement) if "FROM data_change" in statement else None)
+
+    def ask(facts: queries.FactsCache) -> str:
+        with make_sessionmaker(engine)() as session:
+            return verdicts.check(session, read(GOOD), ["resnet"], ["onnxruntime"], None, facts).verdict
+
+    held = queries.FactsCache(recheck=60)
+    assert ask(held) == ask(held) == "known-good" and len(reads) == 1
+    held.version.forget()
+    assert ask(held) == "known-good" and len(reads) == 2
+    every = queries.FactsCache()  # recheck 0: every answer reads it
+    ask(every)
+    ask(every)
+    assert len(reads) == 4
+    engine.dispose()
+
+
 def test_answers_asked_at_once_read_each_slice_once(shipped: str) -> None:
     """Eight answers asked at once through one facts cache (the app's, under load) read a route's outcomes once,
     not once each, and all get the same environments."""

@@ -63,16 +63,15 @@ async def chains(
         # The route's slice of the outcome table and split pairs, and the environments counted, answer both the chains
         # (when no target narrows them) and why not; the names are then checked against what it read, as
         # parse_query checks them up front.
-        envs, environments = verdicts.measured_chains(session, query, facts)
+        view = verdicts.chains_view(session, query, facts)
         required = [r.name for r in query.require]
-        recorded = {x for x in query.models if any(x in m.outcomes for m in envs.values())}
-        check_names(session, query.models, required, recorded=recorded,
-                    pinned={n for m in envs.values() for n in m.versions} if required else ())
-        candidates = None if query.target else verdicts.complete(envs, query.models)
-        page, total = queries.known_good_chain_page(session, query, facts, candidates)
-        pairs = None if query.target else verdicts.complete_pairs(envs, query.models)
+        check_names(session, query.models, required, recorded=view.recorded(),
+                    pinned=view.names() if required else ())
+        candidates = None if query.target else view.complete()
+        page, total = queries.known_good_chain_page(session, query, facts, candidates, view.version)
+        pairs = None if query.target else view.complete_pairs()
         split, split_total = queries.split_chain_page(session, query, facts, pairs)
-        near, counts = verdicts.explain_chains(session, query, facts, envs, environments)
+        near, counts = verdicts.explain_chains(session, query, facts, view)
         return json_response(ChainsOut(models=list(query.models), route=route, chains=page, total=total,
                                        split_chains=split, split_total=split_total,
                                        near_misses=near, environments=counts))
