@@ -6,7 +6,7 @@ import datetime as dt
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any, cast
@@ -157,25 +157,47 @@ def rank_key(versions: dict[str, str]) -> tuple[Version, ...]:
 
 
 @lru_cache(maxsize=8)
-def _evidence_query(exporter: bool, target: bool) -> Select[*tuple[Any, ...]]:
-    """The passing cases of a page of chains, with their environments' fields: built once per filter and bound per
-    request (`page`, `models`, `route`, `exporter`, `target`). Building it per request cost a /chains answer a
-    millisecond of coercion (issue 14)."""
+def _evidence_query(exporter: bool, target: bool, paged: bool = True) -> Select[*tuple[Any, ...]]:
+    """The passing cases of a page of chains (or, not `paged`, of every environment), with their environments'
+    fields: built once per filter and bound per request (`page`, `models`, `route`, `exporter`, `target`). Building
+    it per request cost a /chains answer a millisecond of coercion (issue 14)."""
     conditions = [Case.model.in_(bindparam("models", expanding=True)), Case.route == bindparam("route"),
                   Case.status == "pass", Case.artifact_id.is_(None), current()]
     if exporter:
         conditions.append(Case.exporter == bindparam("exporter"))
     if target:
         conditions.append(Case.target == bindparam("target"))
+    if paged:  # the page on both sides of the join: the environments are then read by key, not scanned and hashed
+        conditions += [Case.environment_id.in_(bindparam("page", expanding=True)),
+                       Environment.id.in_(bindparam("page", expanding=True))]
     return (
         select(Case.environment_id, Case.model, Case.exporter, Case.opset, Case.opset_emitted, Case.max_abs_diff,
                Case.target, Case.recorded_at, Case.run_id, Environment.name, Environment.python,
                Environment.python_full, Environment.lock_hash, Environment.cutoff, Environment.index_url)
         .join(Environment, Environment.id == Case.environment_id)
-        # The page on both sides of the join: the environments are then read by key, not scanned whole and hashed.
-        .where(Case.environment_id.in_(bindparam("page", expanding=True)),
-               Environment.id.in_(bindparam("page", expanding=True)), *conditions)
+        .where(*conditions)
     )
+
+
+_EVERY_ENVIRONMENTS_EVIDENCE = _evidence_query(False, False, paged=False)
+
+
+def read_evidence(session: Session, facts: FactsCache, version: int, route: str, models: dict[str, Iterable[int]],
+                  ) -> None:
+    """Read into the answers' memo at `version` (FactsCache.evidence) the evidence of every environment of
+    `models` (model → environment ids) on `route`, for answers that narrow no exporter or target: what a chains page
+    of them cites then needs no read (api/verdicts.py reads it as a route's slice grows by those models)."""
+    read: dict[int, dict[str, list[AnyRow]]] = defaultdict(dict)
+    for model, env_ids in models.items():
+        for env_id in env_ids:
+            read[env_id][model] = []
+    for row in session.connection().execute(_EVERY_ENVIRONMENTS_EVIDENCE, {"models": sorted(models), "route": route}):
+        if row.environment_id in read and row.model in read[row.environment_id]:
+            read[row.environment_id][row.model].append(row)
+    held = facts.evidence(version)
+    for env_id, per_model in read.items():  # one dict item at a time: safe across threads
+        key = (route, None, None, env_id)
+        held[key] = {**held.get(key, {}), **per_model}
 
 
 def failed_exports() -> Select[int, str, Any]:

@@ -308,6 +308,7 @@ class MeasuredIndex:
         self._slices: OrderedDict[tuple[str, str | None, str | None], _Slice] = OrderedDict()
         self._environments: tuple[int, list[tuple[int, str, bool, bool]]] = (-1, [])
         self._spans: tuple[int, dict[tuple[str, str], SignatureSeen | None]] = (-1, {})
+        self._signature_rows: tuple[int, dict[str, dict[str, list[tuple[int, dt.datetime, dt.datetime]]]]] = (-1, {})
         self._lock = threading.Lock()
         self._building: dict[tuple[str, str | None, str | None], threading.Lock] = {}
 
@@ -344,6 +345,23 @@ class MeasuredIndex:
         if self._spans[0] != version:
             self._spans = (version, {})  # replaced whole: a reader fills one version's
         return self._spans[1]
+
+    def signature_rows(self, session: Session, version: int, routes: set[str],
+                       ) -> dict[str, dict[str, list[tuple[int, dt.datetime, dt.datetime]]]]:
+        """Per route of `routes`, where each signature was seen on it (_SIGNATURE_ROWS), as read at `version`: every
+        signature of a route in one read, the first time an answer cites one. Read per signature, a common one cost
+        a check eight milliseconds at a million steps, once for every signature cited (issue 14)."""
+        held_version, by_route = self._signature_rows
+        if held_version != version:
+            by_route = {}
+            self._signature_rows = (version, by_route)  # replaced whole: a reader fills one version's
+        for route in sorted(routes - by_route.keys()):
+            rows: dict[str, list[tuple[int, dt.datetime, dt.datetime]]] = defaultdict(list)
+            for signature, env_id, first, last in session.connection().execute(_SIGNATURE_ROWS, {"route": route}):
+                if signature is not None:
+                    rows[signature].append((env_id, first, last))
+            by_route[route] = dict(rows)  # one dict item at a time: safe across threads
+        return by_route
 
     def environments(self, session: Session, version: int) -> list[tuple[int, str, bool, bool]]:
         """Every environment: id, python, locked (resolved), signed (a reason it did not resolve or run)."""
@@ -441,6 +459,15 @@ def _read_slice(session: Session, version: int, facts_now: Facts, facts: queries
         if outcome is None or outcome.status != "pass" or status == "pass":
             pair.outcomes[model] = Outcome("pass" if status == "pass" else "fail", case_id)
         by_model[model][key] = pair
+    # The case each new outcome of a route's own slice stands for (run, exporter, signature, the first step that was
+    # not ok), read with it: read per answer, for the few it cites, it was the round trip of most checks and of the
+    # slowest (issue 14). A slice narrowed by an exporter or a target grows a model at a time for the few answers
+    # that ask for it, and its answers read what they cite.
+    if exporter is None and target is None:
+        _details(session, [m.outcomes[x] for x in wanted for m in by_model[x].values()])
+        # Likewise the evidence a chains page cites of the environments in which a model passed.
+        queries.read_evidence(session, facts, version, route, {
+            x: [k for k, m in by_model[x].items() if k > 0 and m.outcomes[x].status == "pass"] for x in wanted})
     if base is not None:  # the models read before, pointing at the copies where there are any
         for model, listed in base.by_model.items():
             by_model[model] = {k: copied.get(k, m) for k, m in listed.items()}
@@ -463,8 +490,8 @@ def _details(session: Session, outcomes: Iterable[Outcome]) -> None:
         if not o.loaded:  # one case may stand behind several outcomes (one per route of a check)
             todo[o.case_id].append(o)
     ids = sorted(todo)
-    for i in range(0, len(ids), 500):
-        for row in session.connection().execute(_DETAILS, {"ids": ids[i: i + 500]}):
+    for i in range(0, len(ids), 2000):
+        for row in session.connection().execute(_DETAILS, {"ids": ids[i: i + 2000]}):
             for o in todo[row.id]:
                 if not o.loaded:  # the first row of a case carries its first step that was not ok
                     o.run_id, o.exporter, o.signature = row.run_id, row.exporter, row.signature
@@ -830,22 +857,23 @@ def signatures_seen(session: Session, wanted: set[tuple[str | None, str]],
     facts = facts or queries.FactsCache()
     # Held per data version beside the slices: a failure common enough to be cited often spans many environments,
     # and its read was the slowest statement of a check (issue 14).
-    held = facts.derived.setdefault("measured", MeasuredIndex()).spans(
-        facts.version.read(session) if version is None else version)
+    index: MeasuredIndex = facts.derived.setdefault("measured", MeasuredIndex())
+    version = facts.version.read(session) if version is None else version
+    held = index.spans(version)
     todo = pairs - held.keys()
-    spans: dict[tuple[str, str], list[tuple[int, dt.datetime, dt.datetime]]] = defaultdict(list)
     if todo:
-        for signature, route, env_id, first, last in session.connection().execute(
-            select(Case.signature, Case.route, Case.environment_id, func.min(Case.recorded_at),
-                   func.max(Case.recorded_at))
-            .where(Case.signature.in_(sorted({s for s, _ in todo})), Case.route.in_(sorted({r for _, r in todo})))
-            .group_by(Case.signature, Case.route, Case.environment_id)
-        ):
-            if signature is not None and (signature, route) in todo:
-                spans[signature, route].append((env_id, first, last))
-    for signature, route in todo:
-        held[signature, route] = _span(session, facts, route, spans.get((signature, route)))
+        rows = index.signature_rows(session, version, {r for _, r in todo})
+        for signature, route in todo:
+            held[signature, route] = _span(session, facts, route, rows[route].get(signature))
     return {pair: seen for pair in pairs if (seen := held[pair]) is not None}
+
+
+# Per signature seen on a route: (environment, first seen, last seen) per environment.
+_SIGNATURE_ROWS = (
+    select(Case.signature, Case.environment_id, func.min(Case.recorded_at), func.max(Case.recorded_at))
+    .where(Case.route == bindparam("route"), Case.signature.is_not(None))
+    .group_by(Case.signature, Case.environment_id)
+)
 
 
 def _span(session: Session, facts: queries.FactsCache, route: str,

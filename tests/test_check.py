@@ -392,7 +392,8 @@ def test_one_cache_answers_from_what_is_stored_now(shipped_sqlite: str, tmp_path
 
 def test_a_chains_page_reads_its_evidence_once_per_data_version(shipped_sqlite: str, tmp_path: Path) -> None:
     """The evidence of a chains page (its passing cases and environments) is read once per data version by the
-    answers that share a facts cache (the app's); after a write the next page cites the store's new figures."""
+    answers that share a facts cache (the app's), with the route's slice; after a write the next page cites the
+    store's new figures."""
     copy = tmp_path / "store.db"
     shutil.copy(shipped_sqlite.removeprefix("sqlite:///"), copy)
     engine = make_engine(f"sqlite:///{copy}")
