@@ -172,7 +172,7 @@ def _evidence_query(exporter: bool, target: bool, paged: bool = True) -> Select[
                        Environment.id.in_(bindparam("page", expanding=True))]
     return (
         select(Case.environment_id, Case.model, Case.exporter, Case.opset, Case.opset_emitted, Case.max_abs_diff,
-               Case.target, Case.recorded_at, Case.run_id, Environment.name, Environment.python,
+               Case.target, Case.recorded_at, Case.run_id, Case.id, Environment.name, Environment.python,
                Environment.python_full, Environment.lock_hash, Environment.cutoff, Environment.index_url)
         .join(Environment, Environment.id == Case.environment_id)
         .where(*conditions)
@@ -452,13 +452,14 @@ def _page_evidence(session: Session, query: ChainQuery, page: list[int], held: E
 
 def _newest_and_worst(rows: list[AnyRow]) -> tuple[AnyRow, dict[str, AnyRow]]:
     """A chain's evidence: its newest passing case (run and date), and per model the worst passing diff, which is
-    the honest figure."""
+    the honest figure. Ties go to the newer case, and to the older one of equal diffs: the same answer in whatever
+    order the rows were read (per page, or with a route's slice)."""
     per_model: dict[str, AnyRow] = {}
     for row in rows:
         worst = per_model.get(row.model)
-        if worst is None or (row.max_abs_diff or 0) > (worst.max_abs_diff or 0):
+        if worst is None or ((row.max_abs_diff or 0), -row.id) > ((worst.max_abs_diff or 0), -worst.id):
             per_model[row.model] = row
-    return max(rows, key=lambda r: r.recorded_at), per_model
+    return max(rows, key=lambda r: (r.recorded_at, r.id)), per_model
 
 
 def unknown_models(session: Session, models: tuple[str, ...] | list[str]) -> list[str]:
@@ -1097,7 +1098,7 @@ def _split_queries(exporter: bool) -> tuple[Select[*tuple[Any, ...]], Select[*tu
     evidence = (
         select(export.environment_id.label("export_id"), runtime.environment_id.label("runtime_id"), runtime.model,
                export.exporter, export.opset, runtime.opset_emitted, runtime.max_abs_diff, runtime.target,
-               runtime.recorded_at, runtime.run_id)
+               runtime.recorded_at, runtime.run_id, runtime.id)
         .where(*conditions, runtime.environment_id.in_(bindparam("runtimes", expanding=True)))
     )
     return pairs, evidence

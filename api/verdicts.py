@@ -7,7 +7,7 @@ import gc
 import heapq
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
@@ -219,6 +219,12 @@ class _Slice:
             return self.by_model.get(models[0], {})
         return {k: m for x in models for k, m in self.by_model.get(x, {}).items()}
 
+    def keys(self, models: tuple[str, ...]) -> Collection[int]:
+        """The keys of measured(models), without building its dict."""
+        if len(models) == 1:
+            return self.by_model.get(models[0], {}).keys()
+        return set().union(*(self.by_model.get(x, {}).keys() for x in models))
+
     def passed(self, models: tuple[str, ...]) -> frozenset[int]:
         """The keys of the environments in which every one of `models` passed. Each model's are gathered once per
         slice: a chains answer weighed every environment's outcomes for them anew (issue 14)."""
@@ -345,6 +351,19 @@ class MeasuredIndex:
         if self._spans[0] != version:
             self._spans = (version, {})  # replaced whole: a reader fills one version's
         return self._spans[1]
+
+    def holds(self, version: int, routes: Iterable[str], exporter: str | None, target: str | None,
+              models: Iterable[str]) -> bool:
+        """Whether answers on `routes` about `models` at `version` need no read of any size: every slice they weigh
+        holds the models at that version, and each route's signatures were read (the details of a narrowed slice's
+        outcomes may still be read, a few rows)."""
+        wanted = set(models)
+        for route in routes:
+            held = self._slices.get((route, exporter, target))
+            if held is None or held.version != version or not held.models.issuperset(wanted):
+                return False
+        return self._environments[0] == version and self._signature_rows[0] == version \
+            and set(routes) <= self._signature_rows[1].keys()
 
     def signature_rows(self, session: Session, version: int, routes: set[str],
                        ) -> dict[str, dict[str, list[tuple[int, dt.datetime, dt.datetime]]]]:
@@ -688,6 +707,17 @@ def _fix(comparer: _Comparer, ranked: Ranked, models: tuple[str, ...]) -> _FixPi
 
 # -- the verdict ---------------------------------------------------------------------------------------------------
 
+def held_in_memory(facts: queries.FactsCache, pins: Pins, models: Iterable[str], routes: Iterable[str] | None,
+                   exporter: str | None, target: str | None) -> bool:
+    """Whether check() would answer from what `facts` hold at the data version last read (MeasuredIndex.holds), with
+    no statement of any size: an answer then costs milliseconds of CPU and no wait (api/routes/check.py)."""
+    version = facts.version.held()
+    index = facts.derived.get("measured")
+    return version is not None and isinstance(index, MeasuredIndex) and index.holds(
+        version, list(dict.fromkeys(routes)) if routes else routes_for(pins), exporter, target,
+        dict.fromkeys(models))
+
+
 def routes_for(pins: Pins) -> list[str]:
     """The routes whose converter (or runtime) the file pins, in the routes table's order."""
     return [r for r in ROUTES if all(p in pins.pins for p in ROUTE_PACKAGES.get(r, ()))]
@@ -735,8 +765,8 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
     fixes: dict[str, _FixPick | None] = {}
     comparers: dict[tuple[str, ...], _Comparer] = {}  # routes that weigh the same packages share one (and its memo)
     for route in chosen:
-        comparer = comparers.setdefault(_matters(route), _Comparer(pins, route))
-        ranked = comparer.rank(slices[route].columns(), slices[route].measured(models))
+        comparer = comparers.get(_matters(route)) or comparers.setdefault(_matters(route), _Comparer(pins, route))
+        ranked = comparer.rank(slices[route].columns(), slices[route].keys(models))
         for model in models:
             picks.append(_pick(comparer, ranked, model, route, exporter))
         fixes[route] = _fix(comparer, ranked, models)
@@ -745,7 +775,8 @@ def check(session: Session, pins: Pins, models: Iterable[str], routes: Iterable[
                                      if p.evidence is not None and not p.passed}, facts,
                            next(iter(slices.values())).version)
     results = [p.out(seen) for p in picks]
-    shown = {n: _shown(p) for n, p in pins.pins.items() if any(n in _matters(r) for r in chosen)}
+    weighed = {n for r in chosen for n in _matters(r)}
+    shown = {n: _shown(p) for n, p in pins.pins.items() if n in weighed}
     return CheckOut(
         file=pins.path, format=pins.kind, python=pins.python, pins=shown, models=list(models), routes=chosen,
         exporter=exporter, verdict=max((r.verdict for r in results), key=_WORST.__getitem__), results=results,

@@ -13,7 +13,10 @@ printed. Each app runs under uvicorn in server processes of its own (--workers, 
 - cache hits: /chains and /lockfile over 30 URLs, each primed until every server process holds its answer. The
   response cache answers them before routing, so they measure the cache, not the store.
 - uncached /chains: the response cache off, and every request a distinct query (models, route, python, require,
-  exporter) that no earlier request asked, so neither the response cache nor a warmed plan answers it.
+  exporter) that no earlier request asked, so neither the response cache nor a warmed plan answers it. Before
+  them each server process holds the per-version index a running server holds (api/verdicts.py MeasuredIndex):
+  grown by one plain question per route, model and exporter (index_questions), asked of every process and never
+  measured. What growing it costs is the row below, the first answer after a write.
 - POST /check: distinct realistic requirements.txt bodies (a measured environment's hashed lock, some with one
   pin moved, 1-3 models, every route the file pins or one named), response cache off.
 - the first answer after a write: a committed write moves the data version, and the server process that answers
@@ -398,6 +401,13 @@ def queries(kind: str) -> list[str]:
     return out
 
 
+def index_questions() -> list[str]:
+    """/chains for one model on one route, of any exporter and of each: every slice and model the answers weigh. The
+    measured questions skip them (Distinct.seen)."""
+    return [f"/api/v1/chains?models={model}&route={route}" + (f"&exporter={exporter}" if exporter else "")
+            for route in ROUTES for model in MODELS for exporter in (None, *EXPORTERS)]
+
+
 class Distinct:
     """Requests of one kind, each handed out once: every wrk invocation gets requests no earlier one sent."""
 
@@ -513,7 +523,8 @@ def main() -> int:
     parser.add_argument("--pace", type=float, default=0.5,
                         help="uncached loads are also measured paced at this fraction of their saturated rate")
     parser.add_argument("--batch", type=int, default=1500,
-                        help="distinct requests handed to one wrk run (more are sent again in the same order)")
+                        help="distinct requests handed to one wrk run at least; more where the run will send more at "
+                             "the rate expected (any sent again are counted in the row)")
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}, server processes: {args.workers}, wrk: 1 thread, {args.connections} connections,"
           f" {args.seconds:g} s per measurement; load average at start: {_loadavg()}", flush=True)
@@ -569,14 +580,14 @@ def main() -> int:
         return load
 
     def measure_distinct(label: str, rows: str, base: str, source: Distinct) -> None:
-        def batch() -> list[Request]:  # a fresh batch per wrk run
-            return source.take(args.batch)
+        def batch(rate: float) -> list[Request]:  # a fresh batch per wrk run, as many as it will send at `rate`
+            return source.take(max(args.batch, math.ceil(rate * max(args.seconds, 3) * 1.3)))
 
-        wrk(base, batch(), 1, args.connections)  # warm-up: connections and the per-process environment facts
-        load = wrk(base, batch(), args.seconds, args.connections)
+        warm = wrk(base, source.take(args.batch), 1, args.connections)  # warm-up: connections, per-process facts
+        load = wrk(base, batch(warm.rps), args.seconds, args.connections)
         report(label, rows, "uncached, distinct", "saturated", load)
         rate = max(1.0, load.rps * args.pace)
-        report_paced(label, rows, "uncached, distinct", rate, load, paced(base, batch, rate))
+        report_paced(label, rows, "uncached, distinct", rate, load, paced(base, lambda: batch(rate), rate))
 
     with postgres() as server:
         with serve("hello_factory", {}, args.workers) as base:
@@ -600,7 +611,17 @@ def main() -> int:
                     measure_fixed(f"/{kind}", label, "cache hits", base, list(paths))
             env["KNOWNGOOD_RESPONSE_CACHE_SIZE"] = "0"
             with serve("app_factory", env, args.workers) as base:
+                # A server that has answered since the data last changed holds each route's index (api/verdicts.py
+                # MeasuredIndex): grown here by one plain question per route, model and exporter, asked of every
+                # process, none of them a question measured below. What the index costs to build is the row "first
+                # answer after a write".
+                index = index_questions()
+                start = time.perf_counter()
+                prime(base, index, rounds=4 * args.workers)
+                print(f"  index grown by {len(index)} questions x {4 * args.workers} rounds in "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)
                 chains_source = Distinct(chains_query, seed=rows)
+                chains_source.seen.update(index)  # never measured: asked above
                 check_source = Distinct(check_request(locks_of(url)), seed=rows)
                 measure_distinct("/chains", label, base, chains_source)
                 measure_distinct("POST /check", label, base, check_source)

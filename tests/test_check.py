@@ -273,6 +273,25 @@ def test_route_takes_json_and_multipart_alike(shipped_sqlite: str) -> None:
         assert client.post("/api/v1/check", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
 
 
+def test_a_check_the_index_holds_is_answered_without_a_statement(shipped: str) -> None:
+    """POST /check asked again (the index warm, the data version read less than `recheck` ago) reads nothing from
+    the store: it is answered on the event loop, with the same answer as the first, which read its routes. Asked
+    after the version moved, it reads them again, on SQLite and PostgreSQL alike."""
+    body = {"filename": "requirements.txt", "text": BAD.read_text(), "models": "resnet,control_flow_script"}
+    with TestClient(create_app(Settings(database_url=shipped, response_cache_recheck=60))) as client:
+        statements: list[str] = []
+        event.listen(client.app.state.engine, "before_cursor_execute",  # type: ignore[attr-defined]
+                     lambda _c, _cur, statement, *_: statements.append(statement))
+        first = client.post("/api/v1/check", json=body)
+        assert first.status_code == 200 and first.json()["verdict"] == "known-bad" and statements
+        statements.clear()
+        again = client.post("/api/v1/check", json=body)
+        assert again.json() == first.json() and statements == []
+        client.app.state.response_cache.clear()  # type: ignore[attr-defined]  # as an ingest does: read again
+        assert client.post("/api/v1/check", json=body).json() == first.json()
+        assert any("data_change" in statement for statement in statements)
+
+
 # -- /chains explains an empty answer ---------------------------------------------------------------------------
 
 def test_chains_say_what_was_measured_and_the_closest_failures(shipped: str) -> None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api import queries, verdicts
 from api.routes.params import errors, json_response
 from api.schemas import CheckOut
-from store.pins import PinsError, decode, parse
+from store.pins import Pins, PinsError, decode, parse
 
 router = APIRouter(tags=["check"])
 
@@ -65,14 +65,39 @@ async def check(request: Request) -> Response:
         raise HTTPException(415, detail=f"expected application/json or multipart/form-data, got {content_type!r}")
     # Serialized here, as /chains does: returned as a model, FastAPI would dump it, validate the dump against
     # response_model and encode that, three passes over the answer where one will do (issue 14).
-    return json_response(await run_in_threadpool(_answer, request, doc))
+    if len(doc.text) > IN_LOOP_BYTES:
+        return json_response(await run_in_threadpool(_answer, request, doc, _pins(doc)))
+    # A lock of usual size is read here, on the event loop: a millisecond of CPU. When the answer then needs no read
+    # either (the per-version index holds what it weighs, api/verdicts.py), it is answered here too. A thread hop
+    # only added the wait for the interpreter lock, which the loop and every answer share: POST /check's p99
+    # (issue 14). Anything that reads the store goes to the thread pool, so that the loop never waits on it.
+    pins = _pins(doc)
+    facts = request.app.state.env_facts
+    if facts.version.held() is None:  # once per `recheck` seconds: the one read, in the pool; the answer may still
+        await run_in_threadpool(_read_version, request)  # come from memory (answered in the pool, it was the p99)
+    if verdicts.held_in_memory(facts, pins, queries.split_names(doc.models), queries.split_names(doc.routes) or None,
+                               doc.exporter or None, doc.target or None):
+        return json_response(_answer(request, doc, pins))
+    return json_response(await run_in_threadpool(_answer, request, doc, pins))
 
 
-def _answer(request: Request, doc: CheckIn) -> CheckOut:
+# Larger files are read in the thread pool: a five-megabyte lock would hold the event loop for a noticeable time.
+IN_LOOP_BYTES = 256_000
+
+
+def _pins(doc: CheckIn) -> Pins:
     try:
-        pins = parse(doc.text, doc.filename, python=doc.python)
+        return parse(doc.text, doc.filename, python=doc.python)
     except PinsError as exc:
         raise queries.QueryError("file", str(exc)) from None
+
+
+def _read_version(request: Request) -> None:
+    with request.app.state.read_sessionmaker() as session:
+        request.app.state.env_facts.version.read(session)
+
+
+def _answer(request: Request, doc: CheckIn, pins: Pins) -> CheckOut:
     with request.app.state.read_sessionmaker() as session:
         return verdicts.check(session, pins, queries.split_names(doc.models), queries.split_names(doc.routes) or None,
                               doc.exporter or None, request.app.state.env_facts, doc.target or None)
