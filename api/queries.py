@@ -356,7 +356,7 @@ def known_good_chain_page(
     One aggregate over the outcome rows (current passes, kept by store/outcomes.py) finds the candidates; their
     key versions come from `facts` (read once per environment and process), so a request reads no package rows
     unless a `require` names a package outside KEY_PACKAGES. The evidence (cases, runs) is read for the page only.
-    `candidates`: the complete environments, when the caller has read them already (verdicts.complete).
+    `candidates`: the complete environments, when the caller has read them already (verdicts.ChainsView).
     `version`: the data version the caller's answer reads at; with `facts`, the evidence read is kept for the
     answers at that version (FactsCache.evidence).
     """
@@ -397,7 +397,8 @@ def known_good_chain_page(
     page = ranked if query.limit is None else ranked[: query.limit]
     if not page:
         return [], len(ranked)
-    envs, evidence = _page_evidence(session, query, page, facts.evidence(version) if facts and version else None)
+    envs, evidence = _page_evidence(session, query, page,
+                                    facts.evidence(version) if facts is not None and version is not None else None)
     chains = []
     for env_id in page:
         env, rows = envs[env_id], evidence[env_id]
@@ -505,6 +506,7 @@ class DataVersion:
     def __init__(self, recheck: float = 0.0) -> None:
         self.recheck = recheck
         self._held: tuple[int, float] | None = None  # (version, when its read began), replaced whole
+        self._forgotten = 0  # forget() calls: a read that began before one is not kept
 
     def held(self) -> int | None:
         """The version read less than `recheck` seconds ago, if there is one."""
@@ -514,13 +516,15 @@ class DataVersion:
     def read(self, session: Session) -> int:
         version = self.held()
         if version is None:
-            began = time.monotonic()  # the window starts before the read: never longer than `recheck`
+            began, forgotten = time.monotonic(), self._forgotten  # the window starts before the read
             version = data_version(session)
-            self._held = (version, began)
+            if forgotten == self._forgotten:  # else it may predate this process's own write: asked again next time
+                self._held = (version, began)
         return version
 
     def forget(self) -> None:
         """Read again by the next answer: this process has just changed the data."""
+        self._forgotten += 1
         self._held = None
 
 

@@ -301,8 +301,10 @@ class MeasuredIndex:
     Every /chains answer and every check weighed each measured environment of its routes anew, a row and an object
     per environment read and built per request: most of what they cost at a million steps (issue 14). A slice is
     read again when the data version (the `data_change` counter) moves, so an answer never mixes versions; the
-    first answer after new results reads what it asks about, as every answer did before. The details of the cases
-    an answer cites are read per answer (`_details`), into the outcomes of the version they belong to.
+    first answer after new results reads what it asks about. A route's own slice reads with each model the details
+    of the cases its outcomes stand for and the evidence of its passes (_read_slice); a narrowed slice's answers
+    read the details of what they cite (`_details`), into the outcomes of the version they belong to. Each route's
+    signature spans are read the first time an answer cites one (signature_rows).
     """
 
     # Slices held at once, the most recently used: every route's, and a few narrowed by an exporter or a target. A
@@ -555,7 +557,7 @@ class _Comparer:
         total = np.array([_vector(self._python_difference(p)) for p in pythons], dtype=np.int64)[rows]
         for name, pin, memo in self._lookups:
             values, rows = columns.versions[name]
-            total += np.array([_vector(self._difference(name, pin, memo, have)) for have in values],
+            total += np.array([_vector(self._difference(pin, memo, have)) for have in values],
                               dtype=np.int64)[rows]
         chosen = np.fromiter(map(columns.row.__getitem__, keys), dtype=np.intp)
         total = total[chosen]
@@ -571,8 +573,7 @@ class _Comparer:
         return found  # type: ignore[no-any-return]
 
     @staticmethod
-    def _difference(name: str, pin: FilePin, memo: dict[str | None, _Entry | None], have: str | None
-                    ) -> _Entry | None:
+    def _difference(pin: FilePin, memo: dict[str | None, _Entry | None], have: str | None) -> _Entry | None:
         found = memo.get(have, _UNSEEN)
         if found is _UNSEEN:
             found = memo[have] = _entry(None if have is not None and pin.allows(have)
@@ -585,8 +586,8 @@ class _Comparer:
 
     def score(self, env: Measured) -> tuple[tuple[Diff, ...], Distance]:
         """differences() and their distance: (packages changed, then |Δmajor|, |Δminor|, |Δmicro| summed), fewest
-        changes first, then smallest moves. A check scores every measured environment: each (package, version) is
-        compared and its move measured once, in a memo per package (issue 14)."""
+        changes first, then smallest moves. rank() orders every environment by the same distance in columns; this
+        scores the few an answer shows, and the memo per package is shared with rank()."""
         versions = env.versions
         found = self._python_difference(env.python)
         entries = [] if found is None else [found]
@@ -594,7 +595,7 @@ class _Comparer:
             have = versions.get(name)
             if have is None and name == "tensorflow":  # TensorFlow under either name: to a user they are one
                 have = versions.get("tensorflow-cpu")
-            found = self._difference(name, pin, memo, have)
+            found = self._difference(pin, memo, have)
             if found is not None:
                 entries.append(found)
         if not entries:

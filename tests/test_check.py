@@ -463,6 +463,28 @@ def test_answers_within_recheck_share_one_read_of_the_data_version(shipped_sqlit
     engine.dispose()
 
 
+def test_a_version_read_across_this_process_write_is_not_kept(shipped_sqlite: str) -> None:
+    """A data version read that began before this process stored something (forget(), as an ingest's cache.clear()
+    calls it) answers its own request but is not held: the next answer reads the version again."""
+    engine = make_engine(shipped_sqlite)
+    version = queries.DataVersion(recheck=60)
+    reads: list[str] = []
+
+    def during_read(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if "FROM data_change" in statement:
+            reads.append(statement)
+            if len(reads) == 1:
+                version.forget()  # a write of this process lands while the first read is under way
+
+    event.listen(engine, "before_cursor_execute", during_read)
+    with make_sessionmaker(engine)() as session:
+        first = version.read(session)
+        assert version.held() is None  # not kept: it may predate the write
+        assert version.read(session) == first and len(reads) == 2
+        assert version.held() == first and version.read(session) == first and len(reads) == 2  # kept now
+    engine.dispose()
+
+
 def test_answers_asked_at_once_read_each_slice_once(shipped: str) -> None:
     """Eight answers asked at once through one facts cache (the app's, under load) read a route's outcomes once,
     not once each, and all get the same environments."""
