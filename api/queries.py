@@ -6,10 +6,10 @@ import datetime as dt
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -194,7 +194,7 @@ def read_evidence(session: Session, facts: FactsCache, version: int, route: str,
     for row in session.connection().execute(_EVERY_ENVIRONMENTS_EVIDENCE, {"models": sorted(models), "route": route}):
         if row.environment_id in read and row.model in read[row.environment_id]:
             read[row.environment_id][row.model].append(row)
-    held = facts.evidence(version)
+    held = facts.evidence.at(version)
     for env_id, per_model in read.items():  # one dict item at a time: safe across threads
         key = (route, None, None, env_id)
         held[key] = {**held.get(key, {}), **per_model}
@@ -240,13 +240,8 @@ class FactsCache:
         self._weighed: dict[str, dict[int, dict[str, str]]] = {}  # route → environment id → route_versions
         # What readers above derive from the store and keep as long as these facts (api/verdicts.py MeasuredIndex).
         self.derived: dict[str, Any] = {}
-        self._evidence: tuple[int, Evidence] = (-1, {})
-
-    def evidence(self, version: int) -> Evidence:
-        """The chains pages' evidence read at data `version` (_page_evidence), shared by the answers at it."""
-        if self._evidence[0] != version:
-            self._evidence = (version, {})  # replaced whole: a reader fills one version's
-        return self._evidence[1]
+        # The chains pages' evidence read at each data version (_page_evidence, read_evidence).
+        self.evidence: PerVersion[Evidence] = PerVersion(dict)
 
     def requested(self, session: Session, env_ids: Collection[int]) -> dict[int, tuple[str, ...]]:
         """The requirements each environment was asked with (fixed when it is stored, like the facts)."""
@@ -398,7 +393,7 @@ def known_good_chain_page(
     if not page:
         return [], len(ranked)
     envs, evidence = _page_evidence(session, query, page,
-                                    facts.evidence(version) if facts is not None and version is not None else None)
+                                    facts.evidence.at(version) if facts is not None and version is not None else None)
     chains = []
     for env_id in page:
         env, rows = envs[env_id], evidence[env_id]
@@ -494,6 +489,29 @@ def known_models(session: Session) -> set[str]:
 
 
 _DATA_VERSION = select(DataChange.counter).where(DataChange.id == 1)
+
+
+_T = TypeVar("_T")
+
+
+class PerVersion(Generic[_T]):
+    """What answers derive from the store at one data version, shared by the answers at it: made anew (empty) the
+    first time it is asked for at another version, and replaced whole, so a reader fills one version's."""
+
+    def __init__(self, make: Callable[[], _T]) -> None:
+        self._make = make
+        self._held: tuple[int, _T] = (-1, make())
+
+    def at(self, version: int) -> _T:
+        held = self._held
+        if held[0] != version:
+            held = self._held = (version, self._make())
+        return held[1]
+
+    def peek(self, version: int) -> _T | None:
+        """The value at `version` if one was made, without making it."""
+        held = self._held
+        return held[1] if held[0] == version else None
 
 
 class DataVersion:

@@ -96,19 +96,6 @@ def _matters(route: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*KEY_PACKAGES, *ROUTE_PACKAGES.get(route, ()))))
 
 
-def measured(session: Session, models: Iterable[str], route: str, exporter: str | None,
-             facts: queries.FactsCache | None = None, target: str | None = None) -> dict[int, Measured]:
-    """Every environment with a recorded case of `models` on `route`; a skipped case is no evidence either way.
-
-    Per (environment, model): the newest current pass, else the newest current failure, of joint environments
-    (a superseded result is no evidence, issue 15; a runtime environment's case of a split chain is evidence only
-    together with its export side). Read from the route's slice of the store at its data version (_Slice): the
-    Measured it returns are shared with other answers and hold every model's outcome, so read only the requested
-    models' and never write them.
-    """
-    return measured_routes(session, models, (route,), exporter, facts, target)[route]
-
-
 # An environment as explain_chains counts it: id, locked (resolved), signed (a reason it did not resolve or run).
 EnvironmentRow = tuple[int, bool, bool]
 
@@ -116,18 +103,18 @@ EnvironmentRow = tuple[int, bool, bool]
 def measured_routes(session: Session, models: Iterable[str], routes: Iterable[str], exporter: str | None,
                     facts: queries.FactsCache | None = None, target: str | None = None,
                     ) -> dict[str, dict[int, Measured]]:
-    """measured() for several routes at once, joint environments and split pairs (a check weighs every route its
-    file pins)."""
+    """Per route, every environment with a recorded case of `models` on it, joint environments and split pairs; a
+    skipped case is no evidence either way.
+
+    Per (environment, model): the newest current pass, else the newest current failure, of joint environments
+    (a superseded result is no evidence, issue 15; a runtime environment's case of a split chain is evidence only
+    together with its export side). Read from the route's slice of the store at its data version (_Slice): the
+    Measured it returns are shared with other answers and hold every model's outcome, so read only the requested
+    models' and never write them.
+    """
     models = tuple(models)
     slices = _measured_routes(session, models, routes, exporter, facts, target)[0]
     return {route: held.measured(models) for route, held in slices.items()}
-
-
-def measured_chains(session: Session, query: queries.ChainQuery, facts: queries.FactsCache | None = None,
-                    ) -> tuple[dict[int, Measured], list[EnvironmentRow]]:
-    """measured() for a chains query, and the environments explain_chains counts (of the query's python)."""
-    view = chains_view(session, query, facts)
-    return view.envs, view.environments
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +177,7 @@ def _measured_routes(session: Session, models: tuple[str, ...], routes: Iterable
 
 
 Facts = tuple[dict[int, queries.EnvironmentFacts], dict[int, int]]
+Seen = tuple[int, dt.datetime, dt.datetime]  # where a signature was seen: environment, first and last time
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,8 +303,9 @@ class MeasuredIndex:
         # Each slice is replaced whole, never mutated: a reader holds one version's.
         self._slices: OrderedDict[tuple[str, str | None, str | None], _Slice] = OrderedDict()
         self._environments: tuple[int, list[tuple[int, str, bool, bool]]] = (-1, [])
-        self._spans: tuple[int, dict[tuple[str, str], SignatureSeen | None]] = (-1, {})
-        self._signature_rows: tuple[int, dict[str, dict[str, list[tuple[int, dt.datetime, dt.datetime]]]]] = (-1, {})
+        # Where each (signature, route) was seen (signatures_seen; None: nowhere), and the rows that says so per route.
+        self.spans: queries.PerVersion[dict[tuple[str, str], SignatureSeen | None]] = queries.PerVersion(dict)
+        self._signature_rows: queries.PerVersion[dict[str, dict[str, list[Seen]]]] = queries.PerVersion(dict)
         self._lock = threading.Lock()
         self._building: dict[tuple[str, str | None, str | None], threading.Lock] = {}
 
@@ -348,13 +337,7 @@ class MeasuredIndex:
                 self._slices.popitem(last=False)
         return held
 
-    def spans(self, version: int) -> dict[tuple[str, str], SignatureSeen | None]:
-        """Where each (signature, route) was seen (signatures_seen), as read at `version`; None: nowhere."""
-        if self._spans[0] != version:
-            self._spans = (version, {})  # replaced whole: a reader fills one version's
-        return self._spans[1]
-
-    def holds(self, version: int, routes: Iterable[str], exporter: str | None, target: str | None,
+    def holds(self, version: int, routes: Collection[str], exporter: str | None, target: str | None,
               models: Iterable[str]) -> bool:
         """Whether answers on `routes` about `models` at `version` need no read of any size: every slice they weigh
         holds the models at that version, and each route's signatures were read (the details of a narrowed slice's
@@ -364,20 +347,17 @@ class MeasuredIndex:
             held = self._slices.get((route, exporter, target))
             if held is None or held.version != version or not held.models.issuperset(wanted):
                 return False
-        return self._environments[0] == version and self._signature_rows[0] == version \
-            and set(routes) <= self._signature_rows[1].keys()
+        read = self._signature_rows.peek(version)
+        return self._environments[0] == version and read is not None and set(routes) <= read.keys()
 
     def signature_rows(self, session: Session, version: int, routes: set[str],
-                       ) -> dict[str, dict[str, list[tuple[int, dt.datetime, dt.datetime]]]]:
+                       ) -> dict[str, dict[str, list[Seen]]]:
         """Per route of `routes`, where each signature was seen on it (_SIGNATURE_ROWS), as read at `version`: every
         signature of a route in one read, the first time an answer cites one. Read per signature, a common one cost
         a check eight milliseconds at a million steps, once for every signature cited (issue 14)."""
-        held_version, by_route = self._signature_rows
-        if held_version != version:
-            by_route = {}
-            self._signature_rows = (version, by_route)  # replaced whole: a reader fills one version's
+        by_route = self._signature_rows.at(version)
         for route in sorted(routes - by_route.keys()):
-            rows: dict[str, list[tuple[int, dt.datetime, dt.datetime]]] = defaultdict(list)
+            rows: dict[str, list[Seen]] = defaultdict(list)
             for signature, env_id, first, last in session.connection().execute(_SIGNATURE_ROWS, {"route": route}):
                 if signature is not None:
                     rows[signature].append((env_id, first, last))
@@ -891,7 +871,7 @@ def signatures_seen(session: Session, wanted: set[tuple[str | None, str]],
     # and its read was the slowest statement of a check (issue 14).
     index: MeasuredIndex = facts.derived.setdefault("measured", MeasuredIndex())
     version = facts.version.read(session) if version is None else version
-    held = index.spans(version)
+    held = index.spans.at(version)
     todo = pairs - held.keys()
     if todo:
         rows = index.signature_rows(session, version, {r for _, r in todo})
@@ -900,7 +880,7 @@ def signatures_seen(session: Session, wanted: set[tuple[str | None, str]],
     return {pair: seen for pair in pairs if (seen := held[pair]) is not None}
 
 
-# Per signature seen on a route: (environment, first seen, last seen) per environment.
+# Per signature seen on a route: (environment, first seen, last seen) per environment (Seen).
 _SIGNATURE_ROWS = (
     select(Case.signature, Case.environment_id, func.min(Case.recorded_at), func.max(Case.recorded_at))
     .where(Case.route == bindparam("route"), Case.signature.is_not(None))
@@ -908,8 +888,7 @@ _SIGNATURE_ROWS = (
 )
 
 
-def _span(session: Session, facts: queries.FactsCache, route: str,
-          rows: list[tuple[int, dt.datetime, dt.datetime]] | None) -> SignatureSeen | None:
+def _span(session: Session, facts: queries.FactsCache, route: str, rows: list[Seen] | None) -> SignatureSeen | None:
     """Where one signature was seen on `route`: (environment, first, last) per environment, folded."""
     if not rows:
         return None

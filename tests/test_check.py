@@ -324,7 +324,7 @@ def test_a_split_export_that_failed_is_the_near_miss_where_nothing_else_meets_th
 
 
 def test_chains_counts_read_with_the_outcomes_are_the_environments_counted_one_by_one(shipped: str) -> None:
-    """measured_chains reads the environments beside the outcome rows, and the facts cache weighs each environment's
+    """chains_view reads the environments beside the outcome rows, and the facts cache weighs each environment's
     requirements once per route: the counts agree with weighing every environment row on its own, for every route,
     with and without a python, through one cache shared by all the questions."""
     engine = make_engine(shipped)
@@ -335,7 +335,8 @@ def test_chains_counts_read_with_the_outcomes_are_the_environments_counted_one_b
         for route in ROUTES:
             for python in (None, "3.11"):
                 query = queries.ChainQuery.parse("resnet", route, python=python)
-                measured, every = verdicts.measured_chains(session, query, shared)
+                view = verdicts.chains_view(session, query, shared)
+                measured, every = view.envs, view.environments
                 ran = {i for m in measured.values() if python in (None, m.python)  # the production side's python
                        for i in (m.env_id, m.research_id) if i is not None}
                 asked = [e for e in envs if (python is None or e.python == python) and e.id not in ran
@@ -349,7 +350,7 @@ def test_chains_counts_read_with_the_outcomes_are_the_environments_counted_one_b
 
 
 def test_a_routes_versions_are_the_key_pins_and_its_own_packages_read_once(shipped: str) -> None:
-    """measured() takes each environment's versions on a route from the facts cache: the key packages plus the
+    """measured_routes() takes each environment's versions on a route from the facts cache: the key packages plus the
     route's own converter (onnx2tf, onnx-tf, nobuco, litert-torch), exactly as the environment's package rows say,
     for joint environments and split pairs alike; asked again, through the same cache, it reads no package row."""
     engine = make_engine(shipped)

@@ -65,20 +65,20 @@ async def check(request: Request) -> Response:
         raise HTTPException(415, detail=f"expected application/json or multipart/form-data, got {content_type!r}")
     # Serialized here, as /chains does: returned as a model, FastAPI would dump it, validate the dump against
     # response_model and encode that, three passes over the answer where one will do (issue 14).
-    if len(doc.text) > IN_LOOP_BYTES:
-        return json_response(await run_in_threadpool(_answer, request, doc, _pins(doc)))
+    question = _Question(_pins(doc) if len(doc.text) <= IN_LOOP_BYTES else None, doc)
+    if question.pins is None:
+        return json_response(await run_in_threadpool(question.answer, request))
     # A lock of usual size is read here, on the event loop: a millisecond of CPU. When the answer then needs no read
     # either (the per-version index holds what it weighs, api/verdicts.py), it is answered here too. A thread hop
     # only added the wait for the interpreter lock, which the loop and every answer share: POST /check's p99
     # (issue 14). Anything that reads the store goes to the thread pool, so that the loop never waits on it.
-    pins = _pins(doc)
     facts = request.app.state.env_facts
     if facts.version.held() is None:  # once per `recheck` seconds: the one read, in the pool; the answer may still
         await run_in_threadpool(_read_version, request)  # come from memory (answered in the pool, it was the p99)
-    if verdicts.held_in_memory(facts, pins, queries.split_names(doc.models), queries.split_names(doc.routes) or None,
-                               doc.exporter or None, doc.target or None):
-        return json_response(_answer(request, doc, pins))
-    return json_response(await run_in_threadpool(_answer, request, doc, pins))
+    if verdicts.held_in_memory(facts, question.pins, question.models, question.routes, question.exporter,
+                               question.target):
+        return json_response(question.answer(request))
+    return json_response(await run_in_threadpool(question.answer, request))
 
 
 # Larger files are read in the thread pool: a five-megabyte lock would hold the event loop for a noticeable time.
@@ -92,15 +92,25 @@ def _pins(doc: CheckIn) -> Pins:
         raise queries.QueryError("file", str(exc)) from None
 
 
+class _Question:
+    """A check's file and options, its names split once; the file read here, or (pins None) where it is answered."""
+
+    def __init__(self, pins: Pins | None, doc: CheckIn) -> None:
+        self.pins, self.doc = pins, doc
+        self.models = queries.split_names(doc.models)
+        self.routes = queries.split_names(doc.routes) or None
+        self.exporter, self.target = doc.exporter or None, doc.target or None
+
+    def answer(self, request: Request) -> CheckOut:
+        pins = _pins(self.doc) if self.pins is None else self.pins
+        with request.app.state.read_sessionmaker() as session:
+            return verdicts.check(session, pins, self.models, self.routes, self.exporter,
+                                  request.app.state.env_facts, self.target)
+
+
 def _read_version(request: Request) -> None:
     with request.app.state.read_sessionmaker() as session:
         request.app.state.env_facts.version.read(session)
-
-
-def _answer(request: Request, doc: CheckIn, pins: Pins) -> CheckOut:
-    with request.app.state.read_sessionmaker() as session:
-        return verdicts.check(session, pins, queries.split_names(doc.models), queries.split_names(doc.routes) or None,
-                              doc.exporter or None, request.app.state.env_facts, doc.target or None)
 
 
 def _multipart(body: bytes, content_type: str) -> dict[str, Any]:
