@@ -144,6 +144,7 @@ _INCLUDES = ("-r", "--requirement", "-c", "--constraint")
 _EDITABLE = ("-e", "--editable")
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _OPTIONS = re.compile(r"\s+(?=--?[A-Za-z])")
+_OPTION_LINE = re.compile(r"\s*--?[A-Za-z]")  # a physical line that starts with an option (_OPTIONS)
 
 
 # Lock lines repeat across files (`numpy==1.26.4` is in most of them): each distinct line and specifier goes through
@@ -158,10 +159,21 @@ _specifier_set = lru_cache(maxsize=8192)(SpecifierSet)
 # the general parser cost a check two milliseconds per hundred-line lock whose lines it had not seen (issue 14).
 # Anything else (extras, markers, URLs, other operators, unnormalized versions) goes through packaging.
 _EXACT = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==([0-9][0-9A-Za-z.+!]*)")
+# The same, where the name is already canonical and the version already in the form str(Version) writes (PEP 440's
+# normal form: no leading zeros, a|b|rc, .post, .dev, a lowercase local part): taken with no Version at all. Locks
+# of a hundred lines seen for the first time spent most of their parse in Version (issue 14).
+_NUMBER = r"(?:0|[1-9][0-9]*)"
+_NORMAL = re.compile(
+    rf"([a-z0-9]+(?:-[a-z0-9]+)*)==((?:[1-9][0-9]*!)?{_NUMBER}(?:\.{_NUMBER})*(?:(?:a|b|rc){_NUMBER})?"
+    rf"(?:\.post{_NUMBER})?(?:\.dev{_NUMBER})?(?:\+(?:[a-z0-9]*[a-z][a-z0-9]*|{_NUMBER})"
+    rf"(?:\.(?:[a-z0-9]*[a-z][a-z0-9]*|{_NUMBER}))*)?)"
+)
 
 
 @lru_cache(maxsize=8192)  # lines repeat across files, as for _requirement
 def _exact_pin(text: str) -> tuple[str, str] | None:
+    if match := _NORMAL.fullmatch(text):
+        return match[1], f"=={match[2]}"
     match = _EXACT.fullmatch(text)
     if match is None:
         return None
@@ -175,11 +187,21 @@ def _exact_pin(text: str) -> tuple[str, str] | None:
 
 
 def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
-    """(first physical line number, logical line) with backslash continuations joined, as pip reads them."""
+    """(first physical line number, logical line) with backslash continuations joined, as pip reads them.
+
+    A continuation line that starts with an option (`    --hash=sha256:…`, most lines of a hashed lock) is left
+    out of the join once the logical line has begun: what a reader takes from a line is the text before its first
+    option, which such a line comes after, and a comment in it only cuts text after that."""
     start, parts = 0, list[str]()
     for number, line in enumerate(text.splitlines(), start=1):
         if not parts:
             start = number
+        elif _OPTION_LINE.match(line):
+            if line.endswith("\\"):
+                continue
+            yield start, " ".join(parts)
+            parts = []
+            continue
         if line.endswith("\\") and not line.lstrip().startswith("#"):
             parts.append(line[:-1])
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -111,15 +112,19 @@ def test_python_option_fills_in_only_where_the_file_does_not_say() -> None:
 
 
 PLAIN = ("torch==2.0.1", "onnx_tf==1.10.0", "Pillow==10.4.0", "tensorflow-cpu==2.15.1", "numpy==2.0.0rc1",
-         "torch==2.5.1+cpu", "a==1.0.post1", "x.y==1!2.0", "zope.interface==7.2", "z==1.0.dev3")
+         "torch==2.5.1+cpu", "a==1.0.post1", "x.y==1!2.0", "zope.interface==7.2", "z==1.0.dev3",
+         "a-b==2!1.0rc2.post3.dev4+ubuntu.7", "torch==2.5.1+cu121.0a", "n==0.0", "n==10.0b0")
 
 
 @pytest.mark.parametrize("text", [
     "torch==2.0.1", "onnx_tf==1.10.0", "Pillow==10.4.0", "tensorflow-cpu==2.15.1", "numpy==2.0.0rc1",
     "torch==2.5.1+cpu", "a==1.0.post1", "x.y==1!2.0", "zope.interface==7.2", "z==1.0.dev3",
+    "a-b==2!1.0rc2.post3.dev4+ubuntu.7", "torch==2.5.1+cu121.0a", "n==0.0", "n==10.0b0",
     # not the plain form, or not normalized: packaging reads them
     "torch==v2.0", "torch==2.0.*", "torch==2.0-rc1", "torch[extra]==2.0", "torch ==2.0", "torch===2.0",
     "torch==2.0; python_version < '3.9'", "-torch==2.0", "torch==2.0.", "torch==01.2",
+    "torch==2.0RC1", "torch==1.0c1", "torch==1.0a01", "torch==1.0+CPU", "torch==1.0+abc.01", "torch==0!1.0",
+    "torch==1.0-post1", "torch==1.0.post", "torch==1.0+", "torch==1.0+a_b", "torch==1.0dev1", "torch==00",
 ])
 def test_the_plain_pin_form_reads_as_packaging_reads_it(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A `name==version` line is taken without packaging's general parser only where the answer is packaging's:
@@ -134,4 +139,28 @@ def test_the_plain_pin_form_reads_as_packaging_reads_it(text: str, monkeypatch: 
     assert taken == (text in PLAIN)
     shortcut = read_text()
     monkeypatch.setattr(pins_module, "_exact_pin", lambda _text: None)
+    assert shortcut == read_text()
+
+
+@pytest.mark.parametrize("text", [
+    "torch==2.0.1 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\nonnx==1.14.0\n",
+    "torch \\\n    ==2.0.1 \\\n    --hash=sha256:aa\n",  # the requirement itself continued, then an option
+    "torch==2.0.1 \\\n    --hash=sha256:aa # a comment \\\n    --hash=sha256:bb\nonnx==1.14.0\n",
+    "torch==2.0.1 \\\n  -1\n",  # not an option: joined, and refused as packaging refuses it
+    "--index-url https://example.org/simple \\\n    --extra-index-url https://example.org/b\ntorch==2.0.1\n",
+    "torch==2.0.1 \\\n    --hash=sha256:aa \\\n",  # a continuation at the end of the file
+    "-r \\\n    other.txt\n",
+])
+def test_option_lines_left_out_of_a_join_read_as_when_joined(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A continuation line that starts with an option is not joined to its logical line (a hashed lock is mostly
+    such lines); the file reads the same, or fails the same, as with every line joined."""
+    def read_text() -> object:
+        try:
+            pins = parse(text, "requirements.txt").pins
+            return {n: (p.specifier, p.line) for n, p in pins.items()}
+        except PinsError as exc:
+            return str(exc)
+
+    shortcut = read_text()
+    monkeypatch.setattr(pins_module, "_OPTION_LINE", re.compile(r"(?!)"))  # matches nothing: every line joined
     assert shortcut == read_text()

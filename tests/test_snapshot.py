@@ -192,16 +192,19 @@ def test_a_failure_while_storing_stores_nothing(db_url: str, recorded: dict, fre
                                                 session: Session, monkeypatch: pytest.MonkeyPatch,
                                                 db_counts: Callable) -> None:
     doc = snapshot.parse(_document(session, tmp_path))
-    built = 0
+    assert len(doc.cases) > 4
+    batches = 0
+    insert_cases = snapshot._insert_cases
 
-    def failing_step(**kw: Any) -> Step:
-        nonlocal built
-        built += 1
-        if built == 20:  # well into the cases, after runs, environments and earlier cases were added
+    def failing_batch(s: Session, cases: list[Any]) -> None:
+        nonlocal batches
+        batches += 1
+        if batches == 3:  # well into the cases, after runs, environments and two batches of cases were added
             raise RuntimeError("disk full")
-        return Step(**kw)
+        insert_cases(s, cases)
 
-    monkeypatch.setattr(snapshot, "Step", failing_step)
+    monkeypatch.setattr(snapshot, "_BATCH", 2)
+    monkeypatch.setattr(snapshot, "_insert_cases", failing_batch)
     empty = fresh_db("sqlite" if db_url.startswith("sqlite") else "postgresql")
     engine = make_engine(empty)
     with make_sessionmaker(engine)() as s, pytest.raises(RuntimeError, match="disk full"):
