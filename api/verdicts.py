@@ -7,7 +7,7 @@ import gc
 import heapq
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
@@ -258,28 +258,37 @@ _T = TypeVar("_T")
 @dataclass(frozen=True, slots=True)
 class _Columns:
     """A slice's environments as columns: python and the version of each package the route weighs (TensorFlow under
-    either name), each as its distinct values and every row's index among them, and the order of the rows newest
-    first. A check compares its pins with each distinct value once and adds up the environments' distances column
-    by column in numpy: walking every environment's dict of versions was most of what a check cost (issue 14)."""
+    either name), each as its distinct values; every row as its values' positions in one table of all of them (the
+    distinct values of the first column, then of the next, and so on); and the order of the rows newest first. A
+    check compares its pins with each distinct value once, writes the distances into that table, and sums each
+    row's with one gather: walking every environment's dict of versions was most of what a check cost, and a
+    numpy pass per column half of what was left (issue 14)."""
 
     envs: list[Measured]
     row: dict[int, int]  # Measured.key → its row
-    python: tuple[list[str], npt.NDArray[np.intp]]
-    versions: dict[str, tuple[list[str | None], npt.NDArray[np.intp]]]
+    pythons: list[str]  # the first column's distinct values
+    names: tuple[str, ...]  # the package of each column after the first
+    values: tuple[list[str | None], ...]  # their distinct values
+    codes: npt.NDArray[np.intp]  # columns × rows: each value's position in the table of every column's values
     newest: npt.NDArray[np.intp]  # each row's position in (-place, -research_place): the newest first among equals
 
     @classmethod
     def of(cls, route: str, envs: list[Measured]) -> _Columns:
-        versions: dict[str, tuple[list[str | None], npt.NDArray[np.intp]]] = {}
-        for name in _matters(route):
-            if name == "tensorflow":  # either name: to a user they are one
-                versions[name] = _distinct([m.versions.get(name) or m.versions.get("tensorflow-cpu") for m in envs])
-            elif name != "tensorflow-cpu":
-                versions[name] = _distinct([m.versions.get(name) for m in envs])
+        names = tuple(n for n in _matters(route) if n != "tensorflow-cpu")  # either name: to a user they are one
+        pythons, rows = _distinct([m.python for m in envs])
+        codes = np.empty((1 + len(names), len(envs)), dtype=np.intp)
+        codes[0] = rows
+        offset = len(pythons)
+        values: list[list[str | None]] = []
+        for i, name in enumerate(names, start=1):
+            distinct, rows = _distinct([m.versions.get(name) or m.versions.get("tensorflow-cpu") for m in envs]
+                                       if name == "tensorflow" else [m.versions.get(name) for m in envs])
+            values.append(distinct)
+            codes[i] = rows + offset
+            offset += len(distinct)
         newest = np.empty(len(envs), dtype=np.intp)
         newest[np.lexsort(([-m.research_place for m in envs], [-m.place for m in envs]))] = np.arange(len(envs))
-        return cls(envs, {m.key: i for i, m in enumerate(envs)}, _distinct([m.python for m in envs]), versions,
-                   newest)
+        return cls(envs, {m.key: i for i, m in enumerate(envs)}, pythons, names, tuple(values), codes, newest)
 
 
 def _distinct(column: list[_T]) -> tuple[list[_T], npt.NDArray[np.intp]]:
@@ -533,7 +542,7 @@ class _Comparer:
         self.pinned = pinned
         # Per package, measured version → its difference and how far it moves (_entry), or None where the pin allows it
         self._memo_python: dict[str, _Entry | None] = {}
-        self._lookups = [(name, pin, dict[str | None, _Entry | None]()) for name, pin in pinned]
+        self._lookups = {name: (pin, dict[str | None, _Entry | None]()) for name, pin in pinned}
 
     def rank(self, columns: _Columns, chosen: npt.NDArray[np.intp]) -> Ranked:
         """The environments of the `chosen` rows of `columns` closest to the pins first: fewest changes, then
@@ -542,16 +551,24 @@ class _Comparer:
 
         The distances of every row are summed column by column, a version compared once per distinct value:
         scoring every environment's dict and sorting tuples was most of what a check cost (issue 14)."""
-        pythons, rows = columns.python
-        total = np.array([_vector(self._python_difference(p)) for p in pythons], dtype=np.int64)[rows[chosen]]
-        for name, pin, memo in self._lookups:
-            values, rows = columns.versions[name]
-            total += np.array([_vector(self._difference(pin, memo, have)) for have in values],
-                              dtype=np.int64)[rows[chosen]]
+        distances = [_vector(self._python_difference(p)) for p in columns.pythons]
+        # The columns where some value differs from the pins: the others add nothing.
+        weighed = [0] if any(v[0] for v in distances) else []
+        for column, (name, values) in enumerate(zip(columns.names, columns.values, strict=True), start=1):
+            lookup = self._lookups.get(name)
+            if lookup is None:  # not pinned: no difference
+                distances.extend([(0, 0, 0, 0)] * len(values))
+                continue
+            pin, memo = lookup
+            found = [_vector(self._difference(pin, memo, have)) for have in values]
+            distances.extend(found)
+            if any(v[0] for v in found):
+                weighed.append(column)
+        # Per row, the distances of its values summed: 4 × rows.
+        total = np.take(np.array(distances, dtype=np.int64).T, columns.codes[weighed][:, chosen], axis=1).sum(axis=1)
         # Fewest changes, then the smallest moves, then the newest: lexsort's last key is its first.
-        order = np.lexsort((columns.newest[chosen], total[:, 3], total[:, 2], total[:, 1], total[:, 0]))
-        envs = columns.envs
-        return list(zip(map(envs.__getitem__, chosen[order].tolist()), total[order, 0].tolist(), strict=True))
+        order = np.lexsort((columns.newest[chosen], total[3], total[2], total[1], total[0]))
+        return Ranked(columns.envs, chosen[order].tolist(), total[0, order].tolist())
 
     def _python_difference(self, python: str) -> _Entry | None:
         found = self._memo_python.get(python, _UNSEEN)
@@ -578,7 +595,7 @@ class _Comparer:
         versions = env.versions
         found = self._python_difference(env.python)
         entries = [] if found is None else [found]
-        for name, pin, memo in self._lookups:
+        for name, (pin, memo) in self._lookups.items():
             have = versions.get(name)
             if have is None and name == "tensorflow":  # TensorFlow under either name: to a user they are one
                 have = versions.get("tensorflow-cpu")
@@ -667,8 +684,20 @@ def summary(diffs: list[PinDiff]) -> str:
     return ", ".join(parts)
 
 
-# Environments closest to a file's pins first, each with the number of pins it does not satisfy (0: a match).
-Ranked = list[tuple[Measured, int]]
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """Environments closest to a file's pins first, each with the number of pins it does not satisfy (0: a match).
+    Made into pairs only as far as a reader walks: most stop after a few, and building every pair was a fifth of
+    a ranking's cost (issue 14)."""
+
+    envs: list[Measured]  # the columns' rows
+    rows: list[int]  # closest first
+    changes: list[int]  # of each of `rows`
+
+    def __iter__(self) -> Iterator[tuple[Measured, int]]:
+        envs = self.envs
+        for row, changes in zip(self.rows, self.changes, strict=True):
+            yield envs[row], changes
 
 
 @dataclass(slots=True)

@@ -533,7 +533,7 @@ def test_a_route_is_ranked_closest_first_then_newest(shipped_sqlite: str, lockfi
             expected = sorted(envs.values(), key=lambda m: (*comparer.score(m)[1], -m.place, -m.research_place))
             assert [m.key for m, _ in ranked] == [m.key for m in expected]
             assert [changes for _, changes in ranked] == [len(comparer.differences(m)) for m, _ in ranked]
-            ranked_routes += len(ranked) > 1
+            ranked_routes += len(ranked.rows) > 1
         assert ranked_routes >= 3
     engine.dispose()
 
