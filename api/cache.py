@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request, Response
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -60,6 +62,7 @@ class ResponseCache:
 
     async def serve(self, request: Request, build: Build) -> Response:
         """The cached answer to this request, or `build(session)` run in the thread pool (and cached if 200)."""
+        read_ahead(self.version, request.app.state.read_sessionmaker)
         return await run_in_threadpool(self._serve_sync, request, build)
 
     def clear(self) -> None:
@@ -96,6 +99,26 @@ class ResponseCache:
         return entry
 
 
+def read_ahead(version: queries.DataVersion, sessions: sessionmaker[Session]) -> None:
+    """When DataVersion.ahead() says so, read the data version again in the thread pool, where no answer waits for
+    it. Called on the event loop by the answers that use the version held (cache hits, POST /check)."""
+    if version.ahead():
+        task = asyncio.get_running_loop().create_task(run_in_threadpool(_read_ahead, version, sessions))
+        _READS.add(task)  # held until done: the loop keeps only a weak reference to a task
+        task.add_done_callback(_READS.discard)
+
+
+_READS: set[asyncio.Task[Any]] = set()
+
+
+def _read_ahead(version: queries.DataVersion, sessions: sessionmaker[Session]) -> None:
+    try:
+        with sessions() as session:
+            version.read_ahead(session)
+    except SQLAlchemyError:
+        pass  # the version is then read by the next answer that needs it, which reports what went wrong
+
+
 class CacheMiddleware:
     """Answers GET requests whose response is cached and fresh before they reach routing; passes the rest on."""
 
@@ -107,6 +130,7 @@ class CacheMiddleware:
         if scope["type"] == "http" and scope["method"] == "GET":
             entry = self.cache.fresh(cache_key(scope["path"], scope["query_string"]))
             if entry is not None:
+                read_ahead(self.cache.version, scope["app"].state.read_sessionmaker)
                 headers = [*entry.headers, (b"content-length", str(len(entry.body)).encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": entry.body})

@@ -170,10 +170,17 @@ _NORMAL = re.compile(
 )
 
 
-@lru_cache(maxsize=8192)  # lines repeat across files, as for _requirement
 def _exact_pin(text: str) -> tuple[str, str] | None:
+    # Not memoised: a regex is as quick as the lookup, and a cache of every line seen churns where most lines are
+    # new (each entry it evicts is an old object freed, which lets the collector's youngest generation grow to
+    # thousands of objects between collections: 2 ms pauses, issue 14).
     if match := _NORMAL.fullmatch(text):
         return match[1], f"=={match[2]}"
+    return _unnormal_exact_pin(text)
+
+
+@lru_cache(maxsize=8192)  # lines repeat across files, as for _requirement
+def _unnormal_exact_pin(text: str) -> tuple[str, str] | None:
     match = _EXACT.fullmatch(text)
     if match is None:
         return None
@@ -187,41 +194,50 @@ def _exact_pin(text: str) -> tuple[str, str] | None:
 
 
 def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
-    """(first physical line number, logical line) with backslash continuations joined, as pip reads them.
+    """(first physical line number, logical line) with backslash continuations joined, as pip reads them; lines
+    that are blank or only a comment are left out.
 
     A continuation line that starts with an option (`    --hash=sha256:…`, most lines of a hashed lock) is left
     out of the join once the logical line has begun: what a reader takes from a line is the text before its first
-    option, which such a line comes after, and a comment in it only cuts text after that."""
-    start, parts = 0, list[str]()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not parts:
-            start = number
-        elif _OPTION_LINE.match(line):
-            if line.endswith("\\"):
-                continue
-            yield start, " ".join(parts)
-            parts = []
-            continue
+    option, which such a line comes after, and a comment in it only cuts text after that. One loop, no more per line
+    than it needs: a hashed lock has three physical lines per package, and a check reads it per request (issue 14).
+    """
+    lines = text.splitlines()
+    count, i = len(lines), 0
+    while i < count:
+        line = lines[i]
+        i += 1
+        start = i
         if line.endswith("\\") and not line.lstrip().startswith("#"):
-            parts.append(line[:-1])
+            parts = [line[:-1]]
+            while i < count:
+                line = lines[i]
+                i += 1
+                if _OPTION_LINE.match(line):
+                    if line.endswith("\\"):
+                        continue
+                    break
+                if line.endswith("\\") and not line.lstrip().startswith("#"):
+                    parts.append(line[:-1])
+                    continue
+                parts.append(line)
+                break
+            line = " ".join(parts)
+        # A comment starts at '#' at the line's start or after whitespace (pip's rule), so URL fragments survive.
+        line = line.strip()
+        if not line or line[0] == "#":
             continue
-        parts.append(line)
-        yield start, " ".join(parts)
-        parts = []
-    if parts:
-        yield start, " ".join(parts)
+        if "#" in line:
+            line = _COMMENT.sub("", line).rstrip()
+        yield start, line
 
 
 def _requirements(text: str, filename: str, python: str | None) -> Pins:
     header = _header_python(text) or python
     pins = _Collector(filename)
-    env = _marker_environment(header)
+    env: dict[str, str] | None = None  # made for the first marker
     for number, line in _logical_lines(text):
-        # A comment starts at '#' at the line's start or after whitespace (pip's rule), so URL fragments survive.
-        line = (_COMMENT.sub("", line) if "#" in line else line).strip()
-        if not line:
-            continue
-        if line.startswith("-"):
+        if line[0] == "-":
             option = re.split(r"[\s=]", line, maxsplit=1)[0]
             if option in _INCLUDES:
                 target = line[len(option):].strip(" =")
@@ -238,14 +254,22 @@ def _requirements(text: str, filename: str, python: str | None) -> Pins:
         except InvalidRequirement as exc:
             raise PinsError(f"{filename}:{number}: expected a PEP 508 requirement such as 'torch==2.0.1', got "
                             f"{text_req!r} ({str(exc).splitlines()[0]})") from None
-        if req.marker is not None and not req.marker.evaluate(env):
-            continue
+        if req.marker is not None:
+            env = env or _marker_environment(header)
+            if not req.marker.evaluate(env):
+                continue
         pins.add(req.name, _specifier(req), number)
     return Pins(filename, "requirements", pins.pins, header, None)
 
 
+def _head(text: str, count: int) -> list[str]:
+    """text.splitlines()[:count], without splitting the whole of a long file."""
+    lines = text[:4096].splitlines()
+    return lines[:count] if len(lines) > count or len(text) <= 4096 else text.splitlines()[:count]
+
+
 def _header_python(text: str) -> str | None:
-    for line in text.splitlines()[:12]:  # headers are at the top; a stray comment further down is not one
+    for line in _head(text, 12):  # headers are at the top; a stray comment further down is not one
         for pattern in _PYTHON_HEADERS:
             if m := pattern.match(line):
                 return m.group(1)

@@ -292,6 +292,33 @@ def test_a_check_the_index_holds_is_answered_without_a_statement(shipped: str) -
         assert any("data_change" in statement for statement in statements)
 
 
+def test_answers_that_keep_coming_read_the_data_version_ahead_and_none_waits_for_it(shipped_sqlite: str) -> None:
+    """Past half of the `recheck` window, an answer from what the process holds has the version read again in the
+    background; the next window then begins before the first ends, so an answer past the first window (and within
+    the next) reads nothing while it is asked."""
+    recheck = 2.0
+    body = {"filename": "requirements.txt", "text": GOOD.read_text(), "models": "resnet", "routes": ["onnxruntime"]}
+    with TestClient(create_app(Settings(database_url=shipped_sqlite, response_cache_recheck=recheck))) as client:
+        reads: list[float] = []
+        event.listen(client.app.state.engine, "before_cursor_execute",  # type: ignore[attr-defined]
+                     lambda _c, _cur, statement, *_: reads.append(time.monotonic())
+                     if "FROM data_change" in statement else None)
+        first = client.post("/api/v1/check", json=body)
+        assert first.json()["verdict"] == "known-good" and len(reads) == 1
+        time.sleep(recheck * 0.55)
+        assert client.post("/api/v1/check", json=body).json() == first.json()
+        deadline = time.monotonic() + 10
+        while len(reads) < 2 and time.monotonic() < deadline:  # the read ahead, in the background
+            time.sleep(0.01)
+        assert len(reads) == 2 and reads[1] - reads[0] < recheck
+        time.sleep(max(0.0, reads[0] + recheck * 1.1 - time.monotonic()))  # past the first window, not the next
+        statements: list[str] = []
+        event.listen(client.app.state.engine, "before_cursor_execute",  # type: ignore[attr-defined]
+                     lambda _c, _cur, statement, *_: statements.append(statement))
+        assert client.post("/api/v1/check", json=body).json() == first.json()
+        assert statements == [] and len(reads) == 2
+
+
 # -- /chains explains an empty answer ---------------------------------------------------------------------------
 
 def test_chains_say_what_was_measured_and_the_closest_failures(shipped: str) -> None:

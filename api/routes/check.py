@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api import queries, verdicts
+from api.cache import read_ahead
 from api.routes.params import errors, json_response
 from api.schemas import CheckOut
 from store.pins import Pins, PinsError, decode, parse
@@ -75,6 +76,8 @@ async def check(request: Request) -> Response:
     facts = request.app.state.env_facts
     if facts.version.held() is None:  # once per `recheck` seconds: the one read, in the pool; the answer may still
         await run_in_threadpool(_read_version, request)  # come from memory (answered in the pool, it was the p99)
+    else:  # while answers keep coming, read again before the window ends, where none of them waits for it
+        read_ahead(facts.version, request.app.state.read_sessionmaker)
     if verdicts.held_in_memory(facts, question.pins, question.models, question.routes, question.exporter,
                                question.target):
         return json_response(question.answer(request))
