@@ -48,6 +48,50 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+SHIPPED = Path(__file__).parents[1] / "data" / "snapshot.json.gz"
+
+
+@pytest.fixture(scope="session")
+def shipped_sqlite_template(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped snapshot imported once per session, as a user imports it (`knowngood snapshot import`); each
+    test that reads it gets a copy (shipped_db). An import takes seconds, and half a dozen modules read it."""
+    from knowngood import cli
+
+    path = tmp_path_factory.mktemp("shipped") / "shipped.db"
+    shutil.copy(sqlite_template, path)
+    assert cli.main(["snapshot", "import", str(SHIPPED), "--db", f"sqlite:///{path}"]) == 0
+    return path
+
+
+@pytest.fixture(scope="session")
+def shipped_pg_template(postgres_server: str, pg_template: str) -> str:
+    """shipped_sqlite_template on PostgreSQL: a database copied (CREATE DATABASE … TEMPLATE) by shipped_db."""
+    from knowngood import cli
+
+    admin = make_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE kg_shipped TEMPLATE "{pg_template}"'))
+    admin.dispose()
+    assert cli.main(["snapshot", "import", str(SHIPPED), "--db", f"{postgres_server}/kg_shipped"]) == 0
+    return "kg_shipped"
+
+
+@pytest.fixture
+def shipped_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Factory: a database of the given kind ("sqlite" or "postgresql") holding the shipped snapshot, a test's own."""
+    with contextlib.ExitStack() as made:
+
+        def make(kind: str) -> str:
+            if kind == "sqlite":
+                path = tmp_path / f"shipped-{uuid.uuid4().hex[:8]}.db"
+                shutil.copy(request.getfixturevalue("shipped_sqlite_template"), path)
+                return f"sqlite:///{path}"
+            server = request.getfixturevalue("postgres_server")
+            return made.enter_context(database(server, template=request.getfixturevalue("shipped_pg_template")))
+
+        yield make
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated database of each kind."""

@@ -27,7 +27,6 @@ from api import queries, verdicts
 from api.app import create_app
 from knowngood import check, cli
 from matrix.routes import KEY_PACKAGES, ROUTE_PACKAGES, ROUTES
-from store import snapshot
 from store.db import make_engine, make_sessionmaker
 from store.models import Case, Environment, Package
 from store.pins import read
@@ -39,14 +38,6 @@ SHIPPED = ROOT / "data" / "snapshot.json.gz"
 LOCKFILES = Path(__file__).parent / "fixtures" / "lockfiles"
 GOOD, BAD = LOCKFILES / "good" / "requirements.txt", LOCKFILES / "bad" / "requirements.txt"
 UNTESTED = LOCKFILES / "untested"
-
-
-def _import(url: str) -> str:
-    engine = make_engine(url)
-    with make_sessionmaker(engine)() as session:
-        snapshot.import_(session, SHIPPED)
-    engine.dispose()
-    return url
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +58,9 @@ def shipped(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "sqlite":
         yield request.getfixturevalue("shipped_sqlite")
         return
-    server, template = request.getfixturevalue("postgres_server"), request.getfixturevalue("pg_template")
+    server, template = request.getfixturevalue("postgres_server"), request.getfixturevalue("shipped_pg_template")
     with database(server, template=template) as url:
-        yield _import(url)
+        yield url
 
 
 def verdict(url: str, path: Path, models: list[str], routes: list[str] | None = None,

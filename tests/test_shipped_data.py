@@ -24,11 +24,9 @@ def test_shipped_snapshot_is_within_budget_and_current_format() -> None:
 
 
 def test_shipped_snapshot_gives_the_same_answers_in_sqlite_and_postgresql(
-    fresh_db: Callable, api_answers: Callable, capsys: pytest.CaptureFixture[str],
+    shipped_db: Callable, api_answers: Callable, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    lite, pg = fresh_db("sqlite"), fresh_db("postgresql")
-    for url in (lite, pg):
-        assert cli.main(["snapshot", "import", str(SHIPPED), "--db", url]) == 0
+    lite, pg = shipped_db("sqlite"), shipped_db("postgresql")  # each imported with `knowngood snapshot import`
     expected = api_answers(lite)
     # real chains for the quickstart's first questions, with a lockfile that pins torch
     assert expected[0]["chains"] and expected[0]["total"] >= 10
