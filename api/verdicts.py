@@ -39,6 +39,7 @@ from store.pins import FilePin, Pins
 NEAREST = 3  # environments shown for an untested verdict
 NEAR_MISSES = 5  # failing environments shown beside a chains answer
 _ROWS_HELD = 64  # sets of models whose rows a slice keeps (_Slice.rows)
+_DISTANCES_HELD = 4096  # columns' distances from what files ask that a slice keeps (_Columns.remember)
 _WORST: dict[Verdict, int] = {"known-good": 0, "untested": 1, "known-bad": 2}
 
 
@@ -165,15 +166,14 @@ def _measured_routes(session: Session, models: tuple[str, ...], routes: Iterable
     facts = facts or queries.FactsCache()
     index: MeasuredIndex = facts.derived.setdefault("measured", MeasuredIndex())
     version = facts.version.read(session)
-    every = index.environments(session, version)
     # Places are ranks among the environments the facts know: every one of this version's is known before a slice
     # is built from them, so that the slices one answer weighs rank alike (a slice built before others were known
     # would rank its pairs by other places).
-    known, place = facts.every(session, [e for e, _, _, _ in every])
-    slices = {route: index.slice(session, version, (known, place), facts, route, exporter, target, models)
+    known = index.facts(session, version, facts)
+    slices = {route: index.slice(session, version, known, facts, route, exporter, target, models)
               for route in dict.fromkeys(routes)}
-    counted = [(e, locked, signed) for e, p, locked, signed in every if python is None or p == python] \
-        if environments else []
+    counted = [(e, locked, signed) for e, p, locked, signed in index.environments(session, version)
+               if python is None or p == python] if environments else []
     return slices, counted
 
 
@@ -271,6 +271,23 @@ class _Columns:
     values: tuple[list[str | None], ...]  # their distinct values
     codes: npt.NDArray[np.intp]  # columns × rows: each value's position in the table of every column's values
     newest: npt.NDArray[np.intp]  # each row's position in (-place, -research_place): the newest first among equals
+    # Per column and what a file asks of it (the python or the specifier of the package): the distance of each of its
+    # values from that, and whether any differs (_Comparer.rank). Files pin much the same versions: a check compared
+    # 180 values per check anew, a third of its ranking (issue 14).
+    _distances: dict[tuple[Any, ...], tuple[npt.NDArray[np.int64], bool]] = field(default_factory=dict)
+
+    def distances(self, key: tuple[Any, ...]) -> tuple[npt.NDArray[np.int64], bool] | None:
+        """What remember() kept for `key`: (column index, what the file asks of that column)."""
+        return self._distances.get(key)
+
+    def remember(self, key: tuple[Any, ...], vectors: list[tuple[int, int, int, int]]
+                 ) -> tuple[npt.NDArray[np.int64], bool]:
+        """The distances of one column's values (_vector each) as a table, and whether any differs; kept for `key`
+        while there is room (any pins may be asked about: the first ones are kept)."""
+        found = (np.array(vectors, dtype=np.int64).reshape(-1, 4), any(v[0] for v in vectors))
+        if len(self._distances) < _DISTANCES_HELD:
+            self._distances[key] = found
+        return found
 
     @classmethod
     def of(cls, route: str, envs: list[Measured]) -> _Columns:
@@ -321,6 +338,7 @@ class MeasuredIndex:
         # Each slice is replaced whole, never mutated: a reader holds one version's.
         self._slices: OrderedDict[tuple[str, str | None, str | None], _Slice] = OrderedDict()
         self._environments: tuple[int, list[tuple[int, str, bool, bool]]] = (-1, [])
+        self._facts: tuple[int, Facts] = (-1, ({}, {}))
         # Where each (signature, route) was seen (signatures_seen; None: nowhere), and the rows that says so per route.
         self.spans: queries.PerVersion[dict[tuple[str, str], SignatureSeen | None]] = queries.PerVersion(dict)
         self._signature_rows: queries.PerVersion[dict[str, dict[str, list[Seen]]]] = queries.PerVersion(dict)
@@ -366,7 +384,8 @@ class MeasuredIndex:
             if held is None or held.version != version or not held.models.issuperset(wanted):
                 return False
         read = self._signature_rows.peek(version)
-        return self._environments[0] == version and read is not None and set(routes) <= read.keys()
+        return (self._environments[0] == self._facts[0] == version and read is not None
+                and set(routes) <= read.keys())
 
     def signature_rows(self, session: Session, version: int, routes: set[str],
                        ) -> dict[str, dict[str, list[Seen]]]:
@@ -390,6 +409,16 @@ class MeasuredIndex:
                     .execute(select(Environment.id, Environment.python, Environment.lock_hash, Environment.signature))]
             self._environments = (version, rows)  # replaced whole: a reader sees one version's list
         return rows
+
+    def facts(self, session: Session, version: int, facts: queries.FactsCache) -> Facts:
+        """Every environment's facts and place, once every one of `version`'s is known (FactsCache.every): looked
+        up once per version, where each answer went over every environment to find none missing (issue 14). The
+        slices of one version are then all built on the one ranking."""
+        held_version, known = self._facts
+        if held_version != version:
+            known = facts.every(session, [e for e, _, _, _ in self.environments(session, version)])
+            self._facts = (version, known)  # replaced whole
+        return known
 
 
 _RUNTIME, _EXPORT = Case.__table__.alias("runtime").c, Case.__table__.alias("export").c
@@ -551,21 +580,25 @@ class _Comparer:
 
         The distances of every row are summed column by column, a version compared once per distinct value:
         scoring every environment's dict and sorting tuples was most of what a check cost (issue 14)."""
-        distances = [_vector(self._python_difference(p)) for p in columns.pythons]
-        # The columns where some value differs from the pins: the others add nothing.
-        weighed = [0] if any(v[0] for v in distances) else []
+        pins = self.pins
+        key: tuple[Any, ...] = (0, pins.python, pins.requires_python)
+        parts = [columns.distances(key) or columns.remember(
+            key, [_vector(self._python_difference(p)) for p in columns.pythons])]
         for column, (name, values) in enumerate(zip(columns.names, columns.values, strict=True), start=1):
             lookup = self._lookups.get(name)
             if lookup is None:  # not pinned: no difference
-                distances.extend([(0, 0, 0, 0)] * len(values))
+                key = (column, None)
+                parts.append(columns.distances(key) or columns.remember(key, [(0, 0, 0, 0)] * len(values)))
                 continue
             pin, memo = lookup
-            found = [_vector(self._difference(pin, memo, have)) for have in values]
-            distances.extend(found)
-            if any(v[0] for v in found):
-                weighed.append(column)
+            key = (column, pin.specifier)
+            parts.append(columns.distances(key) or columns.remember(
+                key, [_vector(self._difference(pin, memo, have)) for have in values]))
+        # The columns where some value differs from the pins: the others add nothing.
+        weighed = [column for column, (_, differs) in enumerate(parts) if differs]
+        table = np.concatenate([distances for distances, _ in parts]).T
         # Per row, the distances of its values summed: 4 × rows.
-        total = np.take(np.array(distances, dtype=np.int64).T, columns.codes[weighed][:, chosen], axis=1).sum(axis=1)
+        total = np.take(table, columns.codes[weighed][:, chosen], axis=1).sum(axis=1)
         # Fewest changes, then the smallest moves, then the newest: lexsort's last key is its first.
         order = np.lexsort((columns.newest[chosen], total[3], total[2], total[1], total[0]))
         return Ranked(columns.envs, chosen[order].tolist(), total[0, order].tolist())

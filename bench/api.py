@@ -272,6 +272,7 @@ def serve(factory: str, env: dict[str, str], workers: int) -> Iterator[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-worker", factory, str(port)]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}) for _ in range(workers)]
     base = f"http://127.0.0.1:{port}"
+    _SERVERS[base] = procs
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -293,6 +294,18 @@ def serve(factory: str, env: dict[str, str], workers: int) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+_SERVERS: dict[str, list[subprocess.Popen[bytes]]] = {}  # serve(): base URL → its processes
+
+
+def rss_mb(base: str) -> str:
+    """The resident memory of each process serving `base` (Linux /proc), e.g. '182, 176 MB'."""
+    sizes = []
+    for proc in _SERVERS[base]:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        sizes.append(next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024)
+    return ", ".join(f"{size:.0f}" for size in sizes) + " MB"
 
 
 @dataclass
@@ -619,17 +632,23 @@ def main() -> int:
                 start = time.perf_counter()
                 prime(base, index, rounds=4 * args.workers)
                 print(f"  index grown by {len(index)} questions x {4 * args.workers} rounds in "
-                      f"{time.perf_counter() - start:.0f} s", flush=True)
+                      f"{time.perf_counter() - start:.0f} s; server memory (RSS per process): {rss_mb(base)}",
+                      flush=True)
                 chains_source = Distinct(chains_query, seed=rows)
                 chains_source.seen.update(index)  # never measured: asked above
                 check_source = Distinct(check_request(locks_of(url)), seed=rows)
                 measure_distinct("/chains", label, base, chains_source)
                 measure_distinct("POST /check", label, base, check_source)
+                asked = len(chains_source.seen) - len(index) + len(check_source.seen)
+                print(f"  server memory after {asked:,} distinct questions: {rss_mb(base)}", flush=True)
                 for name, source in (("/chains", chains_source), ("POST /check", check_source)):
                     times = sorted(after_writes(base, url, source, rounds=20))
                     written.append((name, label, times))
                     print(f"  {name:<12} {label:>9} first answer after a write (x{len(times)}): median "
                           f"{times[len(times) // 2]:.1f} ms, slowest {times[-1]:.1f} ms", flush=True)
+                # Each write moves the data version: every slice held is read again and the old ones let go. Memory
+                # that grew with the writes would be slices kept alive (frozen out of the collector's sight).
+                print(f"  server memory after those writes and answers: {rss_mb(base)}", flush=True)
 
     print("\n| endpoint | step rows | requests | load | req/s | p50 ms | p99 ms | req/s vs hello | p99 vs hello |")
     print("|---|---:|---|---|---:|---:|---:|---:|---:|")
