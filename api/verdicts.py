@@ -38,7 +38,7 @@ from store.pins import FilePin, Pins
 
 NEAREST = 3  # environments shown for an untested verdict
 NEAR_MISSES = 5  # failing environments shown beside a chains answer
-_ROWS_HELD = 64  # sets of models whose rows a slice keeps (_Slice.rows)
+_ROWS_HELD = 256  # models whose rows a slice keeps (_Slice.rows)
 _DISTANCES_HELD = 4096  # columns' distances from what files ask that a slice keeps (_Columns.remember)
 _WORST: dict[Verdict, int] = {"known-good": 0, "untested": 1, "known-bad": 2}
 
@@ -196,7 +196,7 @@ class _Slice:
     _columns: list[_Columns] = field(default_factory=list)  # columns(), once built
     _passes: dict[str, frozenset[int]] = field(default_factory=dict)  # passed(), per model
     _names: dict[str, frozenset[str]] = field(default_factory=dict)  # names(), per model
-    _rows: dict[frozenset[str], npt.NDArray[np.intp]] = field(default_factory=dict)  # rows(), per set of models
+    _rows: dict[str, npt.NDArray[np.intp]] = field(default_factory=dict)  # rows(), per model
 
     def current(self, version: int, place: dict[int, int]) -> bool:
         """Of this data version and ranking: what it holds may answer, and it may grow."""
@@ -210,17 +210,24 @@ class _Slice:
         return {k: m for x in models for k, m in self.by_model.get(x, {}).items()}
 
     def rows(self, models: tuple[str, ...]) -> npt.NDArray[np.intp]:
-        """The rows of columns() that hold measured(models), gathered once per set of models (a check asked for
-        them anew each time, a tenth of its cost: issue 14). In no particular order: rank() orders them."""
-        key = frozenset(models)
-        found = self._rows.get(key)
-        if found is None:
-            keys = (self.by_model.get(models[0], {}).keys() if len(models) == 1
-                    else set().union(*(self.by_model.get(x, {}).keys() for x in models)))
-            found = np.fromiter(map(self.columns().row.__getitem__, keys), dtype=np.intp, count=len(keys))
-            if len(self._rows) < _ROWS_HELD:  # any sets of models may be asked for: the first ones are kept
-                self._rows[key] = found
-        return found
+        """The rows of columns() that hold measured(models): each model's gathered once per slice (a check asked for
+        them anew each time, a tenth of its cost: issue 14), several models' as the union of theirs. In no
+        particular order: rank() orders them."""
+        each = []
+        for model in models:
+            found = self._rows.get(model)
+            if found is None:  # two threads may gather it at once: the same rows, one kept
+                keys = self.by_model.get(model, {}).keys()
+                found = np.fromiter(map(self.columns().row.__getitem__, keys), dtype=np.intp, count=len(keys))
+                if len(self._rows) < _ROWS_HELD:  # bounded all the same
+                    self._rows[model] = found
+            each.append(found)
+        if len(each) == 1:
+            return each[0]
+        mask = np.zeros(len(self.envs), dtype=bool)
+        for found in each:
+            mask[found] = True
+        return np.flatnonzero(mask)
 
     def passed(self, models: tuple[str, ...]) -> frozenset[int]:
         """The keys of the environments in which every one of `models` passed. Each model's are gathered once per
@@ -578,8 +585,9 @@ class _Comparer:
         smallest moves (score()), the newest (highest place) among equals. Each with the number of pins it does not
         satisfy: 0 where it matches.
 
-        The distances of every row are summed column by column, a version compared once per distinct value:
-        scoring every environment's dict and sorting tuples was most of what a check cost (issue 14)."""
+        Each distinct value of a column is compared with the pins once (and kept by the columns for the next file
+        that asks the same of that column), and each row's distances are summed in one gather: scoring every
+        environment's dict and sorting tuples was most of what a check cost (issue 14)."""
         pins = self.pins
         key: tuple[Any, ...] = (0, pins.python, pins.requires_python)
         parts = [columns.distances(key) or columns.remember(

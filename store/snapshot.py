@@ -106,36 +106,35 @@ def _index_url(value: str) -> str:
     return value
 
 
-def _all_storable(value: Any, in_json: bool = False) -> bool:
-    """Whether _unstorable finds nothing, without the path of every value it passes: one walk of a clean document
-    cost a snapshot's import a second and a half of building paths (the path is built only for the message)."""
-    if isinstance(value, str):
-        return "\x00" not in value
-    if isinstance(value, float):
-        return not in_json or math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_all_storable(key) and _all_storable(item, in_json or key in JSON_FIELDS)
-                   for key, item in value.items())
-    if isinstance(value, list):
-        return all(_all_storable(item, in_json) for item in value)
-    return True
-
-
-def _unstorable(value: Any, path: str, in_json: bool = False) -> str | None:
+def _unstorable(data: Any) -> str | None:
     """The path and reason of the first value the databases would not both keep as it is: a NUL anywhere (no
     PostgreSQL text holds one), a NaN or infinity inside a JSON column."""
+    found = _first_unstorable(data)
+    if found is None:
+        return None
+    path = ""
+    for part in reversed(found[0]):
+        path = f"{path}[{part}]" if isinstance(part, int) else f"{path}.{part}" if path else str(part)
+    return f"{path}: {found[1]}"
+
+
+def _first_unstorable(value: Any, in_json: bool = False) -> tuple[list[str | int], str] | None:
+    """_unstorable's walk: (the path to the value, innermost first; the reason). The path is gathered on the way
+    back from the value, not built for every value passed: that cost a snapshot's import a second and a half."""
     if isinstance(value, str):
-        return f"{path}: must not contain a NUL character" if "\x00" in value else None
+        return ([], "must not contain a NUL character") if "\x00" in value else None
     if isinstance(value, float) and in_json:
-        return None if math.isfinite(value) else f"{path}: expected a finite number, got {value}"
+        return None if math.isfinite(value) else ([], f"expected a finite number, got {value}")
+    found: tuple[list[str | int], str] | None = None
     if isinstance(value, dict):
         for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if found := _unstorable(key, where) or _unstorable(item, where, in_json or key in JSON_FIELDS):
+            if found := _first_unstorable(key) or _first_unstorable(item, in_json or key in JSON_FIELDS):
+                found[0].append(str(key))
                 return found
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            if found := _unstorable(item, f"{path}[{i}]", in_json):
+            if found := _first_unstorable(item, in_json):
+                found[0].append(i)
                 return found
     return None
 
@@ -267,7 +266,7 @@ class Snapshot(_Doc):
     @classmethod
     def _storable(cls, data: Any) -> Any:
         # One walk over the raw document, before the fields: the message names the path of the offending value.
-        found = None if _all_storable(data) else _unstorable(data, "")
+        found = _unstorable(data)
         if found:
             raise ValueError(found)
         return data

@@ -547,7 +547,8 @@ def test_a_route_is_ranked_closest_first_then_newest(shipped_sqlite: str, lockfi
             if not comparer.pinned:
                 continue
             ranked = comparer.rank(held.columns(), held.rows(models))
-            assert held.rows(models[::-1]) is held.rows(models)  # gathered once per set of models
+            assert held.rows(models[:1]) is held.rows(models[:1])  # gathered once per model
+            assert sorted(held.rows(models[::-1]).tolist()) == sorted(held.columns().row[k] for k in envs)
             expected = sorted(envs.values(), key=lambda m: (*comparer.score(m)[1], -m.place, -m.research_place))
             assert [m.key for m, _ in ranked] == [m.key for m in expected]
             assert [changes for _, changes in ranked] == [len(comparer.differences(m)) for m, _ in ranked]
