@@ -101,7 +101,8 @@ class ResponseCache:
 
 def read_ahead(version: queries.DataVersion, sessions: sessionmaker[Session]) -> None:
     """When DataVersion.ahead() says so, read the data version again in the thread pool, where no answer waits for
-    it. Called on the event loop by the answers that use the version held (cache hits, POST /check)."""
+    it. Called on the event loop by the answers that read the version: cache hits, POST /check, and the cached
+    routes before they go to the thread pool."""
     if version.ahead():
         task = asyncio.get_running_loop().create_task(run_in_threadpool(_read_ahead, version, sessions))
         _READS.add(task)  # held until done: the loop keeps only a weak reference to a task

@@ -79,15 +79,23 @@ def shipped_pg_template(postgres_server: str, pg_template: str) -> str:
 @pytest.fixture
 def shipped_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
     """Factory: a database of the given kind ("sqlite" or "postgresql") holding the shipped snapshot, a test's own."""
+    with _copies(request, tmp_path, "shipped", "shipped_sqlite_template", "shipped_pg_template") as make:
+        yield make
+
+
+@contextlib.contextmanager
+def _copies(request: pytest.FixtureRequest, tmp_path: Path, prefix: str, sqlite_fixture: str,
+            pg_fixture: str) -> Iterator[Callable[[str], str]]:
+    """Factory: a copy of the template database of the given kind, made by the fixture named; dropped after."""
     with contextlib.ExitStack() as made:
 
         def make(kind: str) -> str:
             if kind == "sqlite":
-                path = tmp_path / f"shipped-{uuid.uuid4().hex[:8]}.db"
-                shutil.copy(request.getfixturevalue("shipped_sqlite_template"), path)
+                path = tmp_path / f"{prefix}-{uuid.uuid4().hex[:8]}.db"
+                shutil.copy(request.getfixturevalue(sqlite_fixture), path)
                 return f"sqlite:///{path}"
             server = request.getfixturevalue("postgres_server")
-            return made.enter_context(database(server, template=request.getfixturevalue("shipped_pg_template")))
+            return made.enter_context(database(server, template=request.getfixturevalue(pg_fixture)))
 
         yield make
 
@@ -108,16 +116,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def fresh_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
     """Factory: another migrated, empty database of the given kind ("sqlite" or "postgresql")."""
-    with contextlib.ExitStack() as made:
-
-        def make(kind: str) -> str:
-            if kind == "sqlite":
-                path = tmp_path / f"fresh-{uuid.uuid4().hex[:8]}.db"
-                shutil.copy(request.getfixturevalue("sqlite_template"), path)
-                return f"sqlite:///{path}"
-            server, template = request.getfixturevalue("postgres_server"), request.getfixturevalue("pg_template")
-            return made.enter_context(database(server, template=template))
-
+    with _copies(request, tmp_path, "fresh", "sqlite_template", "pg_template") as make:
         yield make
 
 
