@@ -7,9 +7,9 @@ import gc
 import heapq
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -39,7 +39,7 @@ from store.pins import FilePin, Pins
 NEAREST = 3  # environments shown for an untested verdict
 NEAR_MISSES = 5  # failing environments shown beside a chains answer
 _ROWS_HELD = 256  # models whose rows a slice keeps (_Slice.rows)
-_DISTANCES_HELD = 4096  # columns' distances from what files ask that a slice keeps (_Columns.remember)
+_DISTANCES_HELD = 4096  # columns' distances from what files ask that a slice keeps (_Columns.distances)
 _WORST: dict[Verdict, int] = {"known-good": 0, "untested": 1, "known-bad": 2}
 
 
@@ -260,6 +260,7 @@ class _Slice:
 
 
 _T = TypeVar("_T")
+_V = TypeVar("_V", str, str | None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,17 +284,17 @@ class _Columns:
     # 180 values per check anew, a third of its ranking (issue 14).
     _distances: dict[tuple[Any, ...], tuple[npt.NDArray[np.int64], bool]] = field(default_factory=dict)
 
-    def distances(self, key: tuple[Any, ...]) -> tuple[npt.NDArray[np.int64], bool] | None:
-        """What remember() kept for `key`: (column index, what the file asks of that column)."""
-        return self._distances.get(key)
-
-    def remember(self, key: tuple[Any, ...], vectors: list[tuple[int, int, int, int]]
-                 ) -> tuple[npt.NDArray[np.int64], bool]:
-        """The distances of one column's values (_vector each) as a table, and whether any differs; kept for `key`
-        while there is room (any pins may be asked about: the first ones are kept)."""
-        found = (np.array(vectors, dtype=np.int64).reshape(-1, 4), any(v[0] for v in vectors))
-        if len(self._distances) < _DISTANCES_HELD:
-            self._distances[key] = found
+    def distances(self, key: tuple[Any, ...], values: list[_V], difference: Callable[[_V], _Entry | None],
+                  ) -> tuple[npt.NDArray[np.int64], bool]:
+        """The distances of one column's `values` from what a file asks (`difference` of each, as _vector), as a
+        table, and whether any differs; kept for `key` (column index, what the file asks of it) while there is room
+        (any pins may be asked about: the first ones are kept)."""
+        found = self._distances.get(key)
+        if found is None:
+            vectors = [_vector(difference(value)) for value in values]
+            found = (np.array(vectors, dtype=np.int64).reshape(-1, 4), any(v[0] for v in vectors))
+            if len(self._distances) < _DISTANCES_HELD:
+                self._distances[key] = found
         return found
 
     @classmethod
@@ -588,20 +589,15 @@ class _Comparer:
         Each distinct value of a column is compared with the pins once (and kept by the columns for the next file
         that asks the same of that column), and each row's distances are summed in one gather: scoring every
         environment's dict and sorting tuples was most of what a check cost (issue 14)."""
-        pins = self.pins
-        key: tuple[Any, ...] = (0, pins.python, pins.requires_python)
-        parts = [columns.distances(key) or columns.remember(
-            key, [_vector(self._python_difference(p)) for p in columns.pythons])]
+        parts = [columns.distances((0, self.pins.python, self.pins.requires_python), columns.pythons,
+                                   self._python_difference)]
         for column, (name, values) in enumerate(zip(columns.names, columns.values, strict=True), start=1):
             lookup = self._lookups.get(name)
-            if lookup is None:  # not pinned: no difference
-                key = (column, None)
-                parts.append(columns.distances(key) or columns.remember(key, [(0, 0, 0, 0)] * len(values)))
-                continue
-            pin, memo = lookup
-            key = (column, pin.specifier)
-            parts.append(columns.distances(key) or columns.remember(
-                key, [_vector(self._difference(pin, memo, have)) for have in values]))
+            if lookup is None:  # not pinned
+                parts.append(columns.distances((column, None), values, _no_difference))
+            else:
+                parts.append(columns.distances((column, lookup[0].specifier), values,
+                                               partial(self._difference, *lookup)))
         # The columns where some value differs from the pins: the others add nothing.
         weighed = [column for column, (_, differs) in enumerate(parts) if differs]
         table = np.concatenate([distances for distances, _ in parts]).T
@@ -658,6 +654,11 @@ class _Comparer:
                 "python", pins.requires_python, 0).allows(f"{python}.0"):
             return ("python", pins.requires_python, python)
         return None
+
+
+def _no_difference(_have: str | None) -> None:
+    """The difference from a package the file does not pin: none."""
+    return None
 
 
 # Not yet compared: distinct from None, which a (package, version) the pins allow is cached as.

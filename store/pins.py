@@ -208,7 +208,7 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
         line = lines[i]
         i += 1
         start = i
-        if line.endswith("\\") and not line.lstrip().startswith("#"):
+        if _continued(line):
             parts = [line[:-1]]
             while i < count:
                 line = lines[i]
@@ -217,7 +217,7 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
                     if line.endswith("\\"):
                         continue
                     break
-                if line.endswith("\\") and not line.lstrip().startswith("#"):
+                if _continued(line):
                     parts.append(line[:-1])
                     continue
                 parts.append(line)
@@ -230,6 +230,11 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
         if "#" in line:
             line = _COMMENT.sub("", line).rstrip()
         yield start, line
+
+
+def _continued(line: str) -> bool:
+    """Whether the next physical line continues this one: a backslash at the end of a line that is not a comment."""
+    return line.endswith("\\") and not line.lstrip().startswith("#")
 
 
 def _requirements(text: str, filename: str, python: str | None) -> Pins:

@@ -286,7 +286,7 @@ def test_a_check_the_index_holds_is_answered_without_a_statement(shipped: str) -
 def test_answers_that_keep_coming_read_the_data_version_ahead_and_none_waits_for_it(shipped_sqlite: str) -> None:
     """Past half of the `recheck` window, an answer from what the process holds has the version read again in the
     background; the next window then begins before the first ends, so an answer past the first window (and within
-    the next) reads nothing while it is asked."""
+    the next) finds a version held and reads nothing it waits for."""
     recheck = 2.0
     body = {"filename": "requirements.txt", "text": GOOD.read_text(), "models": "resnet", "routes": ["onnxruntime"]}
     with TestClient(create_app(Settings(database_url=shipped_sqlite, response_cache_recheck=recheck))) as client:
@@ -303,11 +303,13 @@ def test_answers_that_keep_coming_read_the_data_version_ahead_and_none_waits_for
             time.sleep(0.01)
         assert len(reads) == 2 and reads[1] - reads[0] < recheck
         time.sleep(max(0.0, reads[0] + recheck * 1.1 - time.monotonic()))  # past the first window, not the next
+        assert client.app.state.env_facts.version.held() is not None  # type: ignore[attr-defined]
         statements: list[str] = []
         event.listen(client.app.state.engine, "before_cursor_execute",  # type: ignore[attr-defined]
                      lambda _c, _cur, statement, *_: statements.append(statement))
         assert client.post("/api/v1/check", json=body).json() == first.json()
-        assert statements == [] and len(reads) == 2
+        # Nothing but, past half of the new window, the next read ahead in the background (it may or may not be)
+        assert all("FROM data_change" in statement for statement in statements) and len(statements) <= 1
 
 
 # -- /chains explains an empty answer ---------------------------------------------------------------------------
