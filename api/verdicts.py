@@ -603,9 +603,19 @@ class _Comparer:
         table = np.concatenate([distances for distances, _ in parts]).T
         # Per row, the distances of its values summed: 4 × rows.
         total = np.take(table, columns.codes[weighed][:, chosen], axis=1).sum(axis=1)
-        # Fewest changes, then the smallest moves, then the newest: lexsort's last key is its first.
-        order = np.lexsort((columns.newest[chosen], total[3], total[2], total[1], total[0]))
-        return Ranked(columns.envs, chosen[order].tolist(), total[0, order].tolist())
+        # Fewest changes, then the smallest moves, then the newest: one number per row where they fit in 63 bits
+        # (each field as wide as its largest value; the newest is a row's unique position, so no two rows tie).
+        newest = columns.newest[chosen]
+        widths = [int(v).bit_length() for v in total.max(axis=1)] if len(chosen) else [0, 0, 0, 0]
+        widths.append(max(len(columns.envs) - 1, 0).bit_length())
+        if sum(widths) > 63:  # a move too large to pack (a date-like version): sort by each field, last key first
+            order = np.lexsort((newest, total[3], total[2], total[1], total[0]))
+            return Ranked(columns.envs, chosen[order], total[0, order], None)
+        key = total[0].copy()
+        for values, width in zip((total[1], total[2], total[3], newest), widths[1:], strict=True):
+            key <<= width
+            key |= values
+        return Ranked(columns.envs, chosen, total[0], key)
 
     def _python_difference(self, python: str) -> _Entry | None:
         found = self._memo_python.get(python, _UNSEEN)
@@ -726,20 +736,52 @@ def summary(diffs: list[PinDiff]) -> str:
     return ", ".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
 class Ranked:
     """Environments closest to a file's pins first, each with the number of pins it does not satisfy (0: a match).
-    Made into pairs only as far as a reader walks: most stop after a few, and building every pair was a fifth of
-    a ranking's cost (issue 14)."""
 
-    envs: list[Measured]  # the columns' rows
-    rows: list[int]  # closest first
-    changes: list[int]  # of each of `rows`
+    Ordered only as far as a reader walks: the closest `_FIRST` by a partial sort, and the rest only when a reader
+    goes past them. Most readers stop after a few (_pick, _fix), and sorting every row by five keys and listing it
+    was half of a ranking's cost (issue 14).
+    """
+
+    __slots__ = ("_changes", "_first", "_key", "_rest", "_rows", "envs")
+
+    def __init__(self, envs: list[Measured], rows: npt.NDArray[np.intp], changes: npt.NDArray[np.int64],
+                 key: npt.NDArray[np.int64] | None) -> None:
+        """`rows` of `envs` with their `changes`: in order already where `key` is None, else ordered by `key`
+        (one distinct number per row, smallest first)."""
+        self.envs, self._rows, self._changes, self._key = envs, rows, changes, key
+        # The pairs in order as far as some reader walked: the first ones, then the rest (each model's verdict and
+        # the fix walk the same ranking).
+        self._first: list[tuple[Measured, int]] | None = None
+        self._rest: list[tuple[Measured, int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
     def __iter__(self) -> Iterator[tuple[Measured, int]]:
+        key, count = self._key, len(self._rows)
+        if self._first is None:
+            if key is None:
+                self._first, self._rest = self._pairs(np.arange(count)), []
+            elif count > 2 * _FIRST:
+                first = np.argpartition(key, _FIRST - 1)[:_FIRST]
+                self._first = self._pairs(first[np.argsort(key[first])])
+            else:
+                self._first, self._rest = self._pairs(np.argsort(key)), []
+        yield from self._first
+        if self._rest is None:
+            assert key is not None
+            self._rest = self._pairs(np.argsort(key)[_FIRST:])  # keys are distinct: the first are the ones above
+        yield from self._rest
+
+    def _pairs(self, order: npt.NDArray[np.intp]) -> list[tuple[Measured, int]]:
         envs = self.envs
-        for row, changes in zip(self.rows, self.changes, strict=True):
-            yield envs[row], changes
+        return [(envs[row], changes)
+                for row, changes in zip(self._rows[order].tolist(), self._changes[order].tolist(), strict=True)]
+
+
+_FIRST = 16  # rows of a ranking put in order before a reader asks for more (Ranked)
 
 
 @dataclass(slots=True)

@@ -4,8 +4,10 @@ feed and badge, which read the same snapshot."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -29,7 +31,7 @@ from knowngood import check, cli
 from matrix.routes import KEY_PACKAGES, ROUTE_PACKAGES, ROUTES
 from store.db import make_engine, make_sessionmaker
 from store.models import Case, Environment, Package
-from store.pins import read
+from store.pins import Pins, read
 from store.settings import Settings
 from tests.pgcluster import database, free_port
 
@@ -537,9 +539,23 @@ def test_answers_asked_at_once_read_each_slice_once(shipped: str) -> None:
 def test_a_route_is_ranked_closest_first_then_newest(shipped_sqlite: str, lockfile: Path) -> None:
     """The columnar ranking (numpy, one comparison per distinct version) orders a route's environments as scoring
     each one does: fewest changes, then smallest moves, then the newest (highest place); and counts the changes."""
-    engine = make_engine(shipped_sqlite)
+    packed = _ranked_as_scored(shipped_sqlite, read(lockfile))
+    assert packed and all(packed)  # each distance packed into one number per row
+
+
+def test_a_move_too_large_to_pack_is_ranked_the_same_way(shipped_sqlite: str, tmp_path: Path) -> None:
+    """A move of 2**56 major versions leaves no room to pack a row's distance into 63 bits: sorted field by field."""
+    text = re.sub(r"(?m)^torch==\S+", "torch==100000000000000000", GOOD.read_text())
+    (tmp_path / "requirements.txt").write_text(text)
+    packed = _ranked_as_scored(shipped_sqlite, read(tmp_path / "requirements.txt"))
+    assert packed and not any(packed)  # every route weighs torch
+
+
+def _ranked_as_scored(url: str, pins: Pins) -> list[bool]:
+    """Asserts that every route pins weigh ranks as score() orders; whether each ranking was packed."""
+    engine = make_engine(url)
+    packed = []
     with make_sessionmaker(engine)() as session:
-        pins = read(lockfile)
         models = ("resnet", "transformer_padding_mask")
         slices = verdicts._measured_routes(session, models, list(ROUTES), None, queries.FactsCache(), None)[0]
         ranked_routes = 0
@@ -552,11 +568,15 @@ def test_a_route_is_ranked_closest_first_then_newest(shipped_sqlite: str, lockfi
             assert held.rows(models[:1]) is held.rows(models[:1])  # gathered once per model
             assert sorted(held.rows(models[::-1]).tolist()) == sorted(held.columns().row[k] for k in envs)
             expected = sorted(envs.values(), key=lambda m: (*comparer.score(m)[1], -m.place, -m.research_place))
+            # A reader that stops early sees the first ones; a later one that walks on sees them and then the rest.
+            assert [m.key for m, _ in itertools.islice(ranked, 3)] == [m.key for m in expected[:3]]
             assert [m.key for m, _ in ranked] == [m.key for m in expected]
             assert [changes for _, changes in ranked] == [len(comparer.differences(m)) for m, _ in ranked]
-            ranked_routes += len(ranked.rows) > 1
+            ranked_routes += len(ranked) > 2 * verdicts._FIRST  # long enough to be ordered in two parts
+            packed.append(ranked._key is not None)
         assert ranked_routes >= 3
     engine.dispose()
+    return packed
 
 
 def test_cli_chains_ends_with_the_explanation(shipped_sqlite: str, capsys: pytest.CaptureFixture[str]) -> None:
