@@ -580,6 +580,7 @@ class _Comparer:
         # Per package, measured version → its difference and how far it moves (_entry), or None where the pin allows it
         self._memo_python: dict[str, _Entry | None] = {}
         self._lookups = {name: (pin, dict[str | None, _Entry | None]()) for name, pin in pinned}
+        self._differences: dict[int, tuple[Diff, ...]] = {}  # Measured.key → differences()
 
     def rank(self, columns: _Columns, chosen: npt.NDArray[np.intp]) -> Ranked:
         """The environments of the `chosen` rows of `columns` closest to the pins first: fewest changes, then
@@ -632,8 +633,12 @@ class _Comparer:
         return found  # type: ignore[no-any-return]
 
     def differences(self, env: Measured) -> tuple[Diff, ...]:
-        """The pins that `env` does not satisfy, python first, in a chain's reading order."""
-        return self.score(env)[0]
+        """The pins that `env` does not satisfy, python first, in a chain's reading order. Kept per environment (its
+        key): each model's verdict and the fix ask it of the same few, on every route that weighs these packages."""
+        found = self._differences.get(env.key)
+        if found is None:
+            found = self._differences[env.key] = self.score(env)[0]
+        return found
 
     def score(self, env: Measured) -> tuple[tuple[Diff, ...], Distance]:
         """differences() and their distance: (packages changed, then |Δmajor|, |Δminor|, |Δmicro| summed), fewest
