@@ -145,6 +145,7 @@ _EDITABLE = ("-e", "--editable")
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _OPTIONS = re.compile(r"\s+(?=--?[A-Za-z])")
 _OPTION_LINE = re.compile(r"\s*--?[A-Za-z]")  # a physical line that starts with an option (_OPTIONS)
+_HASH_LINE = "    --hash="  # how lockers indent a hash: an option line (_OPTION_LINE), told by one comparison
 
 
 # Lock lines repeat across files (`numpy==1.26.4` is in most of them): each distinct line and specifier goes through
@@ -213,7 +214,7 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
             while i < count:
                 line = lines[i]
                 i += 1
-                if _OPTION_LINE.match(line):
+                if line.startswith(_HASH_LINE) or _OPTION_LINE.match(line):
                     if line.endswith("\\"):
                         continue
                     break
