@@ -172,12 +172,16 @@ _NORMAL = re.compile(
 
 
 def _exact_pin(text: str) -> tuple[str, str] | None:
+    return _normal_pin(text) or _unnormal_exact_pin(text)
+
+
+def _normal_pin(text: str) -> tuple[str, str] | None:
     # Not memoised: a regex is as quick as the lookup, and a cache of every line seen churns where most lines are
     # new (each entry it evicts is an old object freed, which lets the collector's youngest generation grow to
     # thousands of objects between collections: 2 ms pauses, issue 14).
     if match := _NORMAL.fullmatch(text):
         return match[1], f"=={match[2]}"
-    return _unnormal_exact_pin(text)
+    return None
 
 
 @lru_cache(maxsize=8192)  # lines repeat across files, as for _requirement
@@ -250,9 +254,12 @@ def _requirements(text: str, filename: str, python: str | None) -> Pins:
                 raise PinsError(f"{filename}:{number}: {option}: expected a self-contained file, got an include of "
                                 f"{target!r}; check that file on its own")
             continue  # index, hash-mode and editable options change where packages come from, not which versions
-        # Per-requirement options (--hash=…) follow the requirement after whitespace.
-        text_req = _OPTIONS.split(line, maxsplit=1)[0]
-        if exact := _exact_pin(text_req):
+        exact = _normal_pin(line)  # the usual line: a plain pin and nothing after it (no whitespace, so no option)
+        if exact is None:
+            # Per-requirement options (--hash=…) follow the requirement after whitespace.
+            text_req = _OPTIONS.split(line, maxsplit=1)[0]
+            exact = _exact_pin(text_req)
+        if exact:
             pins.add_exact(exact[0], exact[1], number)
             continue
         try:

@@ -139,6 +139,7 @@ def test_the_plain_pin_form_reads_as_packaging_reads_it(text: str, monkeypatch: 
     assert taken == (text in PLAIN)
     shortcut = read_text()
     monkeypatch.setattr(pins_module, "_exact_pin", lambda _text: None)
+    monkeypatch.setattr(pins_module, "_normal_pin", lambda _text: None)
     assert shortcut == read_text()
 
 
@@ -163,4 +164,5 @@ def test_option_lines_left_out_of_a_join_read_as_when_joined(text: str, monkeypa
 
     shortcut = read_text()
     monkeypatch.setattr(pins_module, "_OPTION_LINE", re.compile(r"(?!)"))  # matches nothing: every line joined
+    monkeypatch.setattr(pins_module, "_HASH_LINE", "\n")  # a prefix no line has: nor is a hash line told apart
     assert shortcut == read_text()
