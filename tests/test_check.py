@@ -463,6 +463,35 @@ def test_a_chains_page_reads_its_evidence_once_per_data_version(shipped_sqlite: 
     engine.dispose()
 
 
+@pytest.mark.parametrize(("route", "narrowed"), [
+    ("onnxruntime", {"exporter": "torchscript"}), ("onnxruntime", {"exporter": "dynamo"}),
+    ("onnx2tf", {"exporter": "torchscript"}), ("nobuco", {"target": "tflite"}), ("litert-torch", {"target": "tflite"}),
+    ("onnx2tf", {"target": "keras", "exporter": "torchscript"}),
+])
+def test_a_narrowed_chains_page_cites_the_evidence_its_route_holds(shipped_sqlite: str, route: str,
+                                                                    narrowed: dict[str, str]) -> None:
+    """A page narrowed by an exporter or a target cites the evidence its route's own slice read, filtered by them:
+    no read of its own, and the page the store gives."""
+    engine = make_engine(shipped_sqlite)
+    reads: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_: reads.append(statement)
+                 if "JOIN environment" in statement and "max_abs_diff" in statement else None)
+    shared = queries.FactsCache()
+    with make_sessionmaker(engine)() as session:
+        verdicts.chains_view(session, queries.ChainQuery.parse("resnet", route), shared)  # the route's own slice
+        query = queries.ChainQuery.parse("resnet", route, limit=5, **narrowed)
+        view = verdicts.chains_view(session, query, shared)
+        candidates = None if query.target else view.complete()  # as GET /chains asks
+        read_before = len(reads)
+        held = queries.known_good_chain_page(session, query, shared, candidates, view.version)
+        assert len(reads) == read_before
+        assert held == queries.known_good_chain_page(session, query, None, candidates) and len(reads) > read_before
+        assert held[1] > 0
+        assert all(m.exporter == narrowed.get("exporter", m.exporter) and m.target == narrowed.get("target", m.target)
+                   for chain in held[0] for m in chain.models)
+    engine.dispose()
+
+
 def test_answers_within_recheck_share_one_read_of_the_data_version(shipped_sqlite: str) -> None:
     """With `recheck` seconds (the app's response_cache_recheck), answers read the data version once per window:
     an answer from what the process holds makes no round trip. forget() (this process wrote) reads it again."""
