@@ -65,20 +65,19 @@ class RequirementTest:
     """
 
     def __init__(self, require: tuple[Requirement, ...]) -> None:
-        self._require = [(aliases(r.name), r.specifier) for r in require]
-        self._seen: dict[tuple[int, str], bool] = {}
+        # Per pin: the names it is met by, its specifier, and each version decided so far.
+        self._require = [(aliases(r.name), r.specifier, dict[str, bool]()) for r in require]
 
     def met(self, versions: dict[str, str]) -> bool:
         """Whether `versions` satisfy every pin; a pin on tensorflow is met by tensorflow-cpu as well (aliases)."""
-        seen = self._seen
-        for i, (names, specifier) in enumerate(self._require):
+        for names, specifier, seen in self._require:
             for name in names:
                 version = versions.get(name)
                 if version is None:
                     continue
-                hit = seen.get((i, version))
+                hit = seen.get(version)
                 if hit is None:
-                    hit = seen[i, version] = specifier.contains(version, prereleases=True)
+                    hit = seen[version] = specifier.contains(version, prereleases=True)
                 if hit:
                     break
             else:
@@ -384,11 +383,12 @@ def known_good_chain_page(
         ):  # one index range scan, filtered here: cheaper than binding a thousand ids
             if env_id in versions:
                 versions[env_id][name] = pinned
-    ranked = sorted(
-        (env_id for env_id in versions if query.requirements.met(versions[env_id])),
-        key=place.__getitem__,
-        reverse=True,
-    )
+    if query.require:
+        met = query.requirements.met
+        ranked = [env_id for env_id, pinned in versions.items() if met(pinned)]
+    else:
+        ranked = list(versions)
+    ranked.sort(key=place.__getitem__, reverse=True)
     page = ranked if query.limit is None else ranked[: query.limit]
     if not page:
         return [], len(ranked)
