@@ -609,7 +609,7 @@ class _Comparer:
         newest = columns.newest[chosen]
         widths = [int(v).bit_length() for v in total.max(axis=1)] if len(chosen) else [0, 0, 0, 0]
         widths.append(max(len(columns.envs) - 1, 0).bit_length())
-        if sum(widths) > 63:  # a move too large to pack (a date-like version): sort by each field, last key first
+        if sum(widths) > 63:  # moves too large to pack (dates as versions): sort by each field, last key first
             order = np.lexsort((newest, total[3], total[2], total[1], total[0]))
             return Ranked(columns.envs, chosen[order], total[0, order], None)
         key = total[0].copy()
