@@ -609,9 +609,11 @@ class _Comparer:
         newest = columns.newest[chosen]
         widths = [int(v).bit_length() for v in total.max(axis=1)] if len(chosen) else [0, 0, 0, 0]
         widths.append(max(len(columns.envs) - 1, 0).bit_length())
-        if sum(widths) > 63:  # moves too large to pack (dates as versions): sort by each field, last key first
-            order = np.lexsort((newest, total[3], total[2], total[1], total[0]))
-            return Ranked(columns.envs, chosen[order], total[0, order], None)
+        if sum(widths) > 63:  # moves too large to pack (dates as versions): sort by each field, last key first;
+            order = np.lexsort((newest, total[3], total[2], total[1], total[0]))  # a row's key is then its place
+            key = np.empty(len(order), dtype=np.int64)
+            key[order] = np.arange(len(order))
+            return Ranked(columns.envs, chosen, total[0], key)
         key = total[0].copy()
         for values, width in zip((total[1], total[2], total[3], newest), widths[1:], strict=True):
             key <<= width
@@ -752,9 +754,8 @@ class Ranked:
     __slots__ = ("_changes", "_first", "_key", "_rest", "_rows", "envs")
 
     def __init__(self, envs: list[Measured], rows: npt.NDArray[np.intp], changes: npt.NDArray[np.int64],
-                 key: npt.NDArray[np.int64] | None) -> None:
-        """`rows` of `envs` with their `changes`: in order already where `key` is None, else ordered by `key`
-        (one distinct number per row, smallest first)."""
+                 key: npt.NDArray[np.int64]) -> None:
+        """`rows` of `envs` with their `changes`, ordered by `key` (one distinct number per row, smallest first)."""
         self.envs, self._rows, self._changes, self._key = envs, rows, changes, key
         # The pairs in order as far as some reader walked: the first ones, then the rest (each model's verdict and
         # the fix walk the same ranking).
@@ -765,18 +766,15 @@ class Ranked:
         return len(self._rows)
 
     def __iter__(self) -> Iterator[tuple[Measured, int]]:
-        key, count = self._key, len(self._rows)
+        key = self._key
         if self._first is None:
-            if key is None:
-                self._first, self._rest = self._pairs(np.arange(count)), []
-            elif count > 2 * _FIRST:
+            if len(key) > 2 * _FIRST:
                 first = np.argpartition(key, _FIRST - 1)[:_FIRST]
                 self._first = self._pairs(first[np.argsort(key[first])])
             else:
                 self._first, self._rest = self._pairs(np.argsort(key)), []
         yield from self._first
         if self._rest is None:
-            assert key is not None
             self._rest = self._pairs(np.argsort(key)[_FIRST:])  # keys are distinct: the first are the ones above
         yield from self._rest
 
